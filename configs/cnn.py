@@ -1,0 +1,19 @@
+"""The seed CNN: Conv32-MaxPool-Conv64-MaxPool-Dense128-Dense10.
+
+  tpu-trainer-train --config=configs/cnn.py --config.data_dir=DIR --workdir=W
+  --config=configs/cnn.py:smoke   a few steps, for tests and dry runs
+"""
+from tpu_trainer.config import default_config
+
+
+def get_config(arg=None):
+  config = default_config()
+  config.model = "cnn"
+  config.batch_size = 1024
+  config.epochs = 10
+  config.base_lr = 1e-3  # Adam at 4e-3 for batch 1024
+  if arg == "smoke":
+    config.batch_size = 32
+    config.steps = 4
+    config.steps_per_execution = 2
+  return config

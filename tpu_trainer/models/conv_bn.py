@@ -1,0 +1,25 @@
+"""Conv/Dense blocks with batch norm; pooling=max|avg (the BN/pooling tutorial)."""
+import keras
+from keras import layers
+
+from tpu_trainer.models import base
+
+
+def build(input_shape, num_classes, config) -> keras.Model:
+  if config.pooling not in ("max", "avg"):
+    raise ValueError(f"config.pooling={config.pooling!r} must be 'max' or 'avg'.")
+  pool = layers.MaxPooling2D if config.pooling == "max" else layers.AveragePooling2D
+  inputs = base.image_input(input_shape)
+  x = layers.Rescaling(1 / 255)(inputs)
+  for filters in (32, 64, 128):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = pool(2, padding="same")(x)
+  x = layers.Flatten()(x)
+  x = layers.Dense(128, use_bias=False)(x)
+  x = layers.BatchNormalization()(x)
+  x = layers.Activation("relu")(x)
+  if config.dropout:
+    x = layers.Dropout(config.dropout)(x)
+  return keras.Model(inputs, base.probabilities(x, num_classes), name="conv_bn")

@@ -1,0 +1,102 @@
+"""Paths that are local or gs://: listing, reading, atomic publishing, checksums.
+
+Reads go through tf.io.gfile (what the input pipeline uses on a TPU VM). Writes
+to Cloud Storage go through google-cloud-storage, which checks each upload's
+crc32c and talks to an emulator when STORAGE_EMULATOR_HOST is set.
+"""
+import base64
+import os
+import uuid
+
+import google_crc32c
+import tensorflow as tf
+
+_CHUNK = 8 << 20
+
+
+def is_gcs(path: str) -> bool:
+  return path.startswith("gs://")
+
+
+def join(*parts: str) -> str:
+  return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
+
+
+def split_gcs(path: str) -> tuple[str, str]:
+  """gs://bucket/a/b -> ("bucket", "a/b")."""
+  bucket, _, name = path[len("gs://"):].partition("/")
+  return bucket, name
+
+
+def gcs_client():
+  """A google-cloud-storage client; anonymous against an emulator."""
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  if os.environ.get("STORAGE_EMULATOR_HOST"):
+    from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
+    return storage.Client(project="emulator", credentials=AnonymousCredentials())
+  return storage.Client()
+
+
+def file_crc32c(path: str) -> str:
+  """crc32c of a local file, base64 as Cloud Storage reports it."""
+  crc = google_crc32c.Checksum()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(_CHUNK), b""):
+      crc.update(chunk)
+  return base64.b64encode(crc.digest()).decode()
+
+
+def local_temp_path(final_path: str) -> str:
+  """Where to write before publishing: beside the file locally (so rename is
+  atomic), in the system temp dir for gs://."""
+  name = f".{os.path.basename(final_path)}.tmp-{uuid.uuid4().hex[:8]}"
+  if is_gcs(final_path):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    return os.path.join(tempfile.gettempdir(), name)
+  return os.path.join(os.path.dirname(final_path) or ".", name)
+
+
+def publish(local_tmp: str, final_path: str, client=None) -> str:
+  """Makes a finished local temp file visible at final_path, whole or not at all.
+
+  Returns its crc32c. For gs:// the upload is checked against that crc32c by
+  the server, and an object only becomes visible when its upload completes.
+  """
+  crc = file_crc32c(local_tmp)
+  if is_gcs(final_path):
+    bucket_name, name = split_gcs(final_path)
+    blob = (client or gcs_client()).bucket(bucket_name).blob(name)
+    blob.crc32c = crc  # the server rejects an upload whose bytes do not match
+    blob.upload_from_filename(local_tmp, checksum="crc32c")
+    os.remove(local_tmp)
+  else:
+    os.replace(local_tmp, final_path)
+  return crc
+
+
+def remote_crc32c(path: str, client=None) -> str | None:
+  """crc32c of an existing file or object, None when it does not exist."""
+  if is_gcs(path):
+    bucket_name, name = split_gcs(path)
+    blob = (client or gcs_client()).bucket(bucket_name).get_blob(name)
+    return blob.crc32c if blob is not None else None
+  return file_crc32c(path) if os.path.exists(path) else None
+
+
+def write_text(path: str, text: str, client=None) -> None:
+  """Writes a small text file atomically (temp file, then publish)."""
+  if not is_gcs(path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = local_temp_path(path)
+  with open(tmp, "w") as f:
+    f.write(text)
+  publish(tmp, path, client)
+
+
+def read_text(path: str, client=None) -> str:
+  if is_gcs(path) and os.environ.get("STORAGE_EMULATOR_HOST"):
+    # TensorFlow's gs:// filesystem cannot be pointed at an emulator.
+    bucket_name, name = split_gcs(path)
+    return (client or gcs_client()).bucket(bucket_name).blob(name).download_as_text()
+  with tf.io.gfile.GFile(path) as f:
+    return f.read()

@@ -1,0 +1,124 @@
+"""get_strategy(): TPU when one answers, else several GPUs, one GPU, or the CPU.
+
+`cpu_devices=N` splits the CPU into N logical devices first, so a laptop runs the
+same multi-replica code a TPU slice runs. On a machine with a TPU the TPU still
+wins: one config serves the dry run and the real job.
+"""
+import json
+import os
+
+from absl import logging
+import tensorflow as tf
+
+
+def _probe_tpu(tpu: str, zone: str = "", project: str = ""):
+  """Returns a connected TPUClusterResolver, or None with the reason."""
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=tpu, zone=zone or None, project=project or None)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return resolver, ""
+  except (ValueError, OSError, tf.errors.OpError) as e:
+    # No TPU: "local" raises NotFoundError in ~0.2 s,
+    # a named TPU that is not there OSError / URLError.
+    return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def split_cpu(num_devices: int) -> None:
+  """Makes `num_devices` logical CPUs; must run before TensorFlow initialises."""
+  cpus = tf.config.list_physical_devices("CPU")
+  current = tf.config.get_logical_device_configuration(cpus[0]) or []
+  if len(current) == num_devices:
+    return
+  try:
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_devices)
+  except RuntimeError as e:
+    raise RuntimeError(
+        f"cpu_devices={num_devices}: TensorFlow was initialised before the CPU "
+        f"could be split; call get_strategy() first in the process ({e}).") from None
+
+
+def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
+                 tpu_zone: str = "", tpu_project: str = ""):
+  """Picks a tf.distribute strategy and logs which one and why."""
+  if cpu_devices > 0:
+    split_cpu(cpu_devices)
+
+  if kind == "multiworker":
+    if not os.environ.get("TF_CONFIG"):
+      raise ValueError("strategy=multiworker needs the TF_CONFIG environment variable "
+                       "(cluster and task of this worker).")
+    task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    logging.info("Strategy: MultiWorkerMirroredStrategy (%s %s, %d replicas in sync).",
+                 task.get("type"), task.get("index"), strategy.num_replicas_in_sync)
+    return strategy
+
+  if kind in ("auto", "tpu"):
+    resolver, why_not = _probe_tpu(tpu or "local",
+                                   tpu_zone, tpu_project)
+    if resolver is not None:
+      strategy = tf.distribute.TPUStrategy(resolver)
+      logging.info("Strategy: TPUStrategy on %s (%d cores, %d hosts).",
+                   tpu or "local", strategy.num_replicas_in_sync,
+                   strategy.extended.num_hosts)
+      return strategy
+    if kind == "tpu":
+      raise ValueError(f"strategy=tpu but no TPU answered at tpu={tpu or 'local'!r} "
+                       f"({why_not}); check config.tpu / tpu_zone / tpu_project.")
+    logging.info("No TPU (%s).", why_not)
+
+  gpus = tf.config.list_logical_devices("GPU")
+  if kind in ("auto", "gpu") and gpus:
+    if len(gpus) > 1:
+      strategy = tf.distribute.MirroredStrategy()
+      logging.info("Strategy: MirroredStrategy over %d GPUs.", len(gpus))
+    else:
+      strategy = tf.distribute.OneDeviceStrategy("/gpu:0")
+      logging.info("Strategy: OneDeviceStrategy on the one GPU.")
+    return strategy
+  if kind == "gpu":
+    raise ValueError("strategy=gpu but TensorFlow sees no GPU; install tensorflow[and-cuda] "
+                     "or use strategy=auto.")
+
+  cpus = tf.config.list_logical_devices("CPU")
+  if len(cpus) > 1:
+    strategy = tf.distribute.MirroredStrategy([d.name for d in cpus])
+    logging.info("Strategy: MirroredStrategy over %d logical CPU devices (cpu_devices=%d).",
+                 len(cpus), cpu_devices)
+  else:
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    logging.info("Strategy: OneDeviceStrategy on the CPU (no TPU or GPU found).")
+  return strategy
+
+
+def platform(strategy) -> str:
+  """'tpu', 'gpu' or 'cpu': the kind of device the strategy's replicas run on."""
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return "tpu"
+  devices = strategy.extended.worker_devices
+  return "gpu" if any("GPU" in d.upper() for d in devices) else "cpu"
+
+
+def cpu_has_bf16() -> bool:
+  """True when the CPU has native bfloat16 arithmetic (AVX512_BF16 or AMX)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = f.read()
+  except OSError:
+    return False
+  return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, strategy) -> str:
+  """'auto' → mixed_bfloat16 on TPU and bf16 CPUs, mixed_float16 on GPU, else float32."""
+  if precision != "auto":
+    return precision
+  kind = platform(strategy)
+  if kind == "tpu" or (kind == "cpu" and cpu_has_bf16()):
+    return "mixed_bfloat16"
+  if kind == "gpu":
+    return "mixed_float16"
+  return "float32"

@@ -1,0 +1,307 @@
+"""The training loop: a Keras model and optimizer inside our own distributed loop.
+
+One tf.function call runs `steps_per_execution` steps on every replica (the
+TPU's main speed lever; Keras 3's fit cannot do that under MirroredStrategy
+nor run under MultiWorkerMirroredStrategy). Between calls a short Python loop
+writes summaries, evaluates, checkpoints and watches for SIGTERM.
+"""
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+
+from absl import logging
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tpu_trainer import config as config_lib
+from tpu_trainer import metrics
+from tpu_trainer import storage
+from tpu_trainer import strategy as strategy_lib
+from tpu_trainer.data import pipeline
+from tpu_trainer.data import records
+from tpu_trainer.evaluate import Evaluator
+from tpu_trainer.models import build_model
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved. Rerun the same command to resume."""
+
+
+def _round_up(value: int, multiple: int) -> int:
+  return max(multiple, math.ceil(value / multiple) * multiple)
+
+
+def is_chief(strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
+  """base_lr x batch/256, linear warmup from 0, then cosine decay to 0 or constant."""
+  peak = config.base_lr * config.batch_size / 256
+  warmup = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+  alpha = 1.0 if config.lr_schedule == "constant" else 0.0
+  if config.lr_schedule not in ("cosine", "constant"):
+    raise ValueError(f"config.lr_schedule={config.lr_schedule!r} must be cosine or constant.")
+  if warmup > 0:
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, total_steps - warmup), alpha=alpha, warmup_target=peak,
+        warmup_steps=warmup), peak
+  return keras.optimizers.schedules.CosineDecay(peak, max(1, total_steps), alpha=alpha), peak
+
+
+def make_optimizer(config, schedule, precision: str):
+  kwargs = {"learning_rate": schedule}
+  if config.weight_decay:
+    kwargs["weight_decay"] = config.weight_decay
+  if config.optimizer == "adam":
+    optimizer = keras.optimizers.Adam(**kwargs)
+  elif config.optimizer == "adamw":
+    kwargs.setdefault("weight_decay", 1e-4)
+    optimizer = keras.optimizers.AdamW(**kwargs)
+  elif config.optimizer == "sgd":
+    optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=True, **kwargs)
+  else:
+    raise ValueError(f"config.optimizer={config.optimizer!r} must be adam, adamw or sgd.")
+  if precision == "mixed_float16":  # float16 gradients underflow without it
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def plot_curves(history: list[dict], path: str) -> None:
+  """Learning curves as a PNG, for people who would rather look than open TensorBoard."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ("loss", "accuracy")):
+    for kind in ("train", "validation"):
+      points = [(h["step"], h[key]) for h in history if h["kind"] == kind]
+      if points:
+        ax.plot(*zip(*points), marker="o" if kind == "validation" else None, label=kind)
+    ax.set_xlabel("step")
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  with tf.io.gfile.GFile(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=80)
+  plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
+  """Trains config.model on config.data_dir; writes everything to workdir.
+
+  Returns the final metrics (also written to workdir/metrics.json).
+  """
+  config_lib.validate(config)
+  if not config.data_dir:
+    raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
+                     "written by tpu-trainer-convert).")
+  info = records.read_info(config.data_dir)  # before touching devices: fail fast
+  strategy = strategy or strategy_lib.get_strategy(
+      config.strategy, config.tpu, config.cpu_devices, config.tpu_zone, config.tpu_project)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise ValueError(f"config.batch_size={config.batch_size} does not divide over "
+                     f"{replicas} replicas; use a multiple of {replicas}.")
+  precision = strategy_lib.resolve_precision(config.precision, strategy)
+  keras.mixed_precision.set_global_policy(precision)
+  chief = is_chief(strategy)
+
+  train_examples = info["splits"][config.train_split]["num_examples"]
+  steps_per_epoch = max(1, train_examples // config.batch_size)
+  total_steps = config.steps or config.epochs * steps_per_epoch
+  spe = min(config.steps_per_execution, total_steps)
+  schedule, peak_lr = learning_rate_schedule(config, steps_per_epoch, total_steps)
+  log_every = _round_up(config.log_every_steps or steps_per_epoch, spe)
+  checkpoint_every = _round_up(config.checkpoint_every_steps or steps_per_epoch, spe)
+  eval_every = _round_up(config.eval_every_epochs * steps_per_epoch, spe)
+  profile = config_lib.parse_profile_steps(config.profile_steps) if config.profile_steps else None
+
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  resolved.precision = precision
+  resolved.update({"replicas": replicas, "steps_per_epoch": steps_per_epoch,
+                   "total_steps": total_steps, "peak_learning_rate": peak_lr,
+                   "strategy_class": type(strategy).__name__})
+  if chief:
+    tf.io.gfile.makedirs(workdir)
+    config_lib.save(resolved, storage.join(workdir, "config.json"))
+  logging.info("%s: %d train examples, batch %d over %d replicas, %d steps (%d per epoch), "
+               "%d steps per execution, %s, peak learning rate %.4g.", config.model,
+               train_examples, config.batch_size, replicas, total_steps, steps_per_epoch,
+               spe, precision, peak_lr)
+
+  image_shape = info["features"]["image"]["shape"]
+  num_classes = len(info["class_names"])
+  with strategy.scope():
+    model = build_model(config, image_shape, num_classes)
+    optimizer = make_optimizer(config, schedule, precision)
+    # Without this, MirroredStrategy fails at the first step (placeholder error).
+    optimizer.build(model.trainable_variables)
+  train_totals = metrics.Totals(strategy, "train")
+  loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
+                                                 reduction=None)
+
+  # Only the chief's checkpoints and summaries are kept; other workers write
+  # theirs (collective ops need every worker to save) to a temp dir.
+  checkpoint_dir = (storage.join(workdir, "checkpoints") if chief
+                    else tempfile.mkdtemp(prefix="tpu_trainer_worker_ckpt_"))
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                       max_to_keep=config.keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info("Resumed from %s.", manager.latest_checkpoint)
+  step = int(optimizer.iterations.numpy())
+
+  def train_step(images, labels):
+    with tf.GradientTape() as tape:
+      probabilities = model(images, training=True)
+      per_example = loss_fn(tf.one_hot(labels, num_classes), probabilities)
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      scaled_loss = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    train_totals.update(per_example, probabilities, labels)
+
+  @tf.function
+  def train_steps(iterator, steps):
+    for _ in tf.range(steps):
+      strategy.run(train_step, args=next(iterator))
+
+  train_fn = pipeline.train_input_fn(
+      config.data_dir, info, config.batch_size, split=config.train_split,
+      seed=config.seed + step, shuffle_buffer=config.shuffle_buffer, cache=config.cache,
+      cache_max_bytes=config.cache_max_bytes, augment=config.augment,
+      deterministic=config.deterministic)
+  iterator = iter(strategy.distribute_datasets_from_function(train_fn))
+  evaluator = Evaluator(strategy, lambda x: model(x, training=False), config.data_dir, info,
+                        config.eval_split, config.batch_size, cache=config.cache)
+
+  writers = {kind: (tf.summary.create_file_writer(storage.join(workdir, kind)) if chief
+                    else tf.summary.create_noop_writer()) for kind in ("train", "validation")}
+  history_path = storage.join(workdir, "history.json")
+  history = (json.loads(storage.read_text(history_path))
+             if chief and step and tf.io.gfile.exists(history_path) else [])
+
+  preempted = []
+  previous_handler = None
+  if chief or True:
+    try:
+      previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+    except ValueError:  # not the main thread: the caller handles signals
+      pass
+
+  def record(kind, values, at_step):
+    with writers[kind].as_default(step=at_step):
+      for key, value in values.items():
+        tf.summary.scalar(key, value)
+    history.append({"kind": kind, "step": at_step, **{k: values[k] for k in ("loss", "accuracy")}})
+
+  best_accuracy, evals_without_gain = -1.0, 0
+  train_seconds, train_examples_timed = 0.0, 0
+  first_call = True
+  interval_start, interval_steps = time.perf_counter(), 0
+  profiling = False
+  try:
+    while step < total_steps:
+      if profile and not profiling and profile[0] <= step < profile[1] and chief:
+        tf.profiler.experimental.start(storage.join(workdir, "train"))
+        profiling = True
+      n = min(spe, total_steps - step)
+      start = time.perf_counter()
+      train_steps(iterator, tf.constant(n))
+      step = int(optimizer.iterations.numpy())  # also waits for the devices
+      if first_call:  # tracing and compilation: not part of the training rate
+        first_call = False
+        interval_start, interval_steps = time.perf_counter(), 0
+      else:
+        train_seconds += time.perf_counter() - start
+        train_examples_timed += n * config.batch_size
+        interval_steps += n
+      if profiling and step >= profile[1]:
+        tf.profiler.experimental.stop()
+        profiling = False
+
+      done = step >= total_steps
+      if step % log_every == 0 or done:
+        values = train_totals.result()
+        elapsed = time.perf_counter() - interval_start
+        if interval_steps:
+          values["examples_per_second"] = interval_steps * config.batch_size / elapsed
+        values["learning_rate"] = float(schedule(step))
+        record("train", values, step)
+        logging.info("step %d/%d: loss %.4f, accuracy %.4f, %.0f examples/s, lr %.3g", step,
+                     total_steps, values["loss"], values["accuracy"],
+                     values.get("examples_per_second", 0.0), values["learning_rate"])
+        train_totals.reset()
+        interval_start, interval_steps = time.perf_counter(), 0
+
+      stop_early = False
+      if step % eval_every == 0 and not done:
+        values = evaluator()
+        record("validation", values, step)
+        logging.info("step %d: validation loss %.4f, accuracy %.4f", step, values["loss"],
+                     values["accuracy"])
+        if values["accuracy"] > best_accuracy:
+          best_accuracy, evals_without_gain = values["accuracy"], 0
+        else:
+          evals_without_gain += 1
+          stop_early = 0 < config.early_stopping_patience <= evals_without_gain
+          if stop_early:
+            logging.info("Early stopping: no gain in %d evaluations.", evals_without_gain)
+        interval_start = time.perf_counter()
+
+      if step % checkpoint_every == 0 or done or preempted or stop_early:
+        manager.save(checkpoint_number=step)
+        if chief:
+          storage.write_text(history_path, json.dumps(history))
+      if preempted:
+        raise Preempted(f"SIGTERM at step {step}/{total_steps}; checkpoint saved in "
+                        f"{checkpoint_dir}. Run the same command again to resume.")
+      if stop_early:
+        break
+  finally:
+    if profiling:
+      tf.profiler.experimental.stop()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
+    for w in writers.values():
+      w.flush()
+
+  final = evaluator()
+  record("validation", final, step)
+  result = {"accuracy": final["accuracy"], "loss": final["loss"],
+            "eval_examples": final["examples"], "step": step,
+            "examples_per_second": (train_examples_timed / train_seconds
+                                    if train_seconds else None),
+            "replicas": replicas, "precision": precision, "model": config.model}
+  logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
+               config.eval_split, final["examples"], final["loss"], final["accuracy"])
+  if chief:
+    storage.write_text(storage.join(workdir, "metrics.json"), json.dumps(result, indent=2) + "\n")
+    storage.write_text(history_path, json.dumps(history))
+    export(model, workdir)
+    plot_curves(history, storage.join(workdir, "learning_curves.png"))
+  return result
+
+
+def export(model: keras.Model, workdir: str) -> None:
+  """model.keras and a SavedModel that takes uint8 images and returns probabilities."""
+  keras_path = storage.join(workdir, "model.keras")
+  model.save(keras_path)
+  # Reloaded outside the strategy: the served graph holds plain variables.
+  plain = keras.models.load_model(keras_path)
+  plain.export(storage.join(workdir, "saved_model"), format="tf_saved_model", verbose=False)
