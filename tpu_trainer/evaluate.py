@@ -49,8 +49,8 @@ def load_for_serving(path: str):
     model = keras.models.load_model(path)
     return lambda images: model(images, training=False)
   loaded = tf.saved_model.load(path)
-  serve = loaded.signatures["serving_default"]
-  return lambda images: next(iter(serve(images).values()))
+  # The closure keeps `loaded` (and so its variables) alive.
+  return lambda images: next(iter(loaded.signatures["serving_default"](images).values()))
 
 
 def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: str = "",

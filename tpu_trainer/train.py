@@ -24,6 +24,7 @@ from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import records
 from tpu_trainer.evaluate import Evaluator
+from tpu_trainer.models import BUILDERS
 from tpu_trainer.models import build_model
 
 
@@ -107,6 +108,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   if not config.data_dir:
     raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
                      "written by tpu-trainer-convert).")
+  if config.model not in BUILDERS:
+    raise ValueError(f"Unknown config.model={config.model!r}; choose one of "
+                     f"{', '.join(sorted(BUILDERS))}.")
   info = records.read_info(config.data_dir)  # before touching devices: fail fast
   strategy = strategy or strategy_lib.get_strategy(
       config.strategy, config.tpu, config.cpu_devices, config.tpu_zone, config.tpu_project)
@@ -198,11 +202,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
 
   preempted = []
   previous_handler = None
-  if chief or True:
-    try:
-      previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-    except ValueError:  # not the main thread: the caller handles signals
-      pass
+  try:
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  except ValueError:  # not the main thread: the caller handles signals
+    pass
 
   def record(kind, values, at_step):
     with writers[kind].as_default(step=at_step):

@@ -1,0 +1,70 @@
+"""tpu-trainer-convert: a dataset -> sharded TFRecords + dataset_info.json.
+
+  tpu-trainer-convert --source=digits --output_dir=/tmp/digits
+  tpu-trainer-convert --source=folder:flower_photos --image_size=224,224 \
+      --output_dir=gs://my-bucket/flowers
+  tpu-trainer-convert --verify --output_dir=gs://my-bucket/flowers
+"""
+import json
+
+from absl import flags
+
+from tpu_trainer import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("source", None, "digits | tfds:NAME[:VERSION] | folder:PATH | idx:PATH | "
+                    "npz:FILE")
+flags.DEFINE_string("output_dir", None, "Local directory or gs://bucket/prefix.", required=True)
+flags.DEFINE_bool("verify", False, "Read every shard of --output_dir back and check counts "
+                  "and checksums against dataset_info.json; convert nothing.")
+flags.DEFINE_enum("encoding", "auto", ["auto", "raw", "png", "jpeg"],
+                  "auto: raw for small images, jpeg for colour photos, png otherwise.")
+flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality when encoding=jpeg.")
+flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = from --shard_bytes.")
+flags.DEFINE_integer("shard_bytes", 100 << 20, "Target shard size in bytes.")
+flags.DEFINE_integer("min_shards", 16, "At least this many shards per split (so every host "
+                     "of a pod slice gets files), fewer only for tiny splits.")
+flags.DEFINE_integer("seed", 0, "Seed of the example shuffle before sharding (and of the "
+                     "digits train/test split).")
+flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0 = number of cores.")
+flags.DEFINE_list("image_size", None, "H,W: resize every image (folder:, tfds:).")
+flags.DEFINE_float("test_fraction", 0.1, "folder: fraction of images held out as 'test'.")
+flags.DEFINE_string("tfds_data_dir", "", "tfds: where TFDS keeps downloaded data.")
+
+
+def main(argv):
+  del argv
+  from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
+  if FLAGS.verify:
+    result = convert.verify(FLAGS.output_dir)
+    print(f"OK: {result['shards']} shards, {result['examples']} examples in {FLAGS.output_dir}")
+    return
+  if not FLAGS.source:
+    raise ValueError("--source is required (digits, tfds:NAME, folder:PATH, idx:PATH, npz:FILE).")
+  image_size = None
+  if FLAGS.image_size:
+    try:
+      image_size = tuple(int(v) for v in FLAGS.image_size)
+      assert len(image_size) == 2 and min(image_size) > 0
+    except (ValueError, AssertionError):
+      raise ValueError(f"--image_size={','.join(FLAGS.image_size)} must be H,W, "
+                       "e.g. 224,224.") from None
+  source = sources.load(FLAGS.source, tfds_data_dir=FLAGS.tfds_data_dir,
+                        image_size=image_size, test_fraction=FLAGS.test_fraction,
+                        seed=FLAGS.seed)
+  info = convert.convert(source, FLAGS.output_dir, encoding=FLAGS.encoding,
+                         num_shards=FLAGS.num_shards, shard_bytes=FLAGS.shard_bytes,
+                         min_shards=FLAGS.min_shards, seed=FLAGS.seed, workers=FLAGS.workers,
+                         jpeg_quality=FLAGS.jpeg_quality)
+  summary = {split: {"examples": s["num_examples"], "shards": len(s["shards"])}
+             for split, s in info["splits"].items()}
+  print(f"Wrote {info['name']} to {FLAGS.output_dir}: {json.dumps(summary)}")
+
+
+def run():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
