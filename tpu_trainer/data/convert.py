@@ -10,6 +10,7 @@ import glob
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -39,8 +40,9 @@ def count_records(path: str, client=None) -> int:
     ds = tf.data.TFRecordDataset(local, buffer_size=8 << 20)
     return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
   except tf.errors.OpError as e:
-    raise ValueError(f"Shard {path} is corrupt or truncated "
-                     f"({e.message.splitlines()[0]}); delete it and convert again.") from None
+    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", e.message.splitlines()[0])
+    raise ValueError(f"Shard {path} is corrupt or truncated ({reason}); "
+                     "delete it and convert again.") from None
   finally:
     if tmp:
       os.remove(tmp)
@@ -127,10 +129,14 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
     split_name, index, count, indices = job
     name = records.shard_name(source.name, split_name, index, count)
     final = storage.join(output_dir, name)
-    if storage.remote_crc32c(final, client) is not None:
-      if count_records(final, client) == len(indices):
-        progress.add(len(indices), 1)
-        return split_name, index, name, len(indices), storage.remote_crc32c(final, client)
+    existing_crc = storage.remote_crc32c(final, client)
+    if existing_crc is not None:  # from a killed earlier run: keep it if it reads back whole
+      try:
+        if count_records(final, client) == len(indices):
+          progress.add(len(indices), 1)
+          return split_name, index, name, len(indices), existing_crc
+      except ValueError as e:
+        logging.warning("Rewriting %s", e)
     tmp = storage.local_temp_path(final)
     try:
       with tf.io.TFRecordWriter(tmp) as writer:

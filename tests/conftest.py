@@ -1,0 +1,31 @@
+"""Shared fixtures. The CPU is split into 2 logical devices before TensorFlow
+initialises, so in-process tests can run real 2-replica strategies."""
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from tpu_trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+
+strategy_lib.split_cpu(2)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+  """The built-in digits dataset, converted once for the session."""
+  from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("digits"))
+  convert.convert(sources.digits(), out)
+  return out
+
+
+def run_cli(name, *args, timeout=300, env=None):
+  """Runs a console entry point as a subprocess; returns CompletedProcess."""
+  cmd = [sys.executable, "-m", f"tpu_trainer.cli.{name}", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
