@@ -7,6 +7,7 @@ import tensorflow as tf
 from tpu_trainer import config as config_lib
 from tpu_trainer import metrics
 from tpu_trainer import storage
+from tpu_trainer.data import convert
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import records
 
@@ -70,4 +71,7 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   predict = load_for_serving(os.fspath(model_path))
   evaluator = Evaluator(tf.distribute.get_strategy(), predict, data_dir, info,
                         split or config.eval_split, batch_size or config.batch_size)
-  return evaluator()
+  try:
+    return evaluator()
+  except tf.errors.DataLossError as e:
+    raise convert.explain_data_loss(data_dir, e) from None

@@ -85,7 +85,10 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
 
   cpus = tf.config.list_logical_devices("CPU")
   if len(cpus) > 1:
-    strategy = tf.distribute.MirroredStrategy([d.name for d in cpus])
+    # Reduce through one device: collective all-reduce on logical CPUs reuses
+    # instance keys across strategies in one process (shape-mismatch aborts).
+    strategy = tf.distribute.MirroredStrategy(
+        [d.name for d in cpus], cross_device_ops=tf.distribute.ReductionToOneDevice())
     logging.info("Strategy: MirroredStrategy over %d logical CPU devices (cpu_devices=%d).",
                  len(cpus), cpu_devices)
   else:

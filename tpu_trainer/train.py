@@ -21,6 +21,7 @@ from tpu_trainer import config as config_lib
 from tpu_trainer import metrics
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
+from tpu_trainer.data import convert
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import records
 from tpu_trainer.evaluate import Evaluator
@@ -276,6 +277,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                         f"{checkpoint_dir}. Run the same command again to resume.")
       if stop_early:
         break
+  except tf.errors.DataLossError as e:
+    raise convert.explain_data_loss(config.data_dir, e) from None
   finally:
     if profiling:
       tf.profiler.experimental.stop()
@@ -284,7 +287,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     for w in writers.values():
       w.flush()
 
-  final = evaluator()
+  try:
+    final = evaluator()
+  except tf.errors.DataLossError as e:
+    raise convert.explain_data_loss(config.data_dir, e) from None
   record("validation", final, step)
   result = {"accuracy": final["accuracy"], "loss": final["loss"],
             "eval_examples": final["examples"], "step": step,

@@ -225,3 +225,13 @@ def verify(data_dir: str, client=None) -> dict:
   if problems:
     raise ValueError(f"{len(problems)} bad shard(s) in {data_dir}: " + "; ".join(problems))
   return {"examples": examples, "shards": shards}
+
+
+def explain_data_loss(data_dir: str, error: Exception) -> ValueError:
+  """Turns TensorFlow's DataLossError, which names no file, into one that does."""
+  try:
+    verify(data_dir)
+  except ValueError as bad:
+    return bad
+  return ValueError(f"Reading {data_dir} failed ({error}); run "
+                    f"tpu-trainer-convert --verify --output_dir={data_dir}.")

@@ -36,18 +36,23 @@ def _split_bytes(info, split):
   return info["splits"][split]["num_examples"] * (math.prod(shape) + 64)
 
 
-def _records(files, pipelines, index, deterministic, shuffle_seed=None):
-  """The records of one pipeline: its own files, or every n-th record when
-  there are fewer files than pipelines."""
+def file_dataset(files, pipelines, index, shuffle_seed=None):
+  """This pipeline's share of the files; reshuffled (same for every pipeline,
+  so shares stay disjoint) each time it is iterated when shuffle_seed is set."""
   ds = tf.data.Dataset.from_tensor_slices(files)
   if shuffle_seed is not None:
     ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+  return ds.shard(pipelines, index) if len(files) >= pipelines else ds
+
+
+def _records(files, pipelines, index, deterministic, shuffle_seed=None):
+  """The records of one pipeline: its own files, or every n-th record when
+  there are fewer files than pipelines."""
+  ds = file_dataset(files, pipelines, index, shuffle_seed)
   if len(files) >= pipelines:
-    ds = ds.shard(pipelines, index)
-    per_pipeline_files = math.ceil(len(files) / pipelines)
     return ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
-        cycle_length=min(per_pipeline_files, 16), block_length=1,
+        cycle_length=min(math.ceil(len(files) / pipelines), 16), block_length=1,
         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   logging.warning("%d files for %d input pipelines: every pipeline reads every file "
                   "and keeps 1/%d of the records. Convert with more shards.",

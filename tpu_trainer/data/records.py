@@ -79,7 +79,11 @@ def decode_batch(serialized: tf.Tensor, image_shape, encoding: str):
     images = tf.map_fn(lambda b: tf.ensure_shape(decode(b, channels=shape[-1]), shape),
                        parsed["image/encoded"],
                        fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-  return images, tf.cast(parsed["image/class/label"], tf.int32)
+  labels = tf.cast(parsed["image/class/label"], tf.int32)
+  # Keep the static batch size (drop_remainder=True): TPUs need static shapes.
+  images.set_shape([serialized.shape[0]] + shape)
+  labels.set_shape([serialized.shape[0]])
+  return images, labels
 
 
 def shard_name(name: str, split: str, index: int, count: int) -> str:

@@ -1,0 +1,44 @@
+import time
+
+import pytest
+import tensorflow as tf
+
+from tpu_trainer import strategy as strategy_lib
+
+
+def test_auto_without_tpu_falls_back_to_cpu_replicas_quickly():
+  start = time.perf_counter()
+  strategy = strategy_lib.get_strategy("auto", cpu_devices=2)
+  probe_and_pick = time.perf_counter() - start
+  assert isinstance(strategy, tf.distribute.MirroredStrategy)
+  assert strategy.num_replicas_in_sync == 2
+  assert strategy_lib.platform(strategy) == "cpu"
+  assert probe_and_pick < 5  # no multi-second TPU retries (about 0.2 s here)
+
+
+def test_explicit_tpu_without_one_is_a_clear_error():
+  with pytest.raises(ValueError, match="no TPU answered"):
+    strategy_lib.get_strategy("tpu")
+
+
+def test_gpu_without_one_is_a_clear_error():
+  with pytest.raises(ValueError, match="sees no GPU"):
+    strategy_lib.get_strategy("gpu")
+
+
+def test_multiworker_needs_tf_config(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(ValueError, match="TF_CONFIG"):
+    strategy_lib.get_strategy("multiworker")
+
+
+def test_precision_follows_platform():
+  strategy = strategy_lib.get_strategy("cpu")
+  expected = "mixed_bfloat16" if strategy_lib.cpu_has_bf16() else "float32"
+  assert strategy_lib.resolve_precision("auto", strategy) == expected
+  assert strategy_lib.resolve_precision("float32", strategy) == "float32"
+
+
+def test_cpu_split_after_init_is_explained():
+  with pytest.raises(RuntimeError, match="cpu_devices=3"):
+    strategy_lib.split_cpu(3)

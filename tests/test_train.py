@@ -1,0 +1,111 @@
+import glob
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from configs import cnn as cnn_config
+from configs import mlp as mlp_config
+from tpu_trainer import evaluate
+from tpu_trainer import strategy as strategy_lib
+from tpu_trainer import train
+
+
+def _scalar_tags(logdir):
+  tags = set()
+  for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags |= {v.tag for v in event.summary.value}
+  return tags
+
+
+def _digits_config(base, digits_dir, **overrides):
+  config = base.get_config()
+  config.data_dir = digits_dir
+  config.batch_size = 64
+  config.base_lr = 0.01
+  config.steps_per_execution = 5
+  config.update(overrides)
+  return config
+
+
+def test_two_replicas_train_evaluate_and_export(digits_dir, tmp_path):
+  strategy = strategy_lib.get_strategy("cpu")
+  assert strategy.num_replicas_in_sync == 2
+  workdir = str(tmp_path / "w")
+  config = _digits_config(cnn_config, digits_dir, epochs=4)
+  metrics = train.run(config, workdir, strategy)
+
+  assert metrics["accuracy"] > 0.85
+  assert metrics["eval_examples"] == 360  # every test example, though 360 % 64 != 0
+  assert metrics["examples_per_second"] > 0 and metrics["replicas"] == 2
+  assert metrics["step"] == 4 * (1437 // 64)
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert json.load(f)["accuracy"] == metrics["accuracy"]
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["replicas"] == 2 and saved["precision"] in ("float32", "mixed_bfloat16")
+  assert saved["peak_learning_rate"] == pytest.approx(0.01 * 64 / 256)
+
+  assert {"loss", "accuracy", "learning_rate", "examples_per_second"} <= _scalar_tags(
+      os.path.join(workdir, "train"))
+  assert {"loss", "accuracy"} <= _scalar_tags(os.path.join(workdir, "validation"))
+  assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  assert os.path.getsize(os.path.join(workdir, "learning_curves.png")) > 1000
+
+  # The exported models give the same answer as the final evaluation.
+  for model_path in ("", os.path.join(workdir, "saved_model")):
+    again = evaluate.evaluate(workdir, model_path=model_path)
+    assert again["examples"] == 360
+    assert again["accuracy"] == pytest.approx(metrics["accuracy"], abs=1 / 360)
+
+
+def test_saved_model_serves_uint8_images(digits_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  train.run(_digits_config(mlp_config, digits_dir, steps=10, precision="float32"), workdir,
+            tf.distribute.OneDeviceStrategy("/cpu:0"))
+  served = tf.saved_model.load(os.path.join(workdir, "saved_model"))
+  out = served.serve(tf.zeros([3, 8, 8, 1], tf.uint8))
+  assert out.shape == (3, 10)
+  assert tf.reduce_all(tf.abs(tf.reduce_sum(out, -1) - 1.0) < 1e-4)
+
+
+def test_resume_continues_from_checkpoint(digits_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  strategy = strategy_lib.get_strategy("cpu")
+  first = train.run(_digits_config(mlp_config, digits_dir, steps=10), workdir, strategy)
+  assert first["step"] == 10
+  second = train.run(_digits_config(mlp_config, digits_dir, steps=25), workdir, strategy)
+  assert second["step"] == 25
+  with open(os.path.join(workdir, "history.json")) as f:
+    train_steps = [h["step"] for h in json.load(f) if h["kind"] == "train"]
+  assert train_steps == sorted(train_steps) and train_steps[-1] == 25
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"batch_size": 63}, "does not divide over 2 replicas"),
+    ({"model": "vgg"}, "Unknown config.model"),
+    ({"data_dir": "/nonexistent/dir"}, "No dataset_info.json"),
+    ({"data_dir": ""}, "config.data_dir is empty"),
+    ({"precision": "fp8"}, "config.precision"),
+])
+def test_bad_config_is_a_clear_error(digits_dir, tmp_path, overrides, message):
+  config = _digits_config(cnn_config, digits_dir, **overrides)
+  with pytest.raises(ValueError if "dataset_info" not in message else FileNotFoundError,
+                     match=message):
+    train.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_corrupt_shard_is_named(tmp_path):
+  from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
+  data = str(tmp_path / "d")
+  convert.convert(sources.digits(), data, min_shards=4)
+  victim = os.path.join(data, "digits-train.tfrecord-00001-of-00004")
+  with open(victim, "r+b") as f:
+    f.seek(200)
+    f.write(b"\xff" * 50)
+  config = _digits_config(mlp_config, data, steps=30, cache=False)
+  with pytest.raises(ValueError, match="digits-train.tfrecord-00001-of-00004"):
+    train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
