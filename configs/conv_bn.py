@@ -1,0 +1,22 @@
+"""Conv/Dense blocks with batch norm; --config.pooling=max|avg.
+
+  tpu-trainer-train --config=configs/conv_bn.py --config.data_dir=DIR --workdir=W
+"""
+from tpu_trainer.config import default_config
+
+
+def get_config(arg=None):
+  config = default_config()
+  config.model = "conv_bn"
+  config.pooling = "max"
+  config.batch_size = 1024
+  config.epochs = 10
+  config.optimizer = "sgd"
+  config.base_lr = 0.1       # SGD+momentum at 0.4 for batch 1024
+  config.warmup_epochs = 1
+  config.label_smoothing = 0.1
+  if arg == "smoke":
+    config.batch_size = 32
+    config.steps = 4
+    config.steps_per_execution = 2
+  return config

@@ -1,0 +1,27 @@
+"""MobileNetV2 transfer learning (the Keras-on-TPU flowers codelab).
+
+  tpu-trainer-convert --source=folder:flower_photos --image_size=224,224 --output_dir=gs://B/flowers
+  tpu-trainer-train --config=configs/mobilenet_v2.py --config.data_dir=gs://B/flowers --workdir=gs://B/run
+Pretrained ImageNet weights are downloaded by Keras; --config.weights=none trains
+from scratch. --config.fine_tune_layers=N unfreezes the top N layers of the base.
+"""
+from tpu_trainer.config import default_config
+
+
+def get_config(arg=None):
+  config = default_config()
+  config.model = "mobilenet_v2"
+  config.weights = "imagenet"
+  config.dropout = 0.2
+  config.augment = True
+  config.batch_size = 256
+  config.epochs = 12
+  config.base_lr = 1e-3
+  config.warmup_epochs = 1
+  config.steps_per_execution = 10
+  if arg == "smoke":
+    config.weights = "none"
+    config.batch_size = 8
+    config.steps = 2
+    config.steps_per_execution = 1
+  return config

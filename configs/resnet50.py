@@ -1,0 +1,28 @@
+"""ResNet-50, the ImageNet recipe: SGD+momentum, lr 0.1 per 256, warmup, cosine,
+label smoothing, weight decay.
+
+  tpu-trainer-train --config=configs/resnet50.py --config.data_dir=gs://B/imagenet --workdir=gs://B/run
+"""
+from tpu_trainer.config import default_config
+
+
+def get_config(arg=None):
+  config = default_config()
+  config.model = "resnet50"
+  config.weights = "none"
+  config.augment = True
+  config.batch_size = 1024
+  config.epochs = 90
+  config.optimizer = "sgd"
+  config.base_lr = 0.1
+  config.warmup_epochs = 5
+  config.label_smoothing = 0.1
+  config.weight_decay = 5e-5
+  config.steps_per_execution = 100
+  config.cache = False
+  config.shuffle_buffer = 16_384
+  if arg == "smoke":
+    config.batch_size = 4
+    config.steps = 2
+    config.steps_per_execution = 1
+  return config

@@ -1,0 +1,63 @@
+"""A training run killed (SIGTERM as on preemption, or SIGKILL) and started
+again with the same command continues from its last checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+
+def _train_cmd(data, workdir):
+  return [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/cnn.py",
+          f"--workdir={workdir}", f"--config.data_dir={data}", "--config.cpu_devices=2",
+          "--config.batch_size=64", "--config.steps=800", "--config.steps_per_execution=10",
+          "--config.checkpoint_every_steps=40", "--config.base_lr=0.01"]
+
+
+def _wait_for_checkpoint(proc, workdir, timeout=120):
+  index = os.path.join(workdir, "checkpoints", "checkpoint")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.exists(index):
+      return
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  raise AssertionError("no checkpoint appeared")
+
+
+def _latest_step(workdir):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  return int(path.rsplit("-", 1)[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
+  workdir = str(tmp_path / "w")
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  cmd = _train_cmd(digits_dir, workdir)
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for_checkpoint(proc, workdir)
+  proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=120)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "preempted: SIGTERM at step" in stderr
+  else:
+    assert proc.returncode == -signal.SIGKILL
+  stopped_at = _latest_step(workdir)
+  assert 0 < stopped_at < 800
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"Resumed from {os.path.join(workdir, 'checkpoints', 'ckpt')}" in again.stderr
+  metrics = json.loads(again.stdout.splitlines()[0])
+  assert metrics["step"] == 800 and metrics["accuracy"] > 0.9
+  assert _latest_step(workdir) == 800
