@@ -32,6 +32,7 @@ setuptools.setup(
             "tpu-trainer-convert=tpu_trainer.cli.convert:run",
             "tpu-trainer-train=tpu_trainer.cli.train:run",
             "tpu-trainer-eval=tpu_trainer.cli.evaluate:run",
+            "tpu-trainer-benchmark=tpu_trainer.cli.benchmark:run",
         ],
     },
 )

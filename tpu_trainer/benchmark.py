@@ -1,0 +1,48 @@
+"""Is a job input-bound? The input pipeline's rate alone vs the training rate."""
+import tempfile
+import time
+
+import tensorflow as tf
+
+from tpu_trainer import train
+from tpu_trainer.data import pipeline
+from tpu_trainer.data import records
+
+
+def input_rate(config, seconds: float = 5.0) -> float:
+  """Examples/s one host's training input pipeline delivers (after warm-up)."""
+  info = records.read_info(config.data_dir)
+  dataset_fn = pipeline.train_input_fn(
+      config.data_dir, info, config.batch_size, split=config.train_split, seed=config.seed,
+      shuffle_buffer=config.shuffle_buffer, cache=config.cache,
+      cache_max_bytes=config.cache_max_bytes, augment=config.augment,
+      deterministic=config.deterministic)
+  iterator = iter(dataset_fn(tf.distribute.InputContext()))
+  # Warm-up: a full pass fills the cache when the split is cached.
+  for _ in range(max(1, info["splits"][config.train_split]["num_examples"]
+                     // config.batch_size) + 2):
+    next(iterator)
+  batches, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    next(iterator)
+    batches += 1
+  return batches * config.batch_size / (time.perf_counter() - start)
+
+
+def training_rate(config, steps: int = 0) -> dict:
+  """Trains a few executions into a temp workdir; the steady-state rate."""
+  config = config.copy_and_resolve_references()
+  config.steps = steps or 6 * config.steps_per_execution
+  config.eval_every_epochs = 10**6
+  config.profile_steps = ""
+  return train.run(config, tempfile.mkdtemp(prefix="tpu_trainer_bench_"))
+
+
+def verdict(input_per_s: float, train_per_s: float) -> str:
+  ratio = input_per_s / train_per_s
+  if ratio < 1.2:
+    return (f"INPUT-BOUND: the pipeline gives {ratio:.1f}x what training consumes; the "
+            "accelerator will wait. More shards/hosts, raw encoding, cache, or tf.data service.")
+  if ratio < 3:
+    return f"MARGINAL: the pipeline gives {ratio:.1f}x what training consumes; headroom is thin."
+  return f"NOT input-bound: the pipeline gives {ratio:.1f}x what training consumes."

@@ -1,0 +1,51 @@
+"""tpu-trainer-benchmark input: will this job wait on its input pipeline?
+
+  tpu-trainer-benchmark input --config=configs/cnn.py --config.data_dir=DIR [--model_rate]
+
+Prints the pipeline's examples/s alone; with --model_rate (default on) also the
+training rate of the config's model on this machine, and a verdict.
+"""
+import json
+
+from absl import flags
+from ml_collections import config_flags
+
+from tpu_trainer import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg].", lock_config=True)
+flags.DEFINE_string("data_dir", "", "Shortcut for --config.data_dir.")
+flags.DEFINE_float("seconds", 5.0, "How long to time the pipeline.")
+flags.DEFINE_bool("model_rate", True, "Also measure the training rate and give a verdict.")
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] != "input":
+    raise ValueError("usage: tpu-trainer-benchmark input --config=configs/X.py "
+                     "--config.data_dir=DIR")
+  if FLAGS.config is None:
+    raise ValueError("--config is required, e.g. --config=configs/cnn.py.")
+  config = FLAGS.config
+  if FLAGS.data_dir:
+    config.data_dir = FLAGS.data_dir
+  if not config.data_dir:
+    raise ValueError("Pass --data_dir=DIR or --config.data_dir=DIR.")
+  from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
+  train = benchmark.training_rate(config) if FLAGS.model_rate else None
+  rate = benchmark.input_rate(config, FLAGS.seconds)
+  result = {"input_examples_per_second": round(rate)}
+  print(f"input pipeline: {rate:,.0f} examples/s (batch {config.batch_size}, one host)")
+  if train:
+    result["training_examples_per_second"] = round(train["examples_per_second"])
+    print(f"training {config.model}: {train['examples_per_second']:,.0f} examples/s "
+          f"({train['replicas']} replicas, {train['precision']})")
+    print(benchmark.verdict(rate, train["examples_per_second"]))
+  print(json.dumps(result))
+
+
+def run():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
