@@ -29,3 +29,21 @@ def run_cli(name, *args, timeout=300, env=None):
   cmd = [sys.executable, "-m", f"tpu_trainer.cli.{name}", *args]
   return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A fake-gcs-server for the session; tests get a fresh bucket via gcs_bucket."""
+  from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top
+  with Emulator() as emulator:
+    yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, monkeypatch, request):
+  """gs://NAME on the emulator, with STORAGE_EMULATOR_HOST set for the test."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+  from tpu_trainer import storage  # pylint: disable=g-import-not-at-top
+  name = "bucket-" + request.node.name.lower().replace("_", "-").replace("[", "-")[:40].strip("-]")
+  storage.gcs_client().create_bucket(name)
+  return name

@@ -49,9 +49,12 @@ def count_records(path: str, client=None) -> int:
 
 
 def _check_output_dir(output_dir: str, client):
+  """Fails in seconds, with what to do, when output_dir cannot be written.
+  Returns the Cloud Storage client for gs:// paths."""
   if storage.is_gcs(output_dir):
     bucket_name, _ = storage.split_gcs(output_dir)
     try:
+      client = client or storage.gcs_client()
       exists = client.bucket(bucket_name).exists(timeout=15, retry=None)
     except Exception as e:  # credentials missing, network, permissions
       raise ValueError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "
@@ -60,7 +63,7 @@ def _check_output_dir(output_dir: str, client):
     if not exists:
       raise ValueError(f"Bucket gs://{bucket_name} does not exist; create it "
                        f"(gcloud storage buckets create gs://{bucket_name} --location=REGION).")
-    return
+    return client
   try:
     os.makedirs(output_dir, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-probe-")
@@ -70,6 +73,7 @@ def _check_output_dir(output_dir: str, client):
   # Temp files of a killed earlier run.
   for stale in glob.glob(os.path.join(output_dir, ".*.tmp-*")):
     os.remove(stale)
+  return None
 
 
 def _shard_count(split: sources_lib.Split, encoding, jpeg_quality, num_shards,
@@ -108,8 +112,11 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
             seed: int = 0, workers: int = 0, jpeg_quality: int = 95,
             client=None) -> dict:
   """Converts every split of `source`; returns the dataset_info written."""
-  client = client or (storage.gcs_client() if storage.is_gcs(output_dir) else None)
-  _check_output_dir(output_dir, client)
+  empty = [name for name, split in source.splits.items() if split.num_examples == 0]
+  if not source.splits or empty:
+    raise ValueError(f"Source {source.name!r} has no examples"
+                     f"{' in split(s) ' + ', '.join(empty) if empty else ''}; nothing to convert.")
+  client = _check_output_dir(output_dir, client)
   encoding = records.choose_encoding(encoding, source.image_shape)
   rng = np.random.default_rng(seed)
 
