@@ -296,7 +296,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
             "eval_examples": final["examples"], "step": step,
             "examples_per_second": (train_examples_timed / train_seconds
                                     if train_seconds else None),
-            "replicas": replicas, "precision": precision, "model": config.model}
+            "replicas": replicas, "precision": precision, "model": config.model,
+            # Equal on every host of a healthy multi-host run.
+            "weights_fingerprint": float(sum(
+                tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in model.weights))}
   logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
                config.eval_split, final["examples"], final["loss"], final["accuracy"])
   if chief:
