@@ -109,3 +109,18 @@ def test_corrupt_shard_is_named(tmp_path):
   config = _digits_config(mlp_config, data, steps=30, cache=False)
   with pytest.raises(ValueError, match="digits-train.tfrecord-00001-of-00004"):
     train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+
+
+def test_profile_steps_write_a_profile_tensorboard_reads(digits_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  train.run(_digits_config(mlp_config, digits_dir, steps=30, profile_steps="10,20"), workdir,
+            tf.distribute.OneDeviceStrategy("/cpu:0"))
+  assert glob.glob(os.path.join(workdir, "train", "plugins", "profile", "*", "*.xplane.pb"))
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(digits_dir, tmp_path):
+  # A zero learning rate cannot improve: the second evaluation ends the run.
+  config = _digits_config(mlp_config, digits_dir, epochs=10, base_lr=0.0,
+                          steps_per_execution=1, early_stopping_patience=1)
+  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  assert metrics["step"] == 2 * (1437 // 64)
