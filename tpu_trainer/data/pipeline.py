@@ -99,13 +99,15 @@ def train_input_fn(data_dir: str, info: dict, global_batch: int, *, split: str =
     pipelines, index = ctx.num_input_pipelines, ctx.input_pipeline_id
     batch = ctx.get_per_replica_batch_size(global_batch)
     cached = cache and _split_bytes(info, split) / pipelines <= cache_max_bytes
+    buffer = shuffle_buffer
     if cached:
-      # Records read once, then served from memory; the shuffle buffer mixes
-      # them anew each epoch.
+      # Records read once, then served from memory; a buffer as large as the
+      # pipeline's share mixes them completely anew each epoch.
       ds = _records(files, pipelines, index, deterministic).cache()
+      buffer = max(shuffle_buffer, _pipeline_counts(info, split, pipelines)[index])
     else:
       ds = _records(files, pipelines, index, deterministic, shuffle_seed=seed)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch, drop_remainder=True)
     ds = ds.map(lambda b: records.decode_batch(b, shape, encoding),
                 num_parallel_calls=AUTOTUNE, deterministic=deterministic)
