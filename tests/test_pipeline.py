@@ -47,6 +47,13 @@ def test_pipelines_get_disjoint_files_covering_all_every_epoch(digits_dir, pipel
   assert epochs[0] != epochs[1]  # reshuffled between epochs
 
 
+def test_private_thread_pool_option(digits_dir):
+  info = records.read_info(digits_dir)
+  ds = pipeline.train_input_fn(digits_dir, info, 64, threads=3)(_ctx())
+  assert ds.options().threading.private_threadpool_size == 3
+  assert next(iter(ds))[0].shape == (64, 8, 8, 1)
+
+
 def test_file_order_depends_on_seed(digits_dir):
   info = records.read_info(digits_dir)
   files = records.split_files(digits_dir, info, "train")

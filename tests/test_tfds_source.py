@@ -6,7 +6,7 @@ import tensorflow_datasets as tfds
 from tpu_trainer.data import convert
 from tpu_trainer.data import records
 from tpu_trainer.data import sources
-import tfds_tiny  # pylint: disable=unused-import  (registers tfds:tiny_shapes)
+import tfds_tiny  # noqa: F401  (registers tfds:tiny_shapes)
 
 
 def test_tfds_source_converts_every_example(tmp_path):

@@ -16,7 +16,7 @@ def input_rate(config, seconds: float = 5.0) -> float:
       config.data_dir, info, config.batch_size, split=config.train_split, seed=config.seed,
       shuffle_buffer=config.shuffle_buffer, cache=config.cache,
       cache_max_bytes=config.cache_max_bytes, augment=config.augment,
-      deterministic=config.deterministic)
+      deterministic=config.deterministic, threads=config.data_threads)
   iterator = iter(dataset_fn(tf.distribute.InputContext()))
   # Warm-up: a full pass fills the cache when the split is cached.
   for _ in range(max(1, info["splits"][config.train_split]["num_examples"]

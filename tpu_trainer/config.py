@@ -24,6 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.shuffle_buffer = 10_000
   c.augment = False              # random flip + crop (photos, not digits)
   c.deterministic = False        # True: reproducible order, a little slower
+  c.data_threads = 0             # > 0: a private tf.data thread pool of this size
   # Model.
   c.model = "cnn"
   c.dropout = 0.0

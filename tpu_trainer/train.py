@@ -7,7 +7,6 @@ writes summaries, evaluates, checkpoints and watches for SIGTERM.
 """
 import json
 import math
-import os
 import signal
 import tempfile
 import time
@@ -190,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       config.data_dir, info, config.batch_size, split=config.train_split,
       seed=config.seed + step, shuffle_buffer=config.shuffle_buffer, cache=config.cache,
       cache_max_bytes=config.cache_max_bytes, augment=config.augment,
-      deterministic=config.deterministic)
+      deterministic=config.deterministic, threads=config.data_threads)
   iterator = iter(strategy.distribute_datasets_from_function(train_fn))
   evaluator = Evaluator(strategy, lambda x: model(x, training=False), config.data_dir, info,
                         config.eval_split, config.batch_size, cache=config.cache)

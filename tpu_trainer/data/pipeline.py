@@ -60,10 +60,12 @@ def _records(files, pipelines, index, deterministic, shuffle_seed=None):
   return tf.data.TFRecordDataset(ds, buffer_size=8 << 20).shard(pipelines, index)
 
 
-def _options(deterministic):
+def _options(deterministic, threads=0):
   options = tf.data.Options()
   options.deterministic = deterministic
   options.autotune.enabled = True
+  if threads:  # a private pool: input work does not queue behind the host's other ops
+    options.threading.private_threadpool_size = threads
   return options
 
 
@@ -90,7 +92,7 @@ def augment_batch(images: tf.Tensor) -> tf.Tensor:
 def train_input_fn(data_dir: str, info: dict, global_batch: int, *, split: str = "train",
                    seed: int = 0, shuffle_buffer: int = 10_000, cache: bool = True,
                    cache_max_bytes: int = 2 << 30, augment: bool = False,
-                   deterministic: bool = False):
+                   deterministic: bool = False, threads: int = 0):
   """Returns fn(input_context) -> endless dataset of (uint8 images, int32 labels)."""
   files = records.split_files(data_dir, info, split)
   shape, encoding = _image_shape(info), info["features"]["image"]["encoding"]
@@ -114,7 +116,7 @@ def train_input_fn(data_dir: str, info: dict, global_batch: int, *, split: str =
     if augment:
       ds = ds.map(lambda x, y: (augment_batch(x), y), num_parallel_calls=AUTOTUNE,
                   deterministic=deterministic)
-    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, threads))
 
   return dataset_fn
 
