@@ -5,14 +5,13 @@ checked by crc32c), so a shard is never visible half written. A rerun after a
 kill skips shards that exist and read back with the expected count; the
 manifest is written last, with a crc32c per shard.
 """
-import concurrent.futures
 import glob
 import json
 import math
+import multiprocessing
 import os
 import re
 import tempfile
-import threading
 import time
 
 from absl import logging
@@ -89,29 +88,80 @@ def _shard_count(split: sources_lib.Split, encoding, jpeg_quality, num_shards,
 
 
 class _Progress:
-  def __init__(self, total):
-    self.total, self.examples, self.shards, self.bytes = total, 0, 0, 0
-    self.start = time.time()
-    self.lock = threading.Lock()
+  """Examples and shards done; logs a line at most every `every` seconds."""
 
-  def add(self, examples=0, shards=0, nbytes=0):
-    with self.lock:
-      self.examples += examples
-      self.shards += shards
-      self.bytes += nbytes
+  def __init__(self, total_examples, total_shards, every=10.0):
+    self.total_examples, self.total_shards, self.every = total_examples, total_shards, every
+    self.examples = self.shards = self.bytes = 0
+    self.start = self.last_log = time.time()
 
-  def log(self, total_shards):
-    elapsed = time.time() - self.start
-    logging.info("%d/%d examples, %d/%d shards, %.0f examples/s",
-                 self.examples, self.total, self.shards, total_shards,
-                 self.examples / max(elapsed, 1e-9))
+  def add(self, examples, nbytes=0):
+    self.examples += examples
+    self.shards += 1
+    self.bytes += nbytes
+    if time.time() - self.last_log >= self.every:
+      self.last_log = time.time()
+      logging.info("%d/%d examples, %d/%d shards, %.0f examples/s", self.examples,
+                   self.total_examples, self.shards, self.total_shards,
+                   self.examples / max(time.time() - self.start, 1e-9))
+
+
+# What forked workers inherit instead of receiving it pickled: sources hold
+# closures and memory maps, which pickle badly and copy-on-write well.
+_WORK = {}
+
+
+def _write_shard(job):
+  """Writes one shard to a temp file and publishes it. Runs in a forked worker:
+  no TensorFlow runtime (not fork-safe), only numpy, PIL, protobuf and files."""
+  split_name, index, count, indices = job
+  source, output_dir = _WORK["source"], _WORK["output_dir"]
+  name = records.shard_name(source.name, split_name, index, count)
+  final = storage.join(output_dir, name)
+  tmp = storage.local_temp_path(final)
+  try:
+    with open(tmp, "wb") as f:
+      for image, label in source.splits[split_name].read(indices):
+        if image.shape != tuple(source.image_shape):
+          raise ValueError(f"{source.name}/{split_name}: an image of shape {image.shape} "
+                           f"among images of shape {tuple(source.image_shape)}.")
+        f.write(records.frame_record(records.serialize_example(
+            image, label, _WORK["encoding"], _WORK["jpeg_quality"])))
+    nbytes = os.path.getsize(tmp)
+    if storage.is_gcs(final) and "client" not in _WORK:
+      _WORK["client"] = storage.gcs_client()  # one per worker process
+    crc = storage.publish(tmp, final, _WORK.get("client"))
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return split_name, index, name, len(indices), crc, nbytes
+
+
+def _existing_shard(job, source_name, output_dir, client):
+  """The result of a complete shard left by an earlier run, or None."""
+  split_name, index, count, indices = job
+  name = records.shard_name(source_name, split_name, index, count)
+  final = storage.join(output_dir, name)
+  crc = storage.remote_crc32c(final, client)
+  if crc is None:
+    return None
+  try:
+    if count_records(final, client) == len(indices):
+      return split_name, index, name, len(indices), crc, 0
+  except ValueError as e:
+    logging.warning("Rewriting %s", e)
+  return None
 
 
 def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
             num_shards: int = 0, shard_bytes: int = 100 << 20, min_shards: int = 16,
             seed: int = 0, workers: int = 0, jpeg_quality: int = 95,
             client=None) -> dict:
-  """Converts every split of `source`; returns the dataset_info written."""
+  """Converts every split of `source`; returns the dataset_info written.
+
+  Shards are written by `workers` forked processes (default: one per core);
+  sources that read through TensorFlow (tfds) are written in this process.
+  """
   empty = [name for name, split in source.splits.items() if split.num_examples == 0]
   if not source.splits or empty:
     raise ValueError(f"Source {source.name!r} has no examples"
@@ -130,52 +180,40 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
     for i, part in enumerate(np.array_split(order, count)):
       jobs.append((split_name, i, count, part))
 
-  progress = _Progress(sum(len(j[3]) for j in jobs))
+  progress = _Progress(sum(len(j[3]) for j in jobs), len(jobs))
+  results, todo = [], []
+  for job in jobs:  # a rerun keeps what an earlier run finished
+    done = _existing_shard(job, source.name, output_dir, client)
+    if done:
+      results.append(done)
+      progress.add(done[3])
+    else:
+      todo.append(job)
+  if len(results):
+    logging.info("Kept %d complete shards from an earlier run.", len(results))
 
-  def write_shard(job):
-    split_name, index, count, indices = job
-    name = records.shard_name(source.name, split_name, index, count)
-    final = storage.join(output_dir, name)
-    existing_crc = storage.remote_crc32c(final, client)
-    if existing_crc is not None:  # from a killed earlier run: keep it if it reads back whole
-      try:
-        if count_records(final, client) == len(indices):
-          progress.add(len(indices), 1)
-          return split_name, index, name, len(indices), existing_crc
-      except ValueError as e:
-        logging.warning("Rewriting %s", e)
-    tmp = storage.local_temp_path(final)
-    try:
-      with tf.io.TFRecordWriter(tmp) as writer:
-        for image, label in split_read[split_name](indices):
-          if image.shape != tuple(source.image_shape):
-            raise ValueError(f"{source.name}/{split_name}: an image of shape {image.shape} "
-                             f"among images of shape {tuple(source.image_shape)}.")
-          writer.write(records.serialize_example(image, label, encoding, jpeg_quality))
-      nbytes = os.path.getsize(tmp)
-      crc = storage.publish(tmp, final, client)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    progress.add(len(indices), 1, nbytes)
-    return split_name, index, name, len(indices), crc
-
-  split_read = {name: split.read for name, split in source.splits.items()}
-  results = []
-  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-    pending = {pool.submit(write_shard, job) for job in jobs}
-    try:
-      while pending:
-        done, pending = concurrent.futures.wait(
-            pending, timeout=10, return_when=concurrent.futures.FIRST_EXCEPTION)
-        for future in done:
-          results.append(future.result())
-        if pending:
-          progress.log(len(jobs))
-    except BaseException:
-      for future in pending:
-        future.cancel()
-      raise
+  workers = min(workers or os.cpu_count() or 1, len(todo))
+  forkable = "fork" in multiprocessing.get_all_start_methods()
+  in_process = workers <= 1 or not forkable or not all(
+      source.splits[s].process_safe for s in {j[0] for j in todo})
+  _WORK.update(source=source, output_dir=output_dir, encoding=encoding,
+               jpeg_quality=jpeg_quality)
+  if client is not None:
+    _WORK["client"] = client
+  try:
+    if in_process:
+      written = map(_write_shard, todo)
+    else:
+      pool = multiprocessing.get_context("fork").Pool(workers)
+      written = pool.imap_unordered(_write_shard, todo)
+    for result in written:
+      results.append(result)
+      progress.add(result[3], result[5])
+  finally:
+    _WORK.clear()
+    if not in_process:
+      pool.terminate()
+      pool.join()
 
   splits = {}
   for split_name in source.splits:
@@ -196,9 +234,10 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
   storage.write_text(storage.join(output_dir, records.INFO_FILE),
                      json.dumps(info, indent=2) + "\n", client)
   elapsed = time.time() - progress.start
-  logging.info("Wrote %d examples in %d shards (%.1f MB) to %s in %.1f s (%.0f examples/s).",
-               progress.examples, len(jobs), progress.bytes / 1e6, output_dir, elapsed,
-               progress.examples / max(elapsed, 1e-9))
+  logging.info("Wrote %d examples in %d shards (%.1f MB new) to %s in %.1f s "
+               "(%.0f examples/s, %s).", progress.examples, len(jobs), progress.bytes / 1e6,
+               output_dir, elapsed, progress.examples / max(elapsed, 1e-9),
+               "1 process" if in_process else f"{workers} worker processes")
   return info
 
 

@@ -1,7 +1,9 @@
 """The record schema (TFDS / Model Garden keys), image encodings and dataset_info.json."""
 import io
 import json
+import struct
 
+import google_crc32c
 import numpy as np
 import tensorflow as tf
 
@@ -63,6 +65,19 @@ def serialize_example(image: np.ndarray, label: int, encoding: str,
       "image/width": ints(width),
       "image/channels": ints(channels),
   })).SerializeToString()
+
+
+def _masked_crc(data: bytes) -> bytes:
+  crc = google_crc32c.value(data)
+  return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def frame_record(data: bytes) -> bytes:
+  """One record in TFRecord framing, byte for byte what tf.io.TFRecordWriter
+  writes. Converter workers are forked processes that must not touch the
+  TensorFlow runtime, so they frame records themselves."""
+  length = struct.pack("<Q", len(data))
+  return length + _masked_crc(length) + data + _masked_crc(data)
 
 
 def decode_batch(serialized: tf.Tensor, image_shape, encoding: str):

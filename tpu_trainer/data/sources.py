@@ -24,6 +24,8 @@ class Split:
   num_examples: int
   read: Callable[[Sequence[int]], Iterator[Example]]
   random_access: bool = True
+  # False when reading runs TensorFlow ops, which a forked worker must not.
+  process_safe: bool = True
 
 
 @dataclasses.dataclass
@@ -244,7 +246,7 @@ def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
           image = np.asarray(pil.resize((image_size[1], image_size[0]), Image.BILINEAR))
           image = image.reshape(shape)
         yield image, int(example["label"])
-    return Split(count, read, random_access=False)
+    return Split(count, read, random_access=False, process_safe=False)
 
   splits = {s: split_of(s, info.num_examples) for s, info in builder.info.splits.items()}
   return Source(name, list(features["label"].names), tuple(shape), splits)
