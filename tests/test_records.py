@@ -54,3 +54,14 @@ def test_shard_name():
 def test_missing_manifest_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="dataset_info.json.*tpu-trainer-convert"):
     records.read_info(str(tmp_path))
+
+
+def test_framing_is_byte_identical_to_tfrecordwriter(tmp_path):
+  payloads = [b"", b"x", records.serialize_example(_images((28, 28, 1))[0], 1, "raw")]
+  ours = b"".join(records.frame_record(p) for p in payloads)
+  path = str(tmp_path / "tf.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    for p in payloads:
+      writer.write(p)
+  with open(path, "rb") as f:
+    assert f.read() == ours
