@@ -33,6 +33,7 @@ setuptools.setup(
             "tpu-trainer-train=tpu_trainer.cli.train:run",
             "tpu-trainer-eval=tpu_trainer.cli.evaluate:run",
             "tpu-trainer-benchmark=tpu_trainer.cli.benchmark:run",
+            "tpu-trainer-doctor=tpu_trainer.cli.doctor:run",
         ],
     },
 )

@@ -100,3 +100,20 @@ def read_text(path: str, client=None) -> str:
     return (client or gcs_client()).bucket(bucket_name).blob(name).download_as_text()
   with tf.io.gfile.GFile(path) as f:
     return f.read()
+
+
+def list_files(directory: str, client=None, fail_fast: bool = False) -> dict:
+  """{file name: (bytes, crc32c)} of the files directly in a local dir or gs:// prefix.
+
+  fail_fast: no retries and short timeouts, for preflight checks.
+  """
+  if is_gcs(directory):
+    bucket_name, prefix = split_gcs(directory.rstrip("/") + "/")
+    kwargs = {"timeout": 15, "retry": None} if fail_fast else {}
+    blobs = (client or gcs_client()).list_blobs(bucket_name, prefix=prefix, delimiter="/",
+                                                **kwargs)
+    return {b.name[len(prefix):]: (b.size, b.crc32c) for b in blobs}
+  return {name: (os.path.getsize(os.path.join(directory, name)),
+                 file_crc32c(os.path.join(directory, name)))
+          for name in os.listdir(directory)
+          if os.path.isfile(os.path.join(directory, name))}

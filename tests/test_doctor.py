@@ -1,0 +1,98 @@
+"""tpu-trainer-doctor: each check passes on good input and fails, with what to
+change, on bad input."""
+import os
+import shutil
+import time
+
+import pytest
+
+from configs import mlp as mlp_config
+from conftest import run_cli
+from tpu_trainer import doctor
+
+
+def _config(data_dir, **overrides):
+  config = mlp_config.get_config()
+  config.data_dir = data_dir
+  config.update(overrides)
+  return config
+
+
+def _by_name(checks):
+  return {c.name: c for c in checks}
+
+
+def test_slice_shapes():
+  assert doctor.parse_accelerator("v4-8") == doctor.Slice("v4-8", 1, 4, 4)
+  assert doctor.parse_accelerator("v4-32") == doctor.Slice("v4-32", 4, 16, 16)
+  assert doctor.parse_accelerator("v3-8") == doctor.Slice("v3-8", 1, 8, 4)
+  assert doctor.parse_accelerator("v3-32").hosts == 4
+  assert doctor.parse_accelerator("v5litepod-16") == doctor.Slice("v5litepod-16", 4, 16, 16)
+  with pytest.raises(ValueError, match="v4-8"):
+    doctor.parse_accelerator("tpu-8")
+
+
+def test_cli_passes_on_good_data(digits_dir):
+  result = run_cli("doctor", "--config=configs/cnn.py", f"--config.data_dir={digits_dir}",
+                   "--accelerator=v4-8", "--input_seconds=0.5")
+  assert result.returncode == 0, result.stdout + result.stderr
+  lines = result.stdout.splitlines()
+  for name in ("data reachable", "manifest matches shards", "shards >= hosts", "shard sizes",
+               "batch per replica", "model compiles (bf16, XLA)", "input rate vs step rate"):
+    assert any(name in l and l.split()[0] in ("OK", "WARN") for l in lines), name
+  assert "Ready to launch." in result.stdout
+
+
+def test_bad_manifest_shard_count_and_batch_fail(digits_dir, tmp_path):
+  data = str(tmp_path / "d")
+  shutil.copytree(digits_dir, data)
+  os.remove(os.path.join(data, "digits-train.tfrecord-00003-of-00016"))
+  with open(os.path.join(data, "digits-test.tfrecord-00000-of-00016"), "ab") as f:
+    f.write(b"extra")
+  checks = _by_name(doctor.run_checks(_config(data, batch_size=100), "v4-256",
+                                      input_seconds=0.2))
+  manifest = checks["manifest matches shards"]
+  assert manifest.status == "FAIL"
+  assert "digits-train.tfrecord-00003-of-00016 missing" in manifest.detail
+  assert "digits-test.tfrecord-00000-of-00016 crc32c" in manifest.detail
+  assert checks["shards >= hosts"].status == "FAIL"
+  assert "--min_shards=128" in checks["shards >= hosts"].detail
+  assert checks["batch per replica"].status == "FAIL"
+  assert "multiple of 1024" in checks["batch per replica"].detail
+
+
+def test_batch_tiles(digits_dir):
+  check = doctor._batch_check(_config(digits_dir, batch_size=40), doctor.parse_accelerator("v4-8"))  # pylint: disable=protected-access
+  assert check.status == "FAIL" and "multiple of 8" in check.detail
+  check = doctor._batch_check(_config(digits_dir, batch_size=64), doctor.parse_accelerator("v4-8"))  # pylint: disable=protected-access
+  assert check.status == "WARN" and "128" in check.detail
+  check = doctor._batch_check(_config(digits_dir, batch_size=512), doctor.parse_accelerator("v4-8"))  # pylint: disable=protected-access
+  assert check.status == "OK"
+
+
+def test_missing_data_fails_and_skips_the_rest(tmp_path):
+  checks = _by_name(doctor.run_checks(_config(str(tmp_path / "none")), "v4-8"))
+  assert checks["data reachable"].status == "FAIL"
+  assert checks["model compiles (bf16, XLA)"].status == "SKIP"
+
+
+def test_unknown_model_fails(digits_dir):
+  checks = _by_name(doctor.run_checks(_config(digits_dir, model="vgg"), "v4-8"))
+  assert checks["model known"].status == "FAIL"
+
+
+def test_bucket_checks_against_the_emulator(gcs_bucket, gcs_emulator):
+  from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
+  data = f"gs://{gcs_bucket}/digits"
+  convert.convert(sources.digits(), data, min_shards=2)
+  checks = _by_name(doctor.run_checks(_config(data, tpu_zone="europe-west4-a"), "v4-8"))
+  assert checks["data reachable"].status == "OK"
+  assert checks["manifest matches shards"].status == "OK"
+  region = checks["bucket region"]
+  assert region.status in ("FAIL", "WARN") and "europe-west4" in region.detail
+  assert checks["input rate vs step rate"].status == "SKIP"
+
+  start = time.perf_counter()
+  checks = _by_name(doctor.run_checks(_config("gs://no-such-bucket/x"), "v4-8"))
+  assert checks["data reachable"].status == "FAIL"
+  assert time.perf_counter() - start < 10

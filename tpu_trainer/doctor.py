@@ -1,0 +1,253 @@
+"""Preflight checks before spending TPU money: data, manifest, shards, region,
+batch, model compilation, input rate. Each failing check says what to change."""
+import dataclasses
+import json
+import math
+import re
+import time
+
+import keras
+import tensorflow as tf
+
+from tpu_trainer import storage
+from tpu_trainer.data import pipeline
+from tpu_trainer.data import records
+from tpu_trainer.models import BUILDERS
+from tpu_trainer.models import build_model
+
+# Peak bf16 TFLOP/s per chip (Google's published figures).
+_PEAK_TFLOPS = {"v2": 45, "v3": 123, "v4": 275, "v5litepod": 197, "v5p": 459, "v6e": 918}
+_ASSUMED_UTILISATION = 0.4
+_MIN_STEP_SECONDS = 1e-3  # per-step overhead: small models do not reach peak FLOPs
+
+
+@dataclasses.dataclass
+class Check:
+  name: str
+  status: str  # OK | WARN | FAIL | SKIP
+  detail: str
+
+
+@dataclasses.dataclass
+class Slice:
+  accelerator: str
+  hosts: int
+  replicas: int  # what TPUStrategy sees: TensorCores, or chips with megacore
+  chips: int
+
+
+def parse_accelerator(accelerator: str) -> Slice:
+  """v2-8 / v3-32 (cores), v4-8 / v5p-16 (TensorCores, 2 per megacore chip),
+  v5litepod-8 / v6e-16 (chips)."""
+  match = re.fullmatch(r"(v2|v3|v4|v5p|v5litepod|v6e)-(\d+)", accelerator)
+  if not match:
+    raise ValueError(f"--accelerator={accelerator!r}: expected e.g. v4-8, v3-32, v5litepod-16.")
+  kind, size = match.group(1), int(match.group(2))
+  if kind in ("v2", "v3"):
+    chips, replicas, per_host = size // 2, size, 8
+  elif kind in ("v4", "v5p"):
+    chips = replicas = size // 2
+    per_host = 4
+  else:
+    chips = replicas = size
+    per_host = 8 if size <= 8 else 4
+  return Slice(accelerator, max(1, math.ceil(chips / per_host) if kind not in ("v2", "v3")
+                                else math.ceil(size / per_host)), replicas, chips)
+
+
+def _data_checks(config, tpu_slice, client):
+  """Reachability, manifest vs shards, shard count and sizes, bucket region."""
+  checks = []
+  data_dir = config.data_dir
+  start = time.perf_counter()
+  try:
+    files = storage.list_files(data_dir, client, fail_fast=True)
+    if records.INFO_FILE not in files:
+      raise FileNotFoundError(f"no {records.INFO_FILE}")
+    info = json.loads(storage.read_text(storage.join(data_dir, records.INFO_FILE), client))
+  except Exception as e:  # unreachable, no credentials, missing: all the same to the user
+    checks.append(Check("data reachable", "FAIL",
+                        f"{data_dir}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
+                        "Check the path, `gcloud auth application-default login`, and "
+                        "that tpu-trainer-convert wrote there."))
+    return checks, None
+  checks.append(Check("data reachable", "OK", f"{data_dir} listed in "
+                      f"{time.perf_counter() - start:.1f} s"))
+
+  problems, sizes = [], {}
+  for split_name, split in info["splits"].items():
+    for shard in split["shards"]:
+      found = files.get(shard["file"])
+      if found is None:
+        problems.append(f"{shard['file']} missing")
+      elif found[1] != shard["crc32c"]:
+        problems.append(f"{shard['file']} crc32c {found[1]} != manifest {shard['crc32c']}")
+      else:
+        sizes.setdefault(split_name, []).append(found[0])
+  if problems:
+    checks.append(Check("manifest matches shards", "FAIL",
+                        f"{len(problems)} problem(s): {'; '.join(problems[:3])}. Convert "
+                        "again (reruns rewrite only bad shards)."))
+  else:
+    checks.append(Check("manifest matches shards", "OK",
+                        f"{sum(len(s['shards']) for s in info['splits'].values())} shards, "
+                        "crc32c as recorded"))
+
+  train_shards = len(info["splits"].get(config.train_split, {}).get("shards", []))
+  if train_shards < tpu_slice.hosts:
+    checks.append(Check("shards >= hosts", "FAIL",
+                        f"{train_shards} {config.train_split} shards for {tpu_slice.hosts} "
+                        f"hosts: convert with --min_shards={tpu_slice.hosts * 4}."))
+  else:
+    checks.append(Check("shards >= hosts", "OK", f"{train_shards} {config.train_split} shards "
+                        f"for {tpu_slice.hosts} host(s)"))
+
+  train_sizes = sizes.get(config.train_split, [])
+  if train_sizes:
+    mean, total = sum(train_sizes) / len(train_sizes), sum(train_sizes)
+    if max(train_sizes) > 1 << 30:
+      checks.append(Check("shard sizes", "WARN", f"largest shard {max(train_sizes) / 2**20:.0f} "
+                          "MiB: use --shard_bytes=200000000 for 10-200 MiB shards."))
+    elif mean < 10 << 20 and total > 16 * (10 << 20):
+      checks.append(Check("shard sizes", "WARN", f"mean shard {mean / 2**20:.1f} MiB over "
+                          f"{len(train_sizes)} files: fewer, larger shards read faster "
+                          "(--shard_bytes=100000000)."))
+    else:
+      checks.append(Check("shard sizes", "OK", f"mean {mean / 2**20:.2f} MiB, total "
+                          f"{total / 2**20:.1f} MiB"))
+
+  if storage.is_gcs(data_dir) and config.tpu_zone:
+    region = config.tpu_zone.rsplit("-", 1)[0].lower()
+    try:
+      bucket = (client or storage.gcs_client()).get_bucket(
+          storage.split_gcs(data_dir)[0], timeout=15, retry=None)
+      location = (bucket.location or "").lower()
+      if location == region:
+        checks.append(Check("bucket region", "OK", f"bucket in {location}, TPU in {region}"))
+      elif location and region.startswith(location + "-") or location in ("us", "eu", "asia"):
+        checks.append(Check("bucket region", "WARN", f"multi-region bucket ({location}) for "
+                            f"a TPU in {region}: a {region} bucket is faster and cheaper."))
+      else:
+        checks.append(Check("bucket region", "FAIL", f"bucket in {location}, TPU in {region}: "
+                            f"copy the data to a bucket in {region} (cross-region reads cost "
+                            "money and speed)."))
+    except Exception as e:  # pylint: disable=broad-except
+      checks.append(Check("bucket region", "WARN", f"could not read the bucket's location "
+                          f"({type(e).__name__}); keep it in {region}."))
+  else:
+    checks.append(Check("bucket region", "SKIP", "local data_dir or no config.tpu_zone"))
+  return checks, info
+
+
+def _batch_check(config, tpu_slice):
+  batch, replicas = config.batch_size, tpu_slice.replicas
+  if batch % replicas:
+    return Check("batch per replica", "FAIL", f"batch_size={batch} does not divide over "
+                 f"{replicas} replicas of {tpu_slice.accelerator}: use a multiple of "
+                 f"{replicas * 8}.")
+  per_replica = batch // replicas
+  if per_replica % 8:
+    return Check("batch per replica", "FAIL", f"{per_replica} per replica is not a multiple "
+                 f"of 8 (TPU tiles): use batch_size={max(8, per_replica // 8 * 8) * replicas}.")
+  if per_replica % 128:
+    return Check("batch per replica", "WARN", f"{per_replica} per replica: a multiple of 128 "
+                 f"fills the MXU best (batch_size={replicas * 128 * max(1, per_replica // 128)}).")
+  return Check("batch per replica", "OK", f"{per_replica} per replica over {replicas} replicas")
+
+
+def forward_flops(model, input_shape) -> float:
+  """FLOPs of one forward pass on one example (TF's graph profiler)."""
+  from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
+  fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec([1] + list(input_shape), tf.uint8))
+  options = option_builder.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  return float(model_analyzer.profile(fn.graph, options=options).total_float_ops)
+
+
+def _model_checks(config, info, tpu_slice):
+  """Builds the model in bf16, XLA-compiles a training step with static shapes."""
+  shape = info["features"]["image"]["shape"]
+  num_classes = len(info["class_names"])
+  policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = build_model(config, shape, num_classes)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    per_replica = max(1, config.batch_size // tpu_slice.replicas)
+
+    @tf.function(jit_compile=True)
+    def step(images, labels):
+      with tf.GradientTape() as tape:
+        loss = loss_fn(labels, model(images, training=True))
+      grads = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      return loss
+
+    start = time.perf_counter()
+    loss = step(tf.zeros([per_replica] + list(shape), tf.uint8),
+                tf.zeros([per_replica], tf.int32))
+    if not math.isfinite(float(loss)):
+      raise ValueError(f"loss is {float(loss)}")
+    flops = forward_flops(model, shape)
+  except Exception as e:  # pylint: disable=broad-except
+    return [Check("model compiles (bf16, XLA)", "FAIL",
+                  f"{config.model}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")], None
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
+  return [Check("model compiles (bf16, XLA)", "OK",
+                f"{config.model}, {model.count_params():,} parameters, static batch "
+                f"{per_replica}, compiled in {time.perf_counter() - start:.1f} s")], flops
+
+
+def _input_check(config, info, tpu_slice, forward, input_seconds):
+  kind = tpu_slice.accelerator.split("-")[0]
+  # Training costs ~3x the forward FLOPs.
+  compute = 3 * forward * config.batch_size / (
+      _PEAK_TFLOPS[kind] * 1e12 * _ASSUMED_UTILISATION * tpu_slice.chips)
+  step_seconds = max(compute, _MIN_STEP_SECONDS)
+  need = config.batch_size / step_seconds / tpu_slice.hosts
+  if storage.is_gcs(config.data_dir):
+    return Check("input rate vs step rate", "SKIP",
+                 f"the TPU would consume ~{need:,.0f} examples/s per host; measure on the "
+                 "TPU VM: tpu-trainer-benchmark input --config=...")
+  from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
+  have = benchmark.input_rate(config, input_seconds)
+  detail = (f"one host's pipeline here {have:,.0f} ex/s; {tpu_slice.accelerator} would consume "
+            f"~{need:,.0f} ex/s per host ({step_seconds * 1e3:.1f} ms per step: "
+            f"{forward / 1e6:.1f} MFLOP forward per example at {_ASSUMED_UTILISATION:.0%} of "
+            f"peak bf16, at least {_MIN_STEP_SECONDS * 1e3:.0f} ms)")
+  if have < need:
+    return Check("input rate vs step rate", "WARN", detail + ": input-bound; use raw encoding "
+                 "for small images, cache, or tf.data service.")
+  return Check("input rate vs step rate", "OK", detail)
+
+
+def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
+               client=None) -> list[Check]:
+  tpu_slice = parse_accelerator(accelerator)
+  checks = []
+  if config.model not in BUILDERS:
+    checks.append(Check("model known", "FAIL", f"config.model={config.model!r}; choose one of "
+                        f"{', '.join(sorted(BUILDERS))}."))
+  data_checks, info = _data_checks(config, tpu_slice, client)
+  checks += data_checks
+  checks.append(_batch_check(config, tpu_slice))
+  if info is None or config.model not in BUILDERS:
+    checks.append(Check("model compiles (bf16, XLA)", "SKIP", "needs the data's manifest"))
+    return checks
+  model_checks, flops = _model_checks(config, info, tpu_slice)
+  checks += model_checks
+  if any(c.status == "FAIL" for c in data_checks):
+    checks.append(Check("input rate vs step rate", "SKIP", "fix the data first"))
+  elif flops:
+    checks.append(_input_check(config, info, tpu_slice, flops, input_seconds))
+  return checks
+
+
+def format_table(checks: list[Check]) -> str:
+  width = max(len(c.name) for c in checks)
+  return "\n".join(f"{c.status:<4}  {c.name:<{width}}  {c.detail}" for c in checks)
