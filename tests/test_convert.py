@@ -94,6 +94,18 @@ def test_npz_source(tmp_path):
   assert sorted(_read_all(out, "test")) == expected
 
 
+def test_npz_compressed_and_bad_archive(tmp_path):
+  path = str(tmp_path / "c.npz")
+  x = np.arange(2 * 5 * 5, dtype=np.uint8).reshape(2, 5, 5)
+  np.savez_compressed(path, x_train=x, y_train=np.array([0, 1]))
+  source = sources.load(f"npz:{path}")
+  assert [(im[..., 0].tolist(), l) for im, l in source.splits["train"].read([1, 0])] == [
+      (x[1].tolist(), 1), (x[0].tolist(), 0)]
+  (tmp_path / "bad.npz").write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match="not an .npz archive"):
+    sources.load(f"npz:{tmp_path / 'bad.npz'}")
+
+
 def _write_idx(path, array, gz):
   header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
   data = header + array.astype(np.uint8).tobytes()

@@ -10,6 +10,7 @@ import gzip
 import os
 import shutil
 import tempfile
+import zipfile
 import zlib
 from typing import Callable, Iterator, Sequence
 
@@ -86,12 +87,11 @@ def npz(path: str) -> Source:
   """An .npz in the keras.datasets layout: x_train, y_train, x_test, y_test."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"npz source {path!r} does not exist.")
-  with np.load(path) as data:
-    missing = {"x_train", "y_train"} - set(data.files)
-    if missing:
-      raise ValueError(f"{path} lacks {sorted(missing)}; expected the keras.datasets "
-                       "layout x_train, y_train[, x_test, y_test].")
-    arrays = {k: data[k] for k in data.files}
+  arrays = _memory_mapped_npz(path)
+  missing = {"x_train", "y_train"} - set(arrays)
+  if missing:
+    raise ValueError(f"{path} lacks {sorted(missing)}; expected the keras.datasets "
+                     "layout x_train, y_train[, x_test, y_test].")
   splits, labels = {}, []
   for split in ("train", "test"):
     if f"x_{split}" in arrays:
@@ -103,6 +103,28 @@ def npz(path: str) -> Source:
       labels.append(y)
   name = os.path.splitext(os.path.basename(path))[0]
   return _from_splits(name, splits, labels)
+
+
+def _memory_mapped_npz(path: str) -> dict:
+  """The arrays of an .npz, memory-mapped: each member (compressed or not) is
+  unpacked to a temp .npy first, so only the pages being read are in memory."""
+  workdir = tempfile.mkdtemp(prefix="tpu_trainer_npz_")
+  arrays = {}
+  try:
+    with zipfile.ZipFile(path) as archive:
+      for member in archive.namelist():
+        if not member.endswith(".npy"):
+          continue
+        target = os.path.join(workdir, os.path.basename(member))
+        with archive.open(member) as src, open(target, "wb") as dst:
+          shutil.copyfileobj(src, dst, 8 << 20)
+        arrays[member[:-4]] = np.load(target, mmap_mode="r")
+        os.remove(target)  # the mapping outlives the name: nothing is left behind
+  except zipfile.BadZipFile:
+    raise ValueError(f"{path} is not an .npz archive.") from None
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return arrays
 
 
 def _from_splits(name, splits, labels) -> Source:
@@ -125,7 +147,10 @@ def _read_idx(path: str, workdir: str) -> np.ndarray:
       raise ValueError(f"{path} is not an idx file of unsigned bytes.")
     ndim = header[3]
     shape = tuple(int.from_bytes(f.read(4), "big") for _ in range(ndim))
-  return np.memmap(path, dtype=np.uint8, mode="r", offset=4 + 4 * ndim, shape=shape)
+  array = np.memmap(path, dtype=np.uint8, mode="r", offset=4 + 4 * ndim, shape=shape)
+  if path.startswith(workdir):
+    os.remove(path)  # the unpacked copy: the mapping outlives the name
+  return array
 
 
 def idx(directory: str) -> Source:
@@ -134,19 +159,22 @@ def idx(directory: str) -> Source:
     raise FileNotFoundError(f"idx source directory {directory!r} does not exist.")
   workdir = tempfile.mkdtemp(prefix="tpu_trainer_idx_")
   splits, labels = {}, []
-  for split, prefix in (("train", "train"), ("test", "t10k")):
-    pair = []
-    for kind in ("images-idx3", "labels-idx1"):
-      base = os.path.join(directory, f"{prefix}-{kind}-ubyte")
-      found = [p for p in (base, base + ".gz") if os.path.exists(p)]
-      if not found:
-        raise FileNotFoundError(f"{base}[.gz] is missing from the idx source.")
-      pair.append(_read_idx(found[0], workdir))
-    x, y = pair
-    if len(x) != len(y):
-      raise ValueError(f"{directory}: {prefix} has {len(x)} images but {len(y)} labels.")
-    splits[split] = _array_split(x, y)
-    labels.append(np.asarray(y))
+  try:
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+      pair = []
+      for kind in ("images-idx3", "labels-idx1"):
+        base = os.path.join(directory, f"{prefix}-{kind}-ubyte")
+        found = [p for p in (base, base + ".gz") if os.path.exists(p)]
+        if not found:
+          raise FileNotFoundError(f"{base}[.gz] is missing from the idx source.")
+        pair.append(_read_idx(found[0], workdir))
+      x, y = pair
+      if len(x) != len(y):
+        raise ValueError(f"{directory}: {prefix} has {len(x)} images but {len(y)} labels.")
+      splits[split] = _array_split(x, y)
+      labels.append(np.asarray(y))
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
   return _from_splits(os.path.basename(os.path.normpath(directory)), splits, labels)
 
 
