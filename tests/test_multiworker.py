@@ -19,9 +19,8 @@ def _free_ports(n):
   return ports
 
 
-def test_two_workers_agree_on_weights(digits_dir, tmp_path):
+def _train_together(digits_dir, workdir, steps):
   workers = [f"localhost:{p}" for p in _free_ports(2)]
-  workdir = str(tmp_path / "w")
   procs = []
   for index in range(2):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -29,7 +28,7 @@ def test_two_workers_agree_on_weights(digits_dir, tmp_path):
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/cnn.py",
          f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
-         "--config.strategy=multiworker", "--config.batch_size=64", "--config.steps=30",
+         "--config.strategy=multiworker", "--config.batch_size=64", f"--config.steps={steps}",
          "--config.steps_per_execution=5", "--config.base_lr=0.01"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   results = []
@@ -42,7 +41,13 @@ def test_two_workers_agree_on_weights(digits_dir, tmp_path):
           p.kill()
     assert proc.returncode == 0, err[-3000:]
     assert "MultiWorkerMirroredStrategy" in err
-    results.append(json.loads(out.splitlines()[0]))
+    results.append((json.loads(out.splitlines()[0]), err))
+  return results
+
+
+def test_two_workers_agree_on_weights_and_resume_together(digits_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  results = [r for r, _ in _train_together(digits_dir, workdir, 30)]
   assert [r["replicas"] for r in results] == [2, 2]
   assert [r["step"] for r in results] == [30, 30]
   assert results[0]["weights_fingerprint"] == results[1]["weights_fingerprint"]
@@ -52,3 +57,10 @@ def test_two_workers_agree_on_weights(digits_dir, tmp_path):
   assert os.path.exists(os.path.join(workdir, "metrics.json"))
   checkpoints = os.listdir(os.path.join(workdir, "checkpoints"))
   assert "checkpoint" in checkpoints
+
+  # Started again for longer, both workers resume from the chief's checkpoint.
+  again = _train_together(digits_dir, workdir, 40)
+  for result, err in again:
+    assert "Resumed from" in err and "ckpt-30" in err
+    assert result["step"] == 40
+  assert again[0][0]["weights_fingerprint"] == again[1][0]["weights_fingerprint"]

@@ -7,6 +7,7 @@ writes summaries, evaluates, checkpoints and watches for SIGTERM.
 """
 import json
 import math
+import shutil
 import signal
 import tempfile
 import time
@@ -156,16 +157,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
                                                  reduction=None)
 
-  # Only the chief's checkpoints and summaries are kept; other workers write
-  # theirs (collective ops need every worker to save) to a temp dir.
-  checkpoint_dir = (storage.join(workdir, "checkpoints") if chief
+  # Every worker resumes from the chief's checkpoints; only the chief's are
+  # kept. Other workers must save too (collective ops), into a temp dir.
+  chief_checkpoints = storage.join(workdir, "checkpoints")
+  checkpoint_dir = (chief_checkpoints if chief
                     else tempfile.mkdtemp(prefix="tpu_trainer_worker_ckpt_"))
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
   manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
                                        max_to_keep=config.keep_checkpoints)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("Resumed from %s.", manager.latest_checkpoint)
+  latest = tf.train.latest_checkpoint(chief_checkpoints)
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info("Resumed from %s.", latest)
   step = int(optimizer.iterations.numpy())
 
   def train_step(images, labels):
@@ -285,6 +288,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       signal.signal(signal.SIGTERM, previous_handler)
     for w in writers.values():
       w.flush()
+    if not chief:
+      shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
   try:
     final = evaluator()
