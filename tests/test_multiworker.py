@@ -31,14 +31,16 @@ def _train_together(digits_dir, workdir, steps):
          "--config.strategy=multiworker", "--config.batch_size=64", f"--config.steps={steps}",
          "--config.steps_per_execution=5", "--config.base_lr=0.01"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = []
+  try:
+    for proc in procs:  # each worker to its own end; a chief may finish first
+      outputs.append(proc.communicate(timeout=300))
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
   results = []
-  for proc in procs:
-    try:
-      out, err = proc.communicate(timeout=300)
-    finally:
-      for p in procs:
-        if p.poll() is None:
-          p.kill()
+  for proc, (out, err) in zip(procs, outputs):
     assert proc.returncode == 0, err[-3000:]
     assert "MultiWorkerMirroredStrategy" in err
     results.append((json.loads(out.splitlines()[0]), err))
