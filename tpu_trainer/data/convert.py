@@ -198,7 +198,8 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
       source.splits[s].process_safe for s in {j[0] for j in todo})
   _WORK.update(source=source, output_dir=output_dir, encoding=encoding,
                jpeg_quality=jpeg_quality)
-  if client is not None:
+  if client is not None and in_process:
+    # Never into forked workers: a shared connection pool garbles requests.
     _WORK["client"] = client
   try:
     if in_process:
