@@ -4,6 +4,7 @@
   --config=configs/cnn.py:smoke   a few steps, for tests and dry runs
 """
 from tpu_trainer.config import default_config
+from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -13,7 +14,5 @@ def get_config(arg=None):
   config.epochs = 10
   config.base_lr = 1e-3  # Adam at 4e-3 for batch 1024
   if arg == "smoke":
-    config.batch_size = 32
-    config.steps = 4
-    config.steps_per_execution = 2
+    shrink_for_smoke(config)
   return config

@@ -3,6 +3,7 @@
   tpu-trainer-train --config=configs/cnn_deep.py --config.data_dir=DIR --workdir=W
 """
 from tpu_trainer.config import default_config
+from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -14,7 +15,5 @@ def get_config(arg=None):
   config.base_lr = 1e-3
   config.warmup_epochs = 1
   if arg == "smoke":
-    config.batch_size = 32
-    config.steps = 4
-    config.steps_per_execution = 2
+    shrink_for_smoke(config)
   return config

@@ -3,6 +3,7 @@
   tpu-trainer-train --config=configs/conv_bn.py --config.data_dir=DIR --workdir=W
 """
 from tpu_trainer.config import default_config
+from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -16,7 +17,5 @@ def get_config(arg=None):
   config.warmup_epochs = 1
   config.label_smoothing = 0.1
   if arg == "smoke":
-    config.batch_size = 32
-    config.steps = 4
-    config.steps_per_execution = 2
+    shrink_for_smoke(config)
   return config

@@ -3,6 +3,7 @@
   tpu-trainer-train --config=configs/mlp.py --config.data_dir=DIR --workdir=W
 """
 from tpu_trainer.config import default_config
+from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -12,7 +13,5 @@ def get_config(arg=None):
   config.epochs = 10
   config.base_lr = 1e-3  # Adam at 4e-3 for batch 1024
   if arg == "smoke":
-    config.batch_size = 32
-    config.steps = 4
-    config.steps_per_execution = 2
+    shrink_for_smoke(config)
   return config

@@ -6,6 +6,7 @@ Pretrained ImageNet weights are downloaded by Keras; --config.weights=none train
 from scratch. --config.fine_tune_layers=N unfreezes the top N layers of the base.
 """
 from tpu_trainer.config import default_config
+from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -21,7 +22,5 @@ def get_config(arg=None):
   config.steps_per_execution = 10
   if arg == "smoke":
     config.weights = "none"
-    config.batch_size = 8
-    config.steps = 2
-    config.steps_per_execution = 1
+    shrink_for_smoke(config, batch_size=8, steps=2, steps_per_execution=1)
   return config

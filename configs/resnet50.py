@@ -4,6 +4,7 @@ label smoothing, weight decay.
   tpu-trainer-train --config=configs/resnet50.py --config.data_dir=gs://B/imagenet --workdir=gs://B/run
 """
 from tpu_trainer.config import default_config
+from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -22,7 +23,5 @@ def get_config(arg=None):
   config.cache = False
   config.shuffle_buffer = 16_384
   if arg == "smoke":
-    config.batch_size = 4
-    config.steps = 2
-    config.steps_per_execution = 1
+    shrink_for_smoke(config, batch_size=4, steps=2, steps_per_execution=1)
   return config

@@ -61,6 +61,14 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def shrink_for_smoke(config: ml_collections.ConfigDict, batch_size: int = 32,
+                     steps: int = 4, steps_per_execution: int = 2) -> None:
+  """The `:smoke` variant of a recipe: a few tiny steps, for tests and dry runs."""
+  config.batch_size = batch_size
+  config.steps = steps
+  config.steps_per_execution = steps_per_execution
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad key and what to do."""
   if config.precision not in PRECISIONS:

@@ -1,0 +1,44 @@
+"""Every recipe in configs/ loads, validates, and names a model that exists."""
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from conftest import REPO
+from tpu_trainer import config as config_lib
+from tpu_trainer.models import BUILDERS
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_recipe_and_its_smoke_variant(path):
+  module = _load(path)
+  full, smoke = module.get_config(), module.get_config("smoke")
+  for config in (full, smoke):
+    config_lib.validate(config)
+    assert config.model in BUILDERS
+    assert set(config.keys()) == set(config_lib.default_config().keys())  # same flat keys
+  assert 0 < smoke.steps <= 4 and smoke.batch_size <= 32
+  assert smoke.weights == "none"  # smoke runs never download
+
+
+def test_every_model_has_a_recipe():
+  models = {_load(p).get_config().model for p in CONFIGS}
+  assert models == set(BUILDERS)
+
+
+def test_saved_config_round_trips(tmp_path):
+  config = config_lib.default_config()
+  config.model = "conv_bn"
+  path = str(tmp_path / "config.json")
+  config_lib.save(config, path)
+  assert config_lib.load(path).to_dict() == config.to_dict()
