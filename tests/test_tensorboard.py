@@ -1,0 +1,48 @@
+"""scripts/tensorboard.sh serves a workdir's training and validation scalars."""
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+import tensorflow as tf
+
+from configs import mlp as mlp_config
+from conftest import REPO
+from tpu_trainer import train
+
+
+def test_tensorboard_script_serves_the_scalars(digits_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  config = mlp_config.get_config()
+  config.update({"data_dir": digits_dir, "batch_size": 64, "steps": 30,
+                 "steps_per_execution": 5})
+  train.run(config, workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  log = open(tmp_path / "tb.log", "w")
+  proc = subprocess.Popen(["bash", os.path.join(REPO, "scripts", "tensorboard.sh"), workdir,
+                           str(port)], stdout=log, stderr=log)
+  try:
+    deadline, tags = time.time() + 90, None
+    while time.time() < deadline:
+      try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags",
+                                    timeout=5) as response:
+          tags = json.load(response)
+        if "train" in tags and "validation" in tags:
+          break
+      except OSError:
+        pass
+      assert proc.poll() is None, (tmp_path / "tb.log").read_text()[-2000:]
+      time.sleep(0.5)
+    assert tags and {"loss", "accuracy", "learning_rate", "examples_per_second"} <= set(
+        tags["train"]), tags
+    assert {"loss", "accuracy"} <= set(tags["validation"])
+  finally:
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
