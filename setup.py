@@ -21,7 +21,9 @@ setuptools.setup(
         "pillow",
     ],
     extras_require={
-        "cpu": ["tensorflow-cpu==2.21.*"],
+        # tensorflow-cpu has no macOS wheels; there plain tensorflow is the CPU build.
+        "cpu": ["tensorflow-cpu==2.21.*; sys_platform != 'darwin'",
+                "tensorflow==2.21.*; sys_platform == 'darwin'"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "tfds": ["tensorflow-datasets"],
         "profile": ["tensorboard-plugin-profile"],

@@ -5,7 +5,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
 EXTRAS="${TPU_TRAINER_EXTRAS:-cpu,tfds,profile,test}"
-stamp="$VENV/.installed-$(cat "$REPO/setup.py" | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
+stamp="$VENV/.installed-$(cksum < "$REPO/setup.py" | cut -d' ' -f1)-${EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
   echo "Setting up $VENV (pip install -e .[$EXTRAS]) ..." >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -11,6 +11,7 @@ import math
 import multiprocessing
 import os
 import re
+import sys
 import tempfile
 import time
 
@@ -193,7 +194,8 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
     logging.info("Kept %d complete shards from an earlier run.", len(results))
 
   workers = min(workers or os.cpu_count() or 1, len(todo))
-  forkable = "fork" in multiprocessing.get_all_start_methods()
+  # fork only on Linux: macOS frameworks are not fork-safe (Python defaults to spawn there).
+  forkable = sys.platform.startswith("linux")
   in_process = workers <= 1 or not forkable or not all(
       source.splits[s].process_safe for s in {j[0] for j in todo})
   _WORK.update(source=source, output_dir=output_dir, encoding=encoding,
