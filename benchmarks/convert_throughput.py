@@ -35,7 +35,7 @@ def main(_):
         writer.write(records.serialize_example(image[..., None], int(label), encoding))
     bare = FLAGS.examples / (time.perf_counter() - start)
     source = sources.Source("bench", [str(i) for i in range(10)], (28, 28, 1),
-                            {"train": sources._array_split(x, y)})  # pylint: disable=protected-access
+                            {"train": sources.split_from_arrays(x, y)})
     start = time.perf_counter()
     convert.convert(source, os.path.join(tmp, encoding), encoding=encoding, min_shards=16)
     ours = FLAGS.examples / (time.perf_counter() - start)

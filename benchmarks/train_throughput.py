@@ -81,7 +81,7 @@ def main(_):
   train_xy, test_xy = digits28(FLAGS.repeat)
   tmp = tempfile.mkdtemp(prefix="bench_train_")
   source = sources.Source("digits28", [str(i) for i in range(10)], (28, 28, 1), {
-      "train": sources._array_split(*train_xy), "test": sources._array_split(*test_xy)})  # pylint: disable=protected-access
+      "train": sources.split_from_arrays(*train_xy), "test": sources.split_from_arrays(*test_xy)})
   convert.convert(source, os.path.join(tmp, "data"), min_shards=8)
   print(f"{len(train_xy[0])} train images 28x28, batch {FLAGS.batch_size}, "
         f"{FLAGS.epochs} epochs, {os.cpu_count()} cores")

@@ -37,7 +37,8 @@ class Source:
   splits: dict[str, Split]
 
 
-def _array_split(images: np.ndarray, labels: np.ndarray) -> Split:
+def split_from_arrays(images: np.ndarray, labels: np.ndarray) -> Split:
+  """A split over in-memory or memory-mapped arrays: images [N,H,W(,C)] uint8, labels [N]."""
   if images.ndim == 3:
     images = images[..., None]
 
@@ -79,8 +80,8 @@ def digits(seed: int = 0) -> Source:
   x_train, x_test, y_train, y_test = model_selection.train_test_split(
       images, data.target, test_size=0.2, stratify=data.target, random_state=seed)
   return Source("digits", [str(n) for n in data.target_names], (8, 8, 1),
-                {"train": _array_split(x_train, y_train),
-                 "test": _array_split(x_test, y_test)})
+                {"train": split_from_arrays(x_train, y_train),
+                 "test": split_from_arrays(x_test, y_test)})
 
 
 def npz(path: str) -> Source:
@@ -99,7 +100,7 @@ def npz(path: str) -> Source:
       y = arrays[f"y_{split}"].reshape(-1)
       if x.dtype != np.uint8:
         raise ValueError(f"{path}: x_{split} is {x.dtype}; expected uint8 pixels.")
-      splits[split] = _array_split(x, y)
+      splits[split] = split_from_arrays(x, y)
       labels.append(y)
   name = os.path.splitext(os.path.basename(path))[0]
   return _from_splits(name, splits, labels)
@@ -171,7 +172,7 @@ def idx(directory: str) -> Source:
       x, y = pair
       if len(x) != len(y):
         raise ValueError(f"{directory}: {prefix} has {len(x)} images but {len(y)} labels.")
-      splits[split] = _array_split(x, y)
+      splits[split] = split_from_arrays(x, y)
       labels.append(np.asarray(y))
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
