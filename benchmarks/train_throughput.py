@@ -73,6 +73,9 @@ def ours(name, data_dir, workdir, epochs, batch):
   config.update({"model": name, "data_dir": data_dir, "batch_size": batch, "epochs": epochs,
                  "base_lr": 1e-3, "steps_per_execution": 20, "eval_every_epochs": epochs})
   metrics = train.run(config, workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  if metrics["examples_per_second"] is None:
+    raise SystemExit("Too few steps to time after the first (compiling) call: raise "
+                     "--epochs or --repeat.")
   return metrics["examples_per_second"], metrics["accuracy"], metrics["precision"]
 
 
