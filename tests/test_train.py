@@ -124,3 +124,48 @@ def test_early_stopping_ends_a_run_that_stops_improving(digits_dir, tmp_path):
                           steps_per_execution=1, early_stopping_patience=1)
   metrics = train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
   assert metrics["step"] == 2 * (1437 // 64)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "constant"])
+def test_learning_rate_scales_with_batch_warms_up_then_decays(kind):
+  config = cnn_config.get_config()
+  config.update({"batch_size": 512, "base_lr": 0.1, "warmup_epochs": 2, "lr_schedule": kind})
+  schedule, peak = train.learning_rate_schedule(config, steps_per_epoch=10, total_steps=100)
+  assert peak == pytest.approx(0.1 * 512 / 256)
+  assert float(schedule(0)) == pytest.approx(0.0)
+  assert float(schedule(10)) == pytest.approx(peak / 2)   # halfway through warmup
+  assert float(schedule(20)) == pytest.approx(peak)
+  end = float(schedule(100))
+  assert end == pytest.approx(0.0, abs=1e-6) if kind == "cosine" else end == pytest.approx(peak)
+
+
+@pytest.mark.parametrize("name,cls", [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD")])
+def test_optimizers(name, cls):
+  config = cnn_config.get_config()
+  config.update({"optimizer": name, "weight_decay": 1e-4})
+  optimizer = train.make_optimizer(config, 0.01, "float32")
+  assert type(optimizer).__name__ == cls and optimizer.weight_decay == pytest.approx(1e-4)
+  assert type(train.make_optimizer(config, 0.01, "mixed_float16")).__name__ == (
+      "LossScaleOptimizer")
+  config.optimizer = "lamb"
+  with pytest.raises(ValueError, match="config.optimizer"):
+    train.make_optimizer(config, 0.01, "float32")
+
+
+def test_label_smoothing_reaches_the_loss(digits_dir, tmp_path):
+  # With smoothing, even a perfect model keeps a loss floor: training loss stays higher.
+  losses = {}
+  for smoothing in (0.0, 0.2):
+    config = _digits_config(mlp_config, digits_dir, steps=60, label_smoothing=smoothing,
+                            precision="float32", seed=1)
+    train.run(config, str(tmp_path / str(smoothing)), tf.distribute.OneDeviceStrategy("/cpu:0"))
+    with open(tmp_path / str(smoothing) / "history.json") as f:
+      losses[smoothing] = [h["loss"] for h in json.load(f) if h["kind"] == "train"][-1]
+  assert losses[0.2] > losses[0.0] + 0.1
+
+
+def test_augmented_uncached_training_runs_on_two_replicas(digits_dir, tmp_path):
+  config = _digits_config(cnn_config, digits_dir, steps=20, augment=True, cache=False,
+                          deterministic=True, data_threads=2)
+  metrics = train.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
+  assert metrics["step"] == 20 and metrics["eval_examples"] == 360
