@@ -10,10 +10,9 @@ import keras
 import tensorflow as tf
 
 from tpu_trainer import storage
-from tpu_trainer.data import pipeline
 from tpu_trainer.data import records
-from tpu_trainer.models import BUILDERS
 from tpu_trainer.models import build_model
+from tpu_trainer.models import check_model_name
 
 # Peak bf16 TFLOP/s per chip (Google's published figures).
 _PEAK_TFLOPS = {"v2": 45, "v3": 123, "v4": 275, "v5litepod": 197, "v5p": 459, "v6e": 918}
@@ -230,13 +229,16 @@ def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
                client=None) -> list[Check]:
   tpu_slice = parse_accelerator(accelerator)
   checks = []
-  if config.model not in BUILDERS:
-    checks.append(Check("model known", "FAIL", f"config.model={config.model!r}; choose one of "
-                        f"{', '.join(sorted(BUILDERS))}."))
+  model_known = True
+  try:
+    check_model_name(config.model)
+  except ValueError as e:
+    model_known = False
+    checks.append(Check("model known", "FAIL", str(e)))
   data_checks, info = _data_checks(config, tpu_slice, client)
   checks += data_checks
   checks.append(_batch_check(config, tpu_slice))
-  if info is None or config.model not in BUILDERS:
+  if info is None or not model_known:
     checks.append(Check("model compiles (bf16, XLA)", "SKIP", "needs the data's manifest"))
     return checks
   model_checks, flops = _model_checks(config, info, tpu_slice)

@@ -25,8 +25,8 @@ from tpu_trainer.data import convert
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import records
 from tpu_trainer.evaluate import Evaluator
-from tpu_trainer.models import BUILDERS
 from tpu_trainer.models import build_model
+from tpu_trainer.models import check_model_name
 
 
 class Preempted(Exception):
@@ -109,9 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   if not config.data_dir:
     raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
                      "written by tpu-trainer-convert).")
-  if config.model not in BUILDERS:
-    raise ValueError(f"Unknown config.model={config.model!r}; choose one of "
-                     f"{', '.join(sorted(BUILDERS))}.")
+  check_model_name(config.model)
   info = records.read_info(config.data_dir)  # before touching devices: fail fast
   strategy = strategy or strategy_lib.get_strategy(
       config.strategy, config.tpu, config.cpu_devices, config.tpu_zone, config.tpu_project)

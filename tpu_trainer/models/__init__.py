@@ -17,10 +17,15 @@ BUILDERS = {
 }
 
 
+def check_model_name(name: str) -> None:
+  """Raises ValueError naming the choices when `name` is no model family here."""
+  if name not in BUILDERS:
+    raise ValueError(f"Unknown config.model={name!r}; choose one of "
+                     f"{', '.join(sorted(BUILDERS))}.")
+
+
 def build_model(config, input_shape, num_classes: int) -> keras.Model:
   """Builds config.model for uint8 images of input_shape, under the current
   dtype policy (set it first)."""
-  if config.model not in BUILDERS:
-    raise ValueError(f"Unknown config.model={config.model!r}; choose one of "
-                     f"{', '.join(sorted(BUILDERS))}.")
+  check_model_name(config.model)
   return BUILDERS[config.model](tuple(input_shape), num_classes, config)
