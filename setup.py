@@ -11,6 +11,8 @@ setuptools.setup(
     # TensorFlow itself is an extra: TPU VM images ship their own build, which
     # must not be replaced by a pip install of another one.
     install_requires=[
+        # 3.6: Model.export(verbose=); see tpu_trainer/versions.py for the range.
+        "keras>=3.6",
         "absl-py",
         "ml-collections",
         "numpy",

@@ -7,6 +7,7 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.mark.core
 def test_convert_train_eval_end_to_end(tmp_path):
   data, workdir = str(tmp_path / "data"), str(tmp_path / "work")
   result = run_cli("convert", "--source=digits", f"--output_dir={data}")

@@ -1,18 +1,32 @@
-"""scripts/launch_tpu.sh --dry_run prints the gcloud commands it would run."""
+"""scripts/launch_tpu.sh: the exact commands it runs (printed by --dry_run, quoted
+so that pasting them runs the same), checks before any command, and what it
+tells the user when training stops."""
+import json
 import os
+import shlex
+import stat
 import subprocess
 
 from conftest import REPO
 
+LAUNCH = os.path.join(REPO, "scripts", "launch_tpu.sh")
+PJRT_ENV = "NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"
 
-def _launch(*args):
-  return subprocess.run(["bash", os.path.join(REPO, "scripts", "launch_tpu.sh"), "--dry_run",
-                         *args], capture_output=True, text=True, timeout=60)
+
+def _launch(*args, env=None):
+  return subprocess.run(["bash", LAUNCH, "--dry_run", *args], capture_output=True, text=True,
+                        timeout=60, env={**os.environ, **(env or {})})
 
 
 def _commands(result):
   assert result.returncode == 0, result.stderr
   return [l[2:] for l in result.stdout.splitlines() if l.startswith("+ ")]
+
+
+def _remote(cmd):
+  """The --command of a gcloud ssh line, as the remote shell will read it."""
+  words = shlex.split(cmd)
+  return words[words.index("--command") + 1]
 
 
 def test_single_host():
@@ -21,40 +35,137 @@ def test_single_host():
                            "--data_dir=gs://bkt/digits", "--", "--config.epochs=3"))
   assert cmds[0] == ("gcloud compute tpus tpu-vm create tpu1 --zone=us-central2-b "
                      "--accelerator-type=v4-8 --version=tpu-vm-tf-2.16.1-pjrt --spot")
-  assert any(c.startswith("gcloud compute tpus tpu-vm scp") and "--worker=all" in c for c in cmds)
-  install = next(c for c in cmds if "pip install" in c)
-  assert "--worker=all" in install and "tensorflow" not in install  # keep the image's TF
-  train = next(c for c in cmds if "tpu-trainer-train" in c and "nohup" in c)
-  assert "--worker=0" in train
-  for flag in ("--config=configs/cnn.py", "--workdir=gs://bkt/run1", "--config.strategy=tpu",
-               "--config.tpu=local", "--config.data_dir=gs://bkt/digits", "--config.epochs=3"):
-    assert flag in train
-  assert "TPU_LOAD_LIBRARY" not in train
+  assert cmds[2] == ("gcloud compute tpus tpu-vm scp /tmp/tpu_trainer-tpu1.tar.gz "
+                     "tpu1:tpu_trainer.tar.gz --zone=us-central2-b --worker=all")
+  # Installed over the image's TensorFlow, which stays (pip constraints).
+  assert cmds[3].endswith("--worker=all --command 'rm -rf tpu_trainer && tar xzf "
+                          "tpu_trainer.tar.gz && bash tpu_trainer/scripts/install_on_image.sh'")
+  # Run as python3 -m (pip installs per user; ~/.local/bin is not on ssh's PATH), with
+  # the PJRT variables, detached, its pid and exit status in files.
+  assert "--worker=0" in cmds[4]
+  assert _remote(cmds[4]) == (
+      f"cd tpu_trainer && bash scripts/tpu_job.sh env {PJRT_ENV} python3 -m "
+      "tpu_trainer.cli.train --config=configs/cnn.py --workdir=gs://bkt/run1 "
+      "--config.strategy=tpu --config.tpu=local --config.data_dir=gs://bkt/digits "
+      "--config.epochs=3")
+  assert _remote(cmds[5]) == ("tail --pid=$(cat ~/train.pid) -n +1 -f ~/train.log; "
+                              "exit $(cat ~/train.status 2>/dev/null || echo 255)")
   assert not any(" delete " in c for c in cmds)
 
 
-def test_multi_host_slice():
+def test_a_stream_executor_runtime_gets_no_pjrt_variables():
+  cmds = _commands(_launch("--name=t", "--zone=z", "--runtime=tpu-vm-tf-2.16.1-se",
+                           "--config=configs/cnn.py", "--workdir=gs://b/r"))
+  job = _remote(next(c for c in cmds if "tpu_job.sh" in c))
+  assert "NEXT_PLUGGABLE_DEVICE" not in job and "tpu_job.sh python3 -m" in job
+
+
+def test_pod_slice():
   cmds = _commands(_launch("--name=pod", "--zone=us-central2-b", "--accelerator=v4-32",
                            "--config=configs/resnet50.py", "--workdir=gs://bkt/r",
-                           "--project=proj", "--delete_after"))
-  assert "--version=tpu-vm-tf-2.16.1-pod-pjrt" in cmds[0] and "--project=proj" in cmds[0]
-  train = next(c for c in cmds if "nohup" in c)
-  assert "--config.tpu=pod" in train and "TPU_LOAD_LIBRARY=0" in train
-  assert cmds[-1] == "gcloud compute tpus tpu-vm delete pod --zone=us-central2-b --project=proj --quiet"
+                           "--project=proj", "--delete_after", "--",
+                           "--config.data_dir=gs://bkt/imagenet"))
+  assert cmds[0] == ("gcloud compute tpus tpu-vm create pod --zone=us-central2-b "
+                     "--project=proj --accelerator-type=v4-32 "
+                     "--version=tpu-vm-tf-2.16.1-pod-pjrt")
+  assert "--worker=all" in cmds[3]
+  assert _remote(next(c for c in cmds if "tpu_job.sh" in c)) == (
+      f"cd tpu_trainer && bash scripts/tpu_job.sh env TPU_LOAD_LIBRARY=0 {PJRT_ENV} "
+      "python3 -m tpu_trainer.cli.train --config=configs/resnet50.py --workdir=gs://bkt/r "
+      "--config.strategy=tpu --config.tpu=pod --config.data_dir=gs://bkt/imagenet")
+  assert cmds[-1] == ("gcloud compute tpus tpu-vm delete pod --zone=us-central2-b "
+                      "--project=proj --quiet")
+
+
+def test_queued_spot():
+  cmds = _commands(_launch("--name=q1", "--zone=us-central2-b", "--accelerator=v4-8",
+                           "--queued", "--spot", "--config=configs/cnn.py",
+                           "--workdir=gs://b/r", "--delete_after"))
+  assert cmds[0] == ("gcloud compute tpus queued-resources create q1 --node-id=q1 "
+                     "--zone=us-central2-b --accelerator-type=v4-8 "
+                     "--runtime-version=tpu-vm-tf-2.16.1-pjrt --spot")
+  assert cmds[1] == ("gcloud compute tpus queued-resources describe q1 --zone=us-central2-b "
+                     "'--format=value(state.state)'")
+  assert not any("tpu-vm create" in c for c in cmds)
+  assert cmds[-1] == ("gcloud compute tpus queued-resources delete q1 --zone=us-central2-b "
+                      "--force --quiet")
+
+
+def test_printed_commands_run_exactly_what_the_script_runs(tmp_path):
+  """A zone or flag with quotes and spaces, pasted, gives gcloud the same arguments."""
+  cmds = _commands(_launch("--name=t", "--zone=z'; echo pwned; '", "--config=configs/cnn.py",
+                           "--workdir=gs://b/r", "--", "--config.note=it's a b"))
+  create = cmds[0]
+  stub = 'gcloud() { python3 -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"; }; '
+  argv = json.loads(subprocess.run(["bash", "-c", stub + create], capture_output=True,
+                                   text=True, check=True).stdout)
+  assert argv[:6] == ["compute", "tpus", "tpu-vm", "create", "t", "--zone=z'; echo pwned; '"]
+  job = _remote(next(c for c in cmds if "tpu_job.sh" in c))
+  assert shlex.split(job)[-1] == "--config.note=it's a b"
 
 
 def test_bad_launches_fail_before_any_command():
-  for args, message in ((["--zone=z", "--config=configs/cnn.py", "--workdir=gs://b/r"], "--name"),
-                        (["--name=t", "--zone=z", "--config=configs/cnn.py", "--workdir=/tmp/r"],
-                         "gs://"),
-                        (["--name=t", "--zone=z", "--accelerator=v4-32",
-                          "--runtime=tpu-vm-tf-2.16.1-pjrt", "--config=configs/cnn.py",
-                          "--workdir=gs://b/r"], "-pod runtime")):
+  for args, message in (
+      (["--zone=z", "--config=configs/cnn.py", "--workdir=gs://b/r"], "--name"),
+      (["--name=t", "--zone=z", "--config=configs/cnn.py", "--workdir=/tmp/r"], "gs://"),
+      (["--name=t", "--zone=z", "--accelerator=v4-32", "--runtime=tpu-vm-tf-2.16.1-pjrt",
+        "--config=configs/cnn.py", "--workdir=gs://b/r", "--data_dir=gs://b/d"], "-pod runtime"),
+      (["--name=t", "--zone=z", "--accelerator=v4-32", "--config=configs/cnn.py",
+        "--workdir=gs://b/r", "--data_dir=/data/imagenet"], "cannot read a local data_dir"),
+      (["--name=t", "--zone=z", "--accelerator=v4-32", "--config=configs/cnn.py",
+        "--workdir=gs://b/r", "--", "--config.data_dir=/data/imagenet"],
+       "cannot read a local data_dir"),
+      (["--name=t", "--zone=z", "--accelerator=v4-32", "--config=configs/cnn.py",
+        "--workdir=gs://b/r"], "cannot read a local data_dir")):
     result = _launch(*args)
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
     assert "+ gcloud" not in result.stdout
 
 
 def test_delete():
-  cmds = _commands(_launch("--name=tpu1", "--zone=z", "--delete"))
-  assert cmds == ["gcloud compute tpus tpu-vm delete tpu1 --zone=z --quiet"]
+  assert _commands(_launch("--name=tpu1", "--zone=z", "--delete")) == [
+      "gcloud compute tpus tpu-vm delete tpu1 --zone=z --quiet"]
+  assert _commands(_launch("--name=tpu1", "--zone=z", "--queued", "--delete")) == [
+      "gcloud compute tpus queued-resources delete tpu1 --zone=z --force --quiet"]
+
+
+def _fake_gcloud(tmp_path, tail_status):
+  """A gcloud on PATH that records its calls and ends the log stream with tail_status."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  gcloud = bin_dir / "gcloud"
+  gcloud.write_text(f'#!/usr/bin/env bash\necho "$*" >> {tmp_path}/calls\n'
+                    f'case "$*" in *"tail --pid"*) exit {tail_status} ;; esac\n')
+  gcloud.chmod(gcloud.stat().st_mode | stat.S_IEXEC)
+  return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+
+
+def test_after_a_preemption_it_says_delete_and_relaunch(tmp_path):
+  args = ["--name=spot1", "--zone=us-central2-b", "--spot", "--config=configs/cnn.py",
+          "--workdir=gs://b/r", "--delete_after"]
+  result = subprocess.run(["bash", LAUNCH, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **_fake_gcloud(tmp_path, 143)})
+  assert result.returncode == 143
+  lines = result.stderr.splitlines()
+  assert any(l.strip() == f"{LAUNCH} --name=spot1 --zone=us-central2-b --delete"
+             for l in lines), result.stderr
+  assert any(l.strip() == " ".join([LAUNCH, *args]) for l in lines)
+  assert "delete" not in (tmp_path / "calls").read_text()  # --delete_after only on success
+
+
+def test_a_failed_job_returns_its_status(tmp_path):
+  result = subprocess.run(
+      ["bash", LAUNCH, "--name=t", "--zone=z", "--config=configs/cnn.py", "--workdir=gs://b/r"],
+      capture_output=True, text=True, timeout=60, env={**os.environ, **_fake_gcloud(tmp_path, 1)})
+  assert result.returncode == 1 and "training exited with status 1" in result.stderr
+
+
+def test_tpu_job_detaches_and_records_pid_and_status(tmp_path):
+  env = {**os.environ, "HOME": str(tmp_path)}
+  subprocess.run(["bash", os.path.join(REPO, "scripts", "tpu_job.sh"), "python3", "-c",
+                  "import sys; print('working'); sys.exit(3)"], env=env, check=True, timeout=30)
+  # The launcher's stream command, run where the job runs, ends with the job's status.
+  stream = subprocess.run(["bash", "-c", "tail --pid=$(cat ~/train.pid) -n +1 -f ~/train.log; "
+                           "exit $(cat ~/train.status 2>/dev/null || echo 255)"],
+                          env=env, capture_output=True, text=True, timeout=30)
+  assert stream.returncode == 3 and "working" in stream.stdout

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -47,6 +49,7 @@ def _train_together(digits_dir, workdir, steps):
   return results
 
 
+@pytest.mark.core
 def test_two_workers_agree_on_weights_and_resume_together(digits_dir, tmp_path):
   workdir = str(tmp_path / "w")
   results = [r for r, _ in _train_together(digits_dir, workdir, 30)]

@@ -36,6 +36,7 @@ def _latest_step(workdir):
   return int(path.rsplit("-", 1)[1])
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
   workdir = str(tmp_path / "w")

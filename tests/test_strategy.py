@@ -42,3 +42,14 @@ def test_precision_follows_platform():
 def test_cpu_split_after_init_is_explained():
   with pytest.raises(RuntimeError, match="cpu_devices=3"):
     strategy_lib.split_cpu(3)
+
+
+def test_multi_host_slices_need_gcs_paths():
+  strategy_lib.check_shared_paths(1, {"config.data_dir": "/data", "workdir": "/tmp/w"})
+  strategy_lib.check_shared_paths(4, {"config.data_dir": "gs://b/d", "workdir": "gs://b/w"})
+  with pytest.raises(ValueError, match=r"config.data_dir='/data' is a local path, but this "
+                     r"TPU slice has 4 hosts"):
+    strategy_lib.check_shared_paths(4, {"config.data_dir": "/data", "workdir": "gs://b/w"})
+  with pytest.raises(ValueError, match="workdir='/tmp/w'"):
+    strategy_lib.check_shared_paths(2, {"config.data_dir": "gs://b/d", "workdir": "/tmp/w"})
+  assert strategy_lib.num_hosts(strategy_lib.get_strategy("cpu")) == 1

@@ -30,6 +30,7 @@ def _digits_config(base, digits_dir, **overrides):
   return config
 
 
+@pytest.mark.core
 def test_two_replicas_train_evaluate_and_export(digits_dir, tmp_path):
   strategy = strategy_lib.get_strategy("cpu")
   assert strategy.num_replicas_in_sync == 2
@@ -61,16 +62,25 @@ def test_two_replicas_train_evaluate_and_export(digits_dir, tmp_path):
     assert again["accuracy"] == pytest.approx(metrics["accuracy"], abs=1 / 360)
 
 
+@pytest.mark.core
 def test_saved_model_serves_uint8_images(digits_dir, tmp_path):
   workdir = str(tmp_path / "w")
   train.run(_digits_config(mlp_config, digits_dir, steps=10, precision="float32"), workdir,
             tf.distribute.OneDeviceStrategy("/cpu:0"))
   served = tf.saved_model.load(os.path.join(workdir, "saved_model"))
-  out = served.serve(tf.zeros([3, 8, 8, 1], tf.uint8))
-  assert out.shape == (3, 10)
-  assert tf.reduce_all(tf.abs(tf.reduce_sum(out, -1) - 1.0) < 1e-4)
+  signature = served.signatures["serving_default"]
+  assert list(signature.structured_input_signature[1]) == ["image"]
+  out = signature(image=tf.zeros([3, 8, 8, 1], tf.uint8))
+  assert set(out) == {"probabilities", "class_id", "class_name"}
+  assert out["probabilities"].shape == (3, 10)
+  assert tf.reduce_all(tf.abs(tf.reduce_sum(out["probabilities"], -1) - 1.0) < 1e-4)
+  class_id = tf.argmax(out["probabilities"], -1, output_type=tf.int32)
+  assert out["class_id"].numpy().tolist() == class_id.numpy().tolist()
+  # digits' class names are "0".."9"
+  assert [n.decode() for n in out["class_name"].numpy()] == [str(i) for i in class_id.numpy()]
 
 
+@pytest.mark.core
 def test_resume_continues_from_checkpoint(digits_dir, tmp_path):
   workdir = str(tmp_path / "w")
   strategy = strategy_lib.get_strategy("cpu")

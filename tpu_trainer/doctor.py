@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from tpu_trainer import storage
+from tpu_trainer import versions
 from tpu_trainer.data import records
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
@@ -225,10 +226,15 @@ def _input_check(config, info, tpu_slice, forward, input_seconds):
   return Check("input rate vs step rate", "OK", detail)
 
 
+def _versions_check(found: dict) -> Check:
+  message = versions.problem(found["tensorflow"], found["keras"])
+  return Check("versions", "FAIL" if message else "OK", message or versions.describe(found))
+
+
 def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
                client=None) -> list[Check]:
   tpu_slice = parse_accelerator(accelerator)
-  checks = []
+  checks = [_versions_check(versions.installed())]
   model_known = True
   try:
     check_model_name(config.model)

@@ -5,8 +5,10 @@ import keras
 import tensorflow as tf
 
 from tpu_trainer import config as config_lib
+from tpu_trainer import export as export_lib
 from tpu_trainer import metrics
 from tpu_trainer import storage
+from tpu_trainer import versions
 from tpu_trainer.data import convert
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import records
@@ -44,19 +46,10 @@ class Evaluator:
     return self.totals.result()
 
 
-def load_for_serving(path: str):
-  """A .keras file or an exported SavedModel -> fn(uint8 images) -> probabilities."""
-  if path.endswith(".keras"):
-    model = keras.models.load_model(path)
-    return lambda images: model(images, training=False)
-  loaded = tf.saved_model.load(path)
-  # The closure keeps `loaded` (and so its variables) alive.
-  return lambda images: next(iter(loaded.signatures["serving_default"](images).values()))
-
-
 def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: str = "",
              batch_size: int = 0) -> dict:
   """Re-evaluates a training run's exported model (or model_path) on a split."""
+  versions.check()
   config_path = storage.join(workdir, "config.json")
   if not tf.io.gfile.exists(config_path):
     raise FileNotFoundError(f"No config.json in workdir={workdir!r}: is it a finished "
@@ -68,7 +61,7 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
                             "--model=PATH (.keras file or SavedModel directory).")
   data_dir = data_dir or config.data_dir
   info = records.read_info(data_dir)
-  predict = load_for_serving(os.fspath(model_path))
+  predict = export_lib.load_serving_fn(os.fspath(model_path))
   evaluator = Evaluator(tf.distribute.get_strategy(), predict, data_dir, info,
                         split or config.eval_split, batch_size or config.batch_size)
   try:

@@ -97,6 +97,24 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
   return strategy
 
 
+def num_hosts(strategy) -> int:
+  """Hosts that run this job's input and devices: >1 on TPU pod slices."""
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return strategy.extended.num_hosts
+  return 1
+
+
+def check_shared_paths(hosts: int, paths: dict) -> None:
+  """On a multi-host TPU slice every host reads the data and the workdir: a
+  local path exists on one host at most. Raises ValueError naming the path."""
+  if hosts <= 1:
+    return
+  for key, path in paths.items():
+    if not path.startswith("gs://"):
+      raise ValueError(f"{key}={path!r} is a local path, but this TPU slice has {hosts} "
+                       "hosts that each need it: use gs://BUCKET/PATH.")
+
+
 def platform(strategy) -> str:
   """'tpu', 'gpu' or 'cpu': the kind of device the strategy's replicas run on."""
   if isinstance(strategy, tf.distribute.TPUStrategy):

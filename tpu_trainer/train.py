@@ -18,9 +18,11 @@ import ml_collections
 import tensorflow as tf
 
 from tpu_trainer import config as config_lib
+from tpu_trainer import export as export_lib
 from tpu_trainer import metrics
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
+from tpu_trainer import versions
 from tpu_trainer.data import convert
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import records
@@ -105,6 +107,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
 
   Returns the final metrics (also written to workdir/metrics.json).
   """
+  stack = versions.check()
+  logging.info("%s.", versions.describe(stack))
   config_lib.validate(config)
   if not config.data_dir:
     raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
@@ -113,6 +117,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   info = records.read_info(config.data_dir)  # before touching devices: fail fast
   strategy = strategy or strategy_lib.get_strategy(
       config.strategy, config.tpu, config.cpu_devices, config.tpu_zone, config.tpu_project)
+  strategy_lib.check_shared_paths(strategy_lib.num_hosts(strategy),
+                                  {"config.data_dir": config.data_dir, "workdir": workdir})
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise ValueError(f"config.batch_size={config.batch_size} does not divide over "
@@ -135,7 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   resolved.precision = precision
   resolved.update({"replicas": replicas, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps, "peak_learning_rate": peak_lr,
-                   "strategy_class": type(strategy).__name__})
+                   "strategy_class": type(strategy).__name__, "versions": stack})
   if chief:
     tf.io.gfile.makedirs(workdir)
     config_lib.save(resolved, storage.join(workdir, "config.json"))
@@ -146,6 +152,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
 
   image_shape = info["features"]["image"]["shape"]
   num_classes = len(info["class_names"])
+  # Same seed, same initial weights: reruns, and runs on another replica count, compare.
+  keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     model = build_model(config, image_shape, num_classes)
     optimizer = make_optimizer(config, schedule, precision)
@@ -307,15 +315,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   if chief:
     storage.write_text(storage.join(workdir, "metrics.json"), json.dumps(result, indent=2) + "\n")
     storage.write_text(history_path, json.dumps(history))
-    export(model, workdir)
+    export_lib.export(model, workdir, info["class_names"])
     plot_curves(history, storage.join(workdir, "learning_curves.png"))
   return result
 
-
-def export(model: keras.Model, workdir: str) -> None:
-  """model.keras and a SavedModel that takes uint8 images and returns probabilities."""
-  keras_path = storage.join(workdir, "model.keras")
-  model.save(keras_path)
-  # Reloaded outside the strategy: the served graph holds plain variables.
-  plain = keras.models.load_model(keras_path)
-  plain.export(storage.join(workdir, "saved_model"), format="tf_saved_model", verbose=False)
