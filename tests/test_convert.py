@@ -6,76 +6,211 @@ import pytest
 
 from tpu_trainer import storage
 from tpu_trainer.data import convert
-from tpu_trainer.data import records
+from tpu_trainer.data import manifest
 from tpu_trainer.data import sources
 
 
 def _read_all(data_dir, split):
-  """Every (image bytes, label) of a split, by reading its shards."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  info = records.read_info(data_dir)
-  shape = info["features"]["image"]["shape"]
+  """Every (image bytes, label) of a split, read with TFDS's own reader."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(data_dir)
+  ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
   out = []
-  for path in records.split_files(data_dir, info, split):
-    for batch in tf.data.TFRecordDataset(path).batch(1000):
-      images, labels = records.decode_batch(batch, shape, info["features"]["image"]["encoding"])
-      out += list(zip([im.tobytes() for im in images.numpy()], labels.numpy().tolist()))
+  for image, label in tfds.as_numpy(ds):
+    assert image.dtype == np.uint8 and image.ndim == 3
+    out.append((image.tobytes(), int(label)))
   return out
 
 
-def test_digits_manifest(digits_dir):
-  info = records.read_info(digits_dir)
-  assert info["name"] == "digits"
-  assert info["features"]["image"] == {"shape": [8, 8, 1], "dtype": "uint8", "encoding": "raw"}
-  assert info["class_names"] == [str(i) for i in range(10)]
-  assert {s: v["num_examples"] for s, v in info["splits"].items()} == {"train": 1437, "test": 360}
-  for split in info["splits"].values():
-    assert len(split["shards"]) == 16
-    assert sum(s["num_examples"] for s in split["shards"]) == split["num_examples"]
-    for shard in split["shards"]:
-      path = os.path.join(digits_dir, shard["file"])
+def _source_examples(source, split):
+  s = source.splits[split]
+  return sorted((im.tobytes(), int(l)) for im, l in s.read(range(s.num_examples)))
+
+
+def _shards(data_dir):
+  return sorted(f for f in os.listdir(data_dir) if ".tfrecord-" in f and not f.startswith("."))
+
+
+def test_digits_is_a_tfds_dataset(digits_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(digits_dir)
+  assert builder.info.name == "digits"
+  assert builder.info.features["label"].names == [str(i) for i in range(10)]
+  assert isinstance(builder.info.features["image"], tfds.features.Tensor)
+  assert builder.info.features["image"].shape == (8, 8, 1)
+  assert {s: v.num_examples for s, v in builder.info.splits.items()} == {"train": 1437,
+                                                                         "test": 360}
+  dataset = manifest.read(digits_dir)
+  assert (dataset.image_key, dataset.label_key, dataset.encoding) == ("image", "label", "raw")
+  for split in dataset.splits.values():
+    assert len(split.files) == 16
+    for path in split.files:
+      shard = dataset.ours["shards"][os.path.basename(path)]
       assert storage.file_crc32c(path) == shard["crc32c"]
-  assert sorted(os.listdir(digits_dir))[0] == "dataset_info.json"
+      assert os.path.getsize(path) == shard["num_bytes"]
+  assert dataset.ours["key"]["fingerprint"] == sources.digits().fingerprint
   assert not [f for f in os.listdir(digits_dir) if ".tmp-" in f]
 
 
-def test_digits_records_equal_source_and_shards_mix_classes(digits_dir):
+def test_digits_examples_equal_source_and_shards_mix_classes(digits_dir):
   source = sources.digits()
   for split in ("train", "test"):
-    expected = sorted((im.tobytes(), l) for im, l in source.splits[split].read(
-        range(source.splits[split].num_examples)))
-    assert sorted(_read_all(digits_dir, split)) == expected
-  info = records.read_info(digits_dir)
-  first = records.split_files(digits_dir, info, "train")[0]
+    assert sorted(_read_all(digits_dir, split)) == _source_examples(source, split)
+  first = manifest.read(digits_dir).splits["train"].files[0]
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   labels = {tf.train.Example.FromString(r.numpy()).features.feature[
-      "image/class/label"].int64_list.value[0] for r in tf.data.TFRecordDataset(first)}
+      "label"].int64_list.value[0] for r in tf.data.TFRecordDataset(first)}
   assert len(labels) >= 5  # shuffled before sharding, not sorted by class
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
+def test_every_encoding_round_trips_through_tfds(tmp_path, encoding):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  source = sources.digits()
+  out = str(tmp_path / encoding)
+  convert.convert(source, out, encoding=encoding, min_shards=2)
+  feature = tfds.builder_from_directory(out).info.features["image"]
+  assert isinstance(feature, tfds.features.Tensor if encoding == "raw" else tfds.features.Image)
+  got = sorted(_read_all(out, "test"))
+  expected = _source_examples(source, "test")
+  if encoding == "jpeg":  # lossy: same labels, close pixels
+    assert [l for _, l in sorted(got, key=lambda e: e[1])] == sorted(l for _, l in expected)
+    assert len(got) == len(expected)
+  else:
+    assert got == expected
 
 
 def test_verify_names_a_truncated_shard(tmp_path):
   out = str(tmp_path / "d")
   convert.convert(sources.digits(), out, min_shards=4)
-  assert convert.verify(out) == {"examples": 1797, "shards": 8}
-  victim = os.path.join(out, "digits-train.tfrecord-00002-of-00004")
+  assert manifest.verify(out)["examples"] == 1797
+  victim = manifest.read(out).splits["train"].files[2]
   with open(victim, "r+b") as f:
     f.truncate(os.path.getsize(victim) - 10)
-  with pytest.raises(ValueError, match="digits-train.tfrecord-00002-of-00004"):
-    convert.verify(out)
+  with pytest.raises(ValueError, match=os.path.basename(victim)):
+    manifest.verify(out)
 
 
-def test_rerun_skips_complete_shards_and_rewrites_bad_ones(tmp_path):
+def test_a_shard_cut_on_a_record_boundary_is_named_before_training(tmp_path):
+  """Such a shard reads as a clean end of file: only the metadata can tell."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "d")
+  convert.convert(sources.digits(), out, min_shards=2)
+  victim = manifest.read(out).splits["train"].files[1]
+  records = [r.numpy() for r in tf.data.TFRecordDataset(victim)]
+  with tf.io.TFRecordWriter(victim) as writer:  # one record fewer, cleanly framed
+    for r in records[:-1]:
+      writer.write(r)
+  dataset = manifest.read(out)
+  with pytest.raises(ValueError, match=os.path.basename(victim) + " has .* bytes"):
+    manifest.check_shards(dataset, ["train"])
+  manifest.check_shards(dataset, ["test"])
+  with pytest.raises(ValueError, match=os.path.basename(victim) + " has crc32c"):
+    manifest.verify(out)
+  # Without our checksums (as for a dataset TFDS wrote): TFDS's byte count and
+  # shard lengths still name it.
+  os.remove(os.path.join(out, manifest.OURS_FILE))
+  dataset = manifest.read(out)
+  assert dataset.ours is None
+  with pytest.raises(ValueError, match="the train shards hold .* bytes, TFDS's metadata says"):
+    manifest.check_shards(dataset, ["train"])
+  with pytest.raises(ValueError, match=os.path.basename(victim) +
+                     f" holds {len(records) - 1} examples, the metadata says {len(records)}"):
+    manifest.verify(out)
+
+
+def test_rerun_keeps_its_shards_and_rewrites_damaged_ones(tmp_path):
   out = str(tmp_path / "d")
   convert.convert(sources.digits(), out, min_shards=4)
-  keep = os.path.join(out, "digits-test.tfrecord-00000-of-00004")
-  bad = os.path.join(out, "digits-test.tfrecord-00001-of-00004")
+  files = manifest.read(out).splits["test"].files
+  keep, bad = files[0], files[1]
   keep_mtime = os.stat(keep).st_mtime_ns
   with open(bad, "r+b") as f:
     f.truncate(100)
-  os.remove(os.path.join(out, "dataset_info.json"))
   convert.convert(sources.digits(), out, min_shards=4)
   assert os.stat(keep).st_mtime_ns == keep_mtime
-  assert convert.verify(out)["examples"] == 1797
+  assert manifest.verify(out)["examples"] == 1797
+
+
+def _npz(path, x_train, y_train, **more):
+  np.savez(path, x_train=x_train, y_train=y_train, **more)
+  return str(path)
+
+
+@pytest.mark.parametrize("change", ["labels", "encoding", "image_size", "seed"])
+def test_a_rerun_with_anything_changed_never_keeps_stale_shards(tmp_path, change):
+  """Converting again into the same directory gives the new data, whatever
+  changed, and leaves no shard of the old conversion behind."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (60, 12, 12, 3), dtype=np.uint8)
+  y = rng.integers(0, 3, 60)
+  out = str(tmp_path / "out")
+  if change == "image_size":
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    for i, (image, label) in enumerate(zip(x, y)):
+      os.makedirs(tmp_path / "f" / f"c{label}", exist_ok=True)
+      Image.fromarray(image).save(tmp_path / "f" / f"c{label}" / f"{i}.png")
+    spec = f"folder:{tmp_path / 'f'}"
+    first, second = (sources.load(spec, image_size=size, test_fraction=0.2)
+                     for size in ((12, 12), (6, 6)))
+  else:
+    path = _npz(tmp_path / "a.npz", x, y)
+    first = sources.load(f"npz:{path}")
+  convert.convert(first, out, encoding="png", min_shards=3)
+  old = _shards(out)
+  kwargs = {"encoding": "png", "min_shards": 3}
+  if change == "labels":
+    _npz(tmp_path / "a.npz", x, (y + 1) % 3)
+    second = sources.load(f"npz:{path}")
+  elif change == "encoding":
+    second, kwargs["encoding"] = first, "raw"
+  elif change == "seed":
+    second, kwargs["seed"] = first, 7
+  dataset = convert.convert(second, out, **kwargs)
+  assert not set(old) & set(_shards(out))  # every old shard replaced
+  assert len(_shards(out)) == sum(len(s.files) for s in dataset.splits.values())
+  assert sorted(_read_all(out, "train")) == _source_examples(second, "train")
+  assert manifest.verify(out)["examples"] == sum(s.num_examples for s in second.splits.values())
+
+
+def test_only_our_own_temp_files_are_deleted(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / ".x.tmp-1").write_text("a user's file")
+  (out / ".notes.tmp-0123abcd").write_text("another")
+  convert.convert(sources.digits(), str(out), min_shards=2)
+  ours = manifest.read(str(out)).splits["train"].files[0]
+  left_by_a_kill = out / f".{os.path.basename(ours)}.tmp-89abcdef"
+  left_by_a_kill.write_text("half a shard")
+  convert.convert(sources.digits(), str(out), min_shards=2)
+  assert (out / ".x.tmp-1").read_text() == "a user's file"
+  assert (out / ".notes.tmp-0123abcd").exists()
+  assert not left_by_a_kill.exists()
+
+
+def test_a_foreign_tfds_dataset_is_not_overwritten(tmp_path):
+  out = str(tmp_path / "d")
+  convert.convert(sources.digits(), out, min_shards=2)
+  os.remove(os.path.join(out, manifest.OURS_FILE))
+  with pytest.raises(ValueError, match="did not write; convert into another directory"):
+    convert.convert(sources.digits(), out, min_shards=2)
+
+
+def test_bad_arrays_are_refused_before_anything_is_written(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (10, 4, 4), dtype=np.uint8)
+  out = tmp_path / "out"
+  cases = [
+      (dict(x_train=x, y_train=np.zeros(9, int)), r"x_train and y_train: 10 images but 9 labels"),
+      (dict(x_train=x, y_train=np.array([0, 1] * 4 + [-1, 1])), r"labels span \[-1, 1\]"),
+      (dict(x_train=x, y_train=np.zeros(10, int)), "1 class"),
+      (dict(x_train=x, y_train=np.arange(10) % 2, x_test=x), "has x_test but no y_test"),
+  ]
+  for arrays, message in cases:
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+      convert.convert(sources.load(f"npz:{tmp_path / 'bad.npz'}"), str(out), num_shards=1)
+    assert not out.exists() or not os.listdir(out)
 
 
 def test_npz_source(tmp_path):
@@ -87,9 +222,9 @@ def test_npz_source(tmp_path):
   y_test = rng.integers(0, 10, 20)
   np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
   out = str(tmp_path / "out")
-  info = convert.convert(sources.load(f"npz:{path}"), out, num_shards=3)
-  assert info["features"]["image"]["shape"] == [28, 28, 1]
-  assert {s: v["num_examples"] for s, v in info["splits"].items()} == {"train": 50, "test": 20}
+  dataset = convert.convert(sources.load(f"npz:{path}"), out, num_shards=3)
+  assert dataset.image_shape == (28, 28, 1)
+  assert {s: v.num_examples for s, v in dataset.splits.items()} == {"train": 50, "test": 20}
   expected = sorted((x.tobytes(), int(y)) for x, y in zip(x_test, y_test))
   assert sorted(_read_all(out, "test")) == expected
 
@@ -122,8 +257,8 @@ def test_idx_source(tmp_path, gz):
     _write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte"), arrays[prefix][0], gz)
     _write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte"), arrays[prefix][1], gz)
   out = str(tmp_path / "out")
-  info = convert.convert(sources.load(f"idx:{tmp_path}"), out, num_shards=2)
-  assert {s: v["num_examples"] for s, v in info["splits"].items()} == {"train": 30, "test": 12}
+  dataset = convert.convert(sources.load(f"idx:{tmp_path}"), out, num_shards=2)
+  assert {s: v.num_examples for s, v in dataset.splits.items()} == {"train": 30, "test": 12}
   x, y = arrays["t10k"]
   expected = sorted((im.astype(np.uint8).tobytes(), int(l)) for im, l in zip(x, y))
   assert sorted(_read_all(out, "test")) == expected
@@ -152,10 +287,11 @@ def test_folder_source_png_is_lossless(tmp_path):
   assert source.class_names == ["daisy", "roses", "tulips"]
   assert source.image_shape == (20, 24, 3)
   out = str(tmp_path / "out")
-  info = convert.convert(source, out, encoding="png", num_shards=2)
-  total = sum(v["num_examples"] for v in info["splits"].values())
-  assert total == 18 and info["splits"]["test"]["num_examples"] > 0
-  for split in info["splits"]:
+  dataset = convert.convert(source, out, encoding="png", num_shards=2)
+  total = sum(v.num_examples for v in dataset.splits.values())
+  assert total == 18 and dataset.splits["test"].num_examples > 0
+  assert dataset.class_names == ["daisy", "roses", "tulips"]
+  for split in dataset.splits:
     for image, label in _read_all(out, split):
       assert source.class_names[label] == pixels[image]
   # The same split on every run.
@@ -166,8 +302,8 @@ def test_folder_source_png_is_lossless(tmp_path):
 def test_folder_resize(tmp_path):
   _write_folder(str(tmp_path / "f"), per_class=2)
   source = sources.load(f"folder:{tmp_path / 'f'}", image_size=(8, 10), test_fraction=0)
-  info = convert.convert(source, str(tmp_path / "out"), num_shards=1)
-  assert info["features"]["image"]["shape"] == [8, 10, 3]
+  dataset = convert.convert(source, str(tmp_path / "out"), num_shards=1)
+  assert dataset.image_shape == (8, 10, 3)
   assert len(_read_all(str(tmp_path / "out"), "train")) == 6
 
 
@@ -179,6 +315,48 @@ def test_folder_unreadable_image_is_named(tmp_path):
                     num_shards=1)
   assert not os.path.exists(os.path.join(out, "dataset_info.json"))
   assert not [f for f in os.listdir(out) if ".tmp-" in f]
+
+
+def test_folder_skips_hidden_files_and_refuses_links_that_leave_it(tmp_path):
+  pixels = _write_folder(str(tmp_path / "f"), per_class=3)
+  (tmp_path / "f" / "daisy" / "._0.png").write_bytes(b"\0\5\x16\7 AppleDouble")
+  (tmp_path / "f" / "roses" / ".hidden.png").write_bytes(b"junk")
+  os.symlink(tmp_path / "f" / "roses" / "0.png", tmp_path / "f" / "roses" / "link.png")
+  source = sources.load(f"folder:{tmp_path / 'f'}", test_fraction=0)
+  assert source.splits["train"].num_examples == 10  # 9 images + the link inside the folder
+  out = str(tmp_path / "out")
+  convert.convert(source, out, num_shards=1)
+  for image, label in _read_all(out, "train"):
+    assert source.class_names[label] == pixels[image]
+  outside = tmp_path / "elsewhere.png"
+  os.replace(tmp_path / "f" / "tulips" / "0.png", outside)
+  os.symlink(outside, tmp_path / "f" / "tulips" / "0.png")
+  with pytest.raises(ValueError, match="is a symlink to .*elsewhere.png, outside the folder"):
+    sources.load(f"folder:{tmp_path / 'f'}")
+
+
+def test_an_empty_train_split_is_refused(tmp_path):
+  _write_folder(str(tmp_path / "f"), per_class=2)
+  with pytest.raises(ValueError, match="test_fraction"):
+    sources.load(f"folder:{tmp_path / 'f'}", test_fraction=1)
+
+
+def test_truncated_idx_files_are_named(tmp_path):
+  rng = np.random.default_rng(0)
+  for prefix in ("train", "t10k"):
+    _write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (5, 4, 4)),
+               gz=True)
+    _write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte"), rng.integers(0, 2, 5), gz=False)
+  gz = tmp_path / "train-images-idx3-ubyte.gz"
+  gz.write_bytes(gz.read_bytes()[:-12])
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is truncated"):
+    sources.load(f"idx:{tmp_path}")
+  labels = tmp_path / "t10k-labels-idx1-ubyte"
+  labels.write_bytes(labels.read_bytes()[:-2])
+  os.remove(gz)
+  _write_idx(str(tmp_path / "train-images-idx3-ubyte"), rng.integers(0, 256, (5, 4, 4)), gz=True)
+  with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte is truncated"):
+    sources.load(f"idx:{tmp_path}")
 
 
 def test_bad_sources_are_clear_errors(tmp_path):
@@ -223,8 +401,7 @@ def test_killed_conversion_reruns_to_completion(tmp_path):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  done_before = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)
-                 if "tfrecord" in f and not f.startswith(".")}
+  done_before = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in _shards(out)}
   assert 3 <= len(done_before) < 30
   assert not os.path.exists(os.path.join(out, "dataset_info.json"))
 
@@ -232,5 +409,6 @@ def test_killed_conversion_reruns_to_completion(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   for f, mtime in done_before.items():
     assert os.stat(os.path.join(out, f)).st_mtime_ns == mtime  # kept, not rewritten
-  assert convert.verify(out) == {"examples": 30000, "shards": 30}
+  result = manifest.verify(out)
+  assert (result["examples"], result["shards"]) == (30000, 30)
   assert not [f for f in os.listdir(out) if ".tmp-" in f]

@@ -37,7 +37,7 @@ def test_cli_passes_on_good_data(digits_dir):
                    "--accelerator=v4-8", "--input_seconds=0.5")
   assert result.returncode == 0, result.stdout + result.stderr
   lines = result.stdout.splitlines()
-  for name in ("data reachable", "manifest matches shards", "shards >= hosts", "shard sizes",
+  for name in ("data reachable", "metadata matches shards", "shards >= hosts", "shard sizes",
                "batch per replica", "model compiles (bf16, XLA)", "input rate vs step rate"):
     assert any(name in l and l.split()[0] in ("OK", "WARN") for l in lines), name
   assert "Ready to launch." in result.stdout
@@ -46,15 +46,19 @@ def test_cli_passes_on_good_data(digits_dir):
 def test_bad_manifest_shard_count_and_batch_fail(digits_dir, tmp_path):
   data = str(tmp_path / "d")
   shutil.copytree(digits_dir, data)
-  os.remove(os.path.join(data, "digits-train.tfrecord-00003-of-00016"))
-  with open(os.path.join(data, "digits-test.tfrecord-00000-of-00016"), "ab") as f:
+  from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
+  dataset = manifest.read(data)
+  missing = os.path.basename(dataset.splits["train"].files[3])
+  grown = os.path.basename(dataset.splits["test"].files[0])
+  os.remove(os.path.join(data, missing))
+  with open(os.path.join(data, grown), "ab") as f:
     f.write(b"extra")
   checks = _by_name(doctor.run_checks(_config(data, batch_size=100), "v4-256",
                                       input_seconds=0.2))
-  manifest = checks["manifest matches shards"]
-  assert manifest.status == "FAIL"
-  assert "digits-train.tfrecord-00003-of-00016 missing" in manifest.detail
-  assert "digits-test.tfrecord-00000-of-00016 crc32c" in manifest.detail
+  metadata = checks["metadata matches shards"]
+  assert metadata.status == "FAIL"
+  assert f"{missing} is missing" in metadata.detail
+  assert f"{grown} crc32c" in metadata.detail and f"{grown} has" in metadata.detail
   assert checks["shards >= hosts"].status == "FAIL"
   assert "--min_shards=128" in checks["shards >= hosts"].detail
   assert checks["batch per replica"].status == "FAIL"
@@ -87,7 +91,7 @@ def test_bucket_checks_against_the_emulator(gcs_bucket, gcs_emulator):
   convert.convert(sources.digits(), data, min_shards=2)
   checks = _by_name(doctor.run_checks(_config(data, tpu_zone="europe-west4-a"), "v4-8"))
   assert checks["data reachable"].status == "OK"
-  assert checks["manifest matches shards"].status == "OK"
+  assert checks["metadata matches shards"].status == "OK"
   region = checks["bucket region"]
   assert region.status in ("FAIL", "WARN") and "europe-west4" in region.detail
   assert checks["input rate vs step rate"].status == "SKIP"

@@ -6,6 +6,7 @@ import pytest
 
 from tpu_trainer import storage
 from tpu_trainer.data import convert
+from tpu_trainer.data import manifest
 from tpu_trainer.data import sources
 
 
@@ -13,29 +14,40 @@ def _objects(bucket, prefix):
   return {b.name: b for b in storage.gcs_client().list_blobs(bucket, prefix=prefix)}
 
 
-def test_convert_uploads_shards_and_manifest_then_verifies(gcs_bucket):
+def test_convert_uploads_shards_and_metadata_then_verifies(gcs_bucket):
   out = f"gs://{gcs_bucket}/digits"
-  info = convert.convert(sources.digits(), out, min_shards=4)
+  dataset = convert.convert(sources.digits(), out, min_shards=4)
   objects = _objects(gcs_bucket, "digits/")
-  assert len(objects) == 9  # 8 shards + dataset_info.json
-  manifest = json.loads(objects["digits/dataset_info.json"].download_as_text())
-  assert manifest == info
-  for split in info["splits"].values():
-    for shard in split["shards"]:
-      assert objects[f"digits/{shard['file']}"].crc32c == shard["crc32c"]
-  assert convert.verify(out) == {"examples": 1797, "shards": 8}
+  # 8 shards, TFDS's dataset_info.json, features.json, label.labels.txt, and ours.
+  assert len(objects) == 12
+  assert {"digits/dataset_info.json", "digits/features.json", "digits/label.labels.txt",
+          f"digits/{manifest.OURS_FILE}"} <= set(objects)
+  assert json.loads(objects["digits/dataset_info.json"].download_as_text())["name"] == "digits"
+  assert dataset.class_names == [str(i) for i in range(10)]
+  ours = json.loads(objects[f"digits/{manifest.OURS_FILE}"].download_as_text())
+  for split in dataset.splits.values():
+    for path in split.files:
+      name = path.rsplit("/", 1)[1]
+      assert objects[f"digits/{name}"].crc32c == ours["shards"][name]["crc32c"]
+      assert objects[f"digits/{name}"].size == ours["shards"][name]["num_bytes"]
+  manifest.check_shards(manifest.read(out), ["train", "test"])
+  result = manifest.verify(out)
+  assert (result["examples"], result["shards"]) == (1797, 8)
 
 
 def test_verify_names_a_bad_object(gcs_bucket):
   out = f"gs://{gcs_bucket}/d"
-  convert.convert(sources.digits(), out, min_shards=2)
-  bad = "d/digits-test.tfrecord-00001-of-00002"
-  storage.gcs_client().bucket(gcs_bucket).blob(bad).upload_from_string(b"garbage")
-  with pytest.raises(ValueError, match="digits-test.tfrecord-00001-of-00002"):
-    convert.verify(out)
+  dataset = convert.convert(sources.digits(), out, min_shards=2)
+  bad = dataset.splits["test"].files[1]
+  storage.gcs_client().bucket(gcs_bucket).blob(storage.split_gcs(bad)[1]).upload_from_string(
+      b"garbage")
+  with pytest.raises(ValueError, match=bad.rsplit("/", 1)[1]):
+    manifest.verify(out)
+  with pytest.raises(ValueError, match=bad.rsplit("/", 1)[1] + " has 7 bytes"):
+    manifest.check_shards(manifest.read(out), ["test"])
 
 
-def test_rerun_keeps_uploaded_shards(gcs_bucket):
+def test_rerun_keeps_uploaded_shards_and_a_changed_one_replaces_them(gcs_bucket):
   out = f"gs://{gcs_bucket}/d"
   convert.convert(sources.digits(), out, min_shards=2)
   before = {n: b.generation for n, b in _objects(gcs_bucket, "d/").items()}
@@ -45,6 +57,10 @@ def test_rerun_keeps_uploaded_shards(gcs_bucket):
   shards = [n for n in before if "tfrecord" in n]
   assert shards and all(before[n] == after[n] for n in shards)
   assert "d/dataset_info.json" in after
+  convert.convert(sources.digits(), out, min_shards=2, encoding="png")
+  now = [n for n in _objects(gcs_bucket, "d/") if "tfrecord" in n]
+  assert len(now) == len(shards) and not set(now) & set(shards)
+  assert manifest.read(out).encoding == "png"
 
 
 def test_missing_bucket_fails_fast(gcs_emulator, monkeypatch):

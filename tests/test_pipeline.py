@@ -3,8 +3,8 @@ import pytest
 import tensorflow as tf
 
 from tpu_trainer.data import convert
+from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
-from tpu_trainer.data import records
 from tpu_trainer.data import sources
 
 
@@ -21,8 +21,7 @@ def _keys(images, labels, weights=None):
 
 
 def test_train_batches_have_static_shapes(digits_dir):
-  info = records.read_info(digits_dir)
-  ds = pipeline.train_input_fn(digits_dir, info, 64)(_ctx(pipelines=1, replicas=2))
+  ds = pipeline.train_input_fn(manifest.read(digits_dir), 64)(_ctx(pipelines=1, replicas=2))
   images_spec, labels_spec = ds.element_spec
   assert images_spec.shape.as_list() == [32, 8, 8, 1] and images_spec.dtype == tf.uint8
   assert labels_spec.shape.as_list() == [32] and labels_spec.dtype == tf.int32
@@ -33,8 +32,7 @@ def test_train_batches_have_static_shapes(digits_dir):
 
 @pytest.mark.parametrize("pipelines", [2, 3])
 def test_pipelines_get_disjoint_files_covering_all_every_epoch(digits_dir, pipelines):
-  info = records.read_info(digits_dir)
-  files = records.split_files(digits_dir, info, "train")
+  files = manifest.read(digits_dir).splits["train"].files
   shares = [iter(pipeline.file_dataset(files, pipelines, p, shuffle_seed=5).repeat(2))
             for p in range(pipelines)]
   per_pipeline = [len(files[p::pipelines]) for p in range(pipelines)]
@@ -48,23 +46,21 @@ def test_pipelines_get_disjoint_files_covering_all_every_epoch(digits_dir, pipel
 
 
 def test_private_thread_pool_option(digits_dir):
-  info = records.read_info(digits_dir)
-  ds = pipeline.train_input_fn(digits_dir, info, 64, threads=3)(_ctx())
+  ds = pipeline.train_input_fn(manifest.read(digits_dir), 64, threads=3)(_ctx())
   assert ds.options().threading.private_threadpool_size == 3
   assert next(iter(ds))[0].shape == (64, 8, 8, 1)
 
 
 def test_file_order_depends_on_seed(digits_dir):
-  info = records.read_info(digits_dir)
-  files = records.split_files(digits_dir, info, "train")
+  files = manifest.read(digits_dir).splits["train"].files
   order = lambda seed: [f.numpy() for f in pipeline.file_dataset(files, 1, 0, seed)]
   assert order(0) == order(0)
   assert order(0) != order(1)
   assert sorted(order(0)) == sorted(order(1))
 
 
-def _two_epochs(digits_dir, info, seed):
-  fn = pipeline.train_input_fn(digits_dir, info, 100, seed=seed, shuffle_buffer=200,
+def _two_epochs(dataset, seed):
+  fn = pipeline.train_input_fn(dataset, 100, seed=seed, shuffle_buffer=200,
                                cache=False, deterministic=True)
   it = iter(fn(_ctx()))
   per_epoch = 1437 // 100
@@ -72,11 +68,11 @@ def _two_epochs(digits_dir, info, seed):
 
 
 def test_epochs_differ_and_runs_reproduce_in_deterministic_mode(digits_dir):
-  info = records.read_info(digits_dir)
-  first = _two_epochs(digits_dir, info, seed=3)
+  dataset = manifest.read(digits_dir)
+  first = _two_epochs(dataset, seed=3)
   assert first[0] != first[1]
-  assert first == _two_epochs(digits_dir, info, seed=3)
-  assert first != _two_epochs(digits_dir, info, seed=4)
+  assert first == _two_epochs(dataset, seed=3)
+  assert first != _two_epochs(dataset, seed=4)
 
 
 @pytest.mark.parametrize("num_shards,pipelines,batch", [(5, 1, 7), (5, 3, 12), (2, 3, 6),
@@ -84,10 +80,10 @@ def test_epochs_differ_and_runs_reproduce_in_deterministic_mode(digits_dir):
 def test_eval_sees_every_example_once(tmp_path_factory, num_shards, pipelines, batch):
   out = str(tmp_path_factory.mktemp("d"))
   convert.convert(sources.digits(), out, num_shards=num_shards)
-  info = records.read_info(out)
+  dataset = manifest.read(out)
   keys, steps_seen = [], set()
   for p in range(pipelines):
-    fn, steps = pipeline.eval_input_fn(out, info, batch, pipelines, split="test")
+    fn, steps = pipeline.eval_input_fn(dataset, batch, pipelines, split="test")
     batches = list(fn(_ctx(pipelines, p)))
     steps_seen.add(len(batches))
     for images, labels, weights in batches:

@@ -5,21 +5,21 @@ import time
 import tensorflow as tf
 
 from tpu_trainer import train
+from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
-from tpu_trainer.data import records
 
 
 def input_rate(config, seconds: float = 5.0) -> float:
   """Examples/s one host's training input pipeline delivers (after warm-up)."""
-  info = records.read_info(config.data_dir)
+  dataset = manifest.read(config.data_dir)
   dataset_fn = pipeline.train_input_fn(
-      config.data_dir, info, config.batch_size, split=config.train_split, seed=config.seed,
+      dataset, config.batch_size, split=config.train_split, seed=config.seed,
       shuffle_buffer=config.shuffle_buffer, cache=config.cache,
       cache_max_bytes=config.cache_max_bytes, augment=config.augment,
       deterministic=config.deterministic, threads=config.data_threads)
   iterator = iter(dataset_fn(tf.distribute.InputContext()))
   # Warm-up: a full pass fills the cache when the split is cached.
-  for _ in range(max(1, info["splits"][config.train_split]["num_examples"]
+  for _ in range(max(1, dataset.split(config.train_split).num_examples
                      // config.batch_size) + 2):
     next(iterator)
   batches, start = 0, time.perf_counter()
@@ -35,7 +35,8 @@ def training_rate(config, steps: int = 0) -> dict:
   config.steps = steps or 6 * config.steps_per_execution
   config.eval_every_epochs = 10**6
   config.profile_steps = ""
-  return train.run(config, tempfile.mkdtemp(prefix="tpu_trainer_bench_"))
+  with tempfile.TemporaryDirectory(prefix="tpu_trainer_bench_") as workdir:
+    return train.run(config, workdir)
 
 
 def verdict(input_per_s: float, train_per_s: float) -> str:

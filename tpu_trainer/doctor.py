@@ -1,8 +1,8 @@
 """Preflight checks before spending TPU money: data, manifest, shards, region,
 batch, model compilation, input rate. Each failing check says what to change."""
 import dataclasses
-import json
 import math
+import os
 import re
 import time
 
@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tpu_trainer import storage
 from tpu_trainer import versions
-from tpu_trainer.data import records
+from tpu_trainer.data import manifest
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
 
@@ -62,45 +62,47 @@ def _data_checks(config, tpu_slice, client):
   start = time.perf_counter()
   try:
     files = storage.list_files(data_dir, client, fail_fast=True)
-    if records.INFO_FILE not in files:
-      raise FileNotFoundError(f"no {records.INFO_FILE}")
-    info = json.loads(storage.read_text(storage.join(data_dir, records.INFO_FILE), client))
+    if manifest.INFO_FILE not in files:
+      raise FileNotFoundError(f"no {manifest.INFO_FILE}")
+    dataset = manifest.read(data_dir, client)
   except Exception as e:  # unreachable, no credentials, missing: all the same to the user
     checks.append(Check("data reachable", "FAIL",
                         f"{data_dir}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
                         "Check the path, `gcloud auth application-default login`, and "
-                        "that tpu-trainer-convert wrote there."))
+                        "that tpu-trainer-convert (or TFDS) wrote there."))
     return checks, None
   checks.append(Check("data reachable", "OK", f"{data_dir} listed in "
                       f"{time.perf_counter() - start:.1f} s"))
 
-  problems, sizes = [], {}
-  for split_name, split in info["splits"].items():
-    for shard in split["shards"]:
-      found = files.get(shard["file"])
-      if found is None:
-        problems.append(f"{shard['file']} missing")
-      elif found[1] != shard["crc32c"]:
-        problems.append(f"{shard['file']} crc32c {found[1]} != manifest {shard['crc32c']}")
-      else:
-        sizes.setdefault(split_name, []).append(found[0])
+  problems = []
+  try:
+    manifest.check_shards(dataset, list(dataset.splits), client)
+  except ValueError as e:
+    problems.append(str(e))
+  if dataset.ours is not None:
+    for name, shard in dataset.ours["shards"].items():
+      if name in files and files[name][1] != shard["crc32c"]:
+        problems.append(f"{name} crc32c {files[name][1]} != metadata {shard['crc32c']}")
+  shard_count = sum(len(s.files) for s in dataset.splits.values())
   if problems:
-    checks.append(Check("manifest matches shards", "FAIL",
-                        f"{len(problems)} problem(s): {'; '.join(problems[:3])}. Convert "
-                        "again (reruns rewrite only bad shards)."))
+    checks.append(Check("metadata matches shards", "FAIL",
+                        f"{'; '.join(problems)[:600]}. Convert again."))
   else:
-    checks.append(Check("manifest matches shards", "OK",
-                        f"{sum(len(s['shards']) for s in info['splits'].values())} shards, "
-                        "crc32c as recorded"))
+    checks.append(Check("metadata matches shards", "OK", f"{shard_count} shards, "
+                        + ("sizes and crc32c as recorded" if dataset.ours is not None else
+                           "sizes as TFDS recorded (no checksums: not converted here)")))
 
-  train_shards = len(info["splits"].get(config.train_split, {}).get("shards", []))
-  if train_shards < tpu_slice.hosts:
+  train_files = dataset.splits[config.train_split].files if config.train_split in \
+      dataset.splits else []
+  if len(train_files) < tpu_slice.hosts:
     checks.append(Check("shards >= hosts", "FAIL",
-                        f"{train_shards} {config.train_split} shards for {tpu_slice.hosts} "
+                        f"{len(train_files)} {config.train_split} shards for {tpu_slice.hosts} "
                         f"hosts: convert with --min_shards={tpu_slice.hosts * 4}."))
   else:
-    checks.append(Check("shards >= hosts", "OK", f"{train_shards} {config.train_split} shards "
-                        f"for {tpu_slice.hosts} host(s)"))
+    checks.append(Check("shards >= hosts", "OK", f"{len(train_files)} {config.train_split} "
+                        f"shards for {tpu_slice.hosts} host(s)"))
+  sizes = {config.train_split: [files[os.path.basename(f)][0] for f in train_files
+                                if os.path.basename(f) in files]}
 
   train_sizes = sizes.get(config.train_split, [])
   if train_sizes:
@@ -136,7 +138,7 @@ def _data_checks(config, tpu_slice, client):
                           f"({type(e).__name__}); keep it in {region}."))
   else:
     checks.append(Check("bucket region", "SKIP", "local data_dir or no config.tpu_zone"))
-  return checks, info
+  return checks, dataset
 
 
 def _batch_check(config, tpu_slice):
@@ -166,10 +168,9 @@ def forward_flops(model, input_shape) -> float:
   return float(model_analyzer.profile(fn.graph, options=options).total_float_ops)
 
 
-def _model_checks(config, info, tpu_slice):
+def _model_checks(config, dataset, tpu_slice):
   """Builds the model in bf16, XLA-compiles a training step with static shapes."""
-  shape = info["features"]["image"]["shape"]
-  num_classes = len(info["class_names"])
+  shape, num_classes = dataset.image_shape, dataset.num_classes
   policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
@@ -203,7 +204,7 @@ def _model_checks(config, info, tpu_slice):
                 f"{per_replica}, compiled in {time.perf_counter() - start:.1f} s")], flops
 
 
-def _input_check(config, info, tpu_slice, forward, input_seconds):
+def _input_check(config, tpu_slice, forward, input_seconds):
   kind = tpu_slice.accelerator.split("-")[0]
   # Training costs ~3x the forward FLOPs.
   compute = 3 * forward * config.batch_size / (
@@ -241,18 +242,18 @@ def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
   except ValueError as e:
     model_known = False
     checks.append(Check("model known", "FAIL", str(e)))
-  data_checks, info = _data_checks(config, tpu_slice, client)
+  data_checks, dataset = _data_checks(config, tpu_slice, client)
   checks += data_checks
   checks.append(_batch_check(config, tpu_slice))
-  if info is None or not model_known:
+  if dataset is None or not model_known:
     checks.append(Check("model compiles (bf16, XLA)", "SKIP", "needs the data's manifest"))
     return checks
-  model_checks, flops = _model_checks(config, info, tpu_slice)
+  model_checks, flops = _model_checks(config, dataset, tpu_slice)
   checks += model_checks
   if any(c.status == "FAIL" for c in data_checks):
     checks.append(Check("input rate vs step rate", "SKIP", "fix the data first"))
   elif flops:
-    checks.append(_input_check(config, info, tpu_slice, flops, input_seconds))
+    checks.append(_input_check(config, tpu_slice, flops, input_seconds))
   return checks
 
 

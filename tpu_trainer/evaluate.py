@@ -9,21 +9,20 @@ from tpu_trainer import export as export_lib
 from tpu_trainer import metrics
 from tpu_trainer import storage
 from tpu_trainer import versions
-from tpu_trainer.data import convert
+from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
-from tpu_trainer.data import records
 
 
 class Evaluator:
   """Builds the distributed eval input and step once; each call is a full pass."""
 
-  def __init__(self, strategy, predict, data_dir: str, info: dict, split: str,
-               global_batch: int, cache: bool = True):
+  def __init__(self, strategy, predict, dataset: manifest.Dataset, split: str,
+               global_batch: int, cache: bool = True, cache_max_bytes: int = 2 << 30):
     self.strategy = strategy
-    self.num_classes = len(info["class_names"])
+    self.num_classes = dataset.num_classes
     dataset_fn, self.steps = pipeline.eval_input_fn(
-        data_dir, info, global_batch, pipeline.num_input_pipelines(strategy),
-        split=split, cache=cache)
+        dataset, global_batch, pipeline.num_input_pipelines(strategy),
+        split=split, cache=cache, cache_max_bytes=cache_max_bytes)
     self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
     self.totals = metrics.Totals(strategy, "eval")
     loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
@@ -60,11 +59,13 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
     raise FileNotFoundError(f"No model at {model_path}: train to the end first, or pass "
                             "--model=PATH (.keras file or SavedModel directory).")
   data_dir = data_dir or config.data_dir
-  info = records.read_info(data_dir)
+  dataset = manifest.read(data_dir)
+  split = split or config.eval_split
+  manifest.check_shards(dataset, [split])
   predict = export_lib.load_serving_fn(os.fspath(model_path))
-  evaluator = Evaluator(tf.distribute.get_strategy(), predict, data_dir, info,
-                        split or config.eval_split, batch_size or config.batch_size)
+  evaluator = Evaluator(tf.distribute.get_strategy(), predict, dataset, split,
+                        batch_size or config.batch_size)
   try:
     return evaluator()
   except tf.errors.DataLossError as e:
-    raise convert.explain_data_loss(data_dir, e) from None
+    raise manifest.explain_data_loss(data_dir, e) from None

@@ -117,3 +117,29 @@ def list_files(directory: str, client=None, fail_fast: bool = False) -> dict:
                  file_crc32c(os.path.join(directory, name)))
           for name in os.listdir(directory)
           if os.path.isfile(os.path.join(directory, name))}
+
+
+def list_sizes(directory: str, client=None) -> dict:
+  """{file name: bytes} of the files directly in a local dir or gs:// prefix: one
+  listing, nothing read."""
+  if is_gcs(directory):
+    bucket_name, prefix = split_gcs(directory.rstrip("/") + "/")
+    blobs = (client or gcs_client()).list_blobs(bucket_name, prefix=prefix, delimiter="/")
+    return {b.name[len(prefix):]: b.size for b in blobs}
+  if not os.path.isdir(directory):
+    return {}
+  return {e.name: e.stat().st_size for e in os.scandir(directory) if e.is_file()}
+
+
+def is_not_found(error: Exception) -> bool:
+  """A missing file or object, whichever library reported it."""
+  return isinstance(error, (FileNotFoundError, tf.errors.NotFoundError)) or (
+      type(error).__name__ == "NotFound")
+
+
+def delete(path: str, client=None) -> None:
+  if is_gcs(path):
+    bucket_name, name = split_gcs(path)
+    (client or gcs_client()).bucket(bucket_name).blob(name).delete()
+  else:
+    os.remove(path)

@@ -23,9 +23,8 @@ from tpu_trainer import metrics
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import versions
-from tpu_trainer.data import convert
+from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
-from tpu_trainer.data import records
 from tpu_trainer.evaluate import Evaluator
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
@@ -114,7 +113,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
                      "written by tpu-trainer-convert).")
   check_model_name(config.model)
-  info = records.read_info(config.data_dir)  # before touching devices: fail fast
+  dataset = manifest.read(config.data_dir)  # before touching devices: fail fast
+  train_split = dataset.split(config.train_split)
+  dataset.split(config.eval_split)
+  manifest.check_shards(dataset, {config.train_split, config.eval_split})
   strategy = strategy or strategy_lib.get_strategy(
       config.strategy, config.tpu, config.cpu_devices, config.tpu_zone, config.tpu_project)
   strategy_lib.check_shared_paths(strategy_lib.num_hosts(strategy),
@@ -127,7 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   keras.mixed_precision.set_global_policy(precision)
   chief = is_chief(strategy)
 
-  train_examples = info["splits"][config.train_split]["num_examples"]
+  train_examples = train_split.num_examples
   steps_per_epoch = max(1, train_examples // config.batch_size)
   total_steps = config.steps or config.epochs * steps_per_epoch
   spe = min(config.steps_per_execution, total_steps)
@@ -150,8 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                train_examples, config.batch_size, replicas, total_steps, steps_per_epoch,
                spe, precision, peak_lr)
 
-  image_shape = info["features"]["image"]["shape"]
-  num_classes = len(info["class_names"])
+  image_shape, num_classes = dataset.image_shape, dataset.num_classes
   # Same seed, same initial weights: reruns, and runs on another replica count, compare.
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
@@ -195,13 +196,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       strategy.run(train_step, args=next(iterator))
 
   train_fn = pipeline.train_input_fn(
-      config.data_dir, info, config.batch_size, split=config.train_split,
+      dataset, config.batch_size, split=config.train_split,
       seed=config.seed + step, shuffle_buffer=config.shuffle_buffer, cache=config.cache,
       cache_max_bytes=config.cache_max_bytes, augment=config.augment,
       deterministic=config.deterministic, threads=config.data_threads)
   iterator = iter(strategy.distribute_datasets_from_function(train_fn))
-  evaluator = Evaluator(strategy, lambda x: model(x, training=False), config.data_dir, info,
-                        config.eval_split, config.batch_size, cache=config.cache)
+  evaluator = Evaluator(strategy, lambda x: model(x, training=False), dataset,
+                        config.eval_split, config.batch_size, cache=config.cache,
+                        cache_max_bytes=config.cache_max_bytes)
 
   writers = {kind: (tf.summary.create_file_writer(storage.join(workdir, kind)) if chief
                     else tf.summary.create_noop_writer()) for kind in ("train", "validation")}
@@ -286,7 +288,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       if stop_early:
         break
   except tf.errors.DataLossError as e:
-    raise convert.explain_data_loss(config.data_dir, e) from None
+    raise manifest.explain_data_loss(config.data_dir, e) from None
   finally:
     if profiling:
       tf.profiler.experimental.stop()
@@ -300,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   try:
     final = evaluator()
   except tf.errors.DataLossError as e:
-    raise convert.explain_data_loss(config.data_dir, e) from None
+    raise manifest.explain_data_loss(config.data_dir, e) from None
   record("validation", final, step)
   result = {"accuracy": final["accuracy"], "loss": final["loss"],
             "eval_examples": final["examples"], "step": step,
@@ -315,7 +317,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   if chief:
     storage.write_text(storage.join(workdir, "metrics.json"), json.dumps(result, indent=2) + "\n")
     storage.write_text(history_path, json.dumps(history))
-    export_lib.export(model, workdir, info["class_names"])
+    export_lib.export(model, workdir, dataset.class_names)
     plot_curves(history, storage.join(workdir, "learning_curves.png"))
   return result
 

@@ -1,4 +1,5 @@
-"""tpu-trainer-convert: a dataset -> sharded TFRecords + dataset_info.json.
+"""tpu-trainer-convert: a dataset -> a TFDS dataset directory (sharded TFRecords,
+dataset_info.json, features.json) that TFDS and tpu-trainer-train both read.
 
   tpu-trainer-convert --source=digits --output_dir=/tmp/digits
   tpu-trainer-convert --source=folder:flower_photos --image_size=224,224 \
@@ -15,8 +16,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "digits | tfds:NAME[:VERSION] | folder:PATH | idx:PATH | "
                     "npz:FILE")
 flags.DEFINE_string("output_dir", None, "Local directory or gs://bucket/prefix.", required=True)
-flags.DEFINE_bool("verify", False, "Read every shard of --output_dir back and check counts "
-                  "and checksums against dataset_info.json; convert nothing.")
+flags.DEFINE_bool("verify", False, "Read every shard of --output_dir back and check record "
+                  "counts and checksums against the metadata; convert nothing.")
 flags.DEFINE_enum("encoding", "auto", ["auto", "raw", "png", "jpeg"],
                   "auto: raw for small images, jpeg for colour photos, png otherwise.")
 flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality when encoding=jpeg.")
@@ -35,10 +36,12 @@ flags.DEFINE_string("tfds_data_dir", "", "tfds: where TFDS keeps downloaded data
 def main(argv):
   del argv
   from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
   if FLAGS.verify:
-    result = convert.verify(FLAGS.output_dir)
-    print(f"OK: {result['shards']} shards, {result['examples']} examples in {FLAGS.output_dir}")
+    result = manifest.verify(FLAGS.output_dir)
+    print(f"OK: {result['shards']} shards, {result['examples']} examples in "
+          f"{FLAGS.output_dir} ({result['checksums']})")
     return
   if not FLAGS.source:
     raise ValueError("--source is required (digits, tfds:NAME, folder:PATH, idx:PATH, npz:FILE).")
@@ -53,13 +56,13 @@ def main(argv):
   source = sources.load(FLAGS.source, tfds_data_dir=FLAGS.tfds_data_dir,
                         image_size=image_size, test_fraction=FLAGS.test_fraction,
                         seed=FLAGS.seed)
-  info = convert.convert(source, FLAGS.output_dir, encoding=FLAGS.encoding,
-                         num_shards=FLAGS.num_shards, shard_bytes=FLAGS.shard_bytes,
-                         min_shards=FLAGS.min_shards, seed=FLAGS.seed, workers=FLAGS.workers,
-                         jpeg_quality=FLAGS.jpeg_quality)
-  summary = {split: {"examples": s["num_examples"], "shards": len(s["shards"])}
-             for split, s in info["splits"].items()}
-  print(f"Wrote {info['name']} to {FLAGS.output_dir}: {json.dumps(summary)}")
+  dataset = convert.convert(source, FLAGS.output_dir, encoding=FLAGS.encoding,
+                            num_shards=FLAGS.num_shards, shard_bytes=FLAGS.shard_bytes,
+                            min_shards=FLAGS.min_shards, seed=FLAGS.seed,
+                            workers=FLAGS.workers, jpeg_quality=FLAGS.jpeg_quality)
+  summary = {name: {"examples": s.num_examples, "shards": len(s.files)}
+             for name, s in dataset.splits.items()}
+  print(f"Wrote {dataset.name} to {FLAGS.output_dir}: {json.dumps(summary)}")
 
 
 def run():

@@ -1,11 +1,15 @@
-"""Writes a Source as sharded TFRecords plus dataset_info.json, locally or to gs://.
+"""Writes a Source as a TFDS dataset directory, locally or to gs://.
 
-Each shard is written to a temp file and published whole (rename, or an upload
-checked by crc32c), so a shard is never visible half written. A rerun after a
-kill skips shards that exist and read back with the expected count; the
-manifest is written last, with a crc32c per shard.
+Shards are named after the conversion's key (source fingerprint, encoding,
+image size, seed, shard counts, format version), so shards of another source
+or other settings can never be mistaken for this run's. Each shard is written
+to a temp file and published whole (rename, or an upload checked by crc32c):
+a rerun after a kill keeps the shards that exist under this run's names and
+writes the rest. The metadata comes last (see manifest.py); until then a
+directory that held a dataset still reads as that dataset. After it, shards of
+earlier conversions into the same directory are deleted.
 """
-import glob
+import hashlib
 import json
 import math
 import multiprocessing
@@ -17,35 +21,11 @@ import time
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from tpu_trainer import storage
+from tpu_trainer.data import manifest
 from tpu_trainer.data import records
 from tpu_trainer.data import sources as sources_lib
-
-FORMAT_VERSION = 1
-
-
-def count_records(path: str, client=None) -> int:
-  """Reads a shard back (TFRecord CRCs checked); raises ValueError naming a bad file."""
-  local, tmp = path, None
-  if storage.is_gcs(path) and os.environ.get("STORAGE_EMULATOR_HOST"):
-    # TensorFlow's gs:// filesystem cannot be pointed at an emulator.
-    bucket, name = storage.split_gcs(path)
-    fd, tmp = tempfile.mkstemp(suffix=".tfrecord")
-    os.close(fd)
-    (client or storage.gcs_client()).bucket(bucket).blob(name).download_to_filename(tmp)
-    local = tmp
-  try:
-    ds = tf.data.TFRecordDataset(local, buffer_size=8 << 20)
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
-  except tf.errors.OpError as e:
-    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", e.message.splitlines()[0])
-    raise ValueError(f"Shard {path} is corrupt or truncated ({reason}); "
-                     "delete it and convert again.") from None
-  finally:
-    if tmp:
-      os.remove(tmp)
 
 
 def _check_output_dir(output_dir: str, client):
@@ -70,9 +50,6 @@ def _check_output_dir(output_dir: str, client):
     probe.close()
   except OSError as e:
     raise ValueError(f"Cannot write to --output_dir={output_dir!r}: {e.strerror}.") from None
-  # Temp files of a killed earlier run.
-  for stale in glob.glob(os.path.join(output_dir, ".*.tmp-*")):
-    os.remove(stale)
   return None
 
 
@@ -86,6 +63,55 @@ def _shard_count(split: sources_lib.Split, encoding, jpeg_quality, num_shards,
                            for im, l in sample])
     count = max(min_shards, math.ceil(split.num_examples * per_example / shard_bytes))
   return max(1, min(count, split.num_examples))
+
+
+def check_source(source: sources_lib.Source) -> None:
+  """What would make a useless or broken dataset, refused before anything is written."""
+  if "train" not in source.splits or source.splits["train"].num_examples == 0:
+    raise ValueError(f"Source {source.name!r} has no train examples (splits: "
+                     f"{', '.join(f'{k}={v.num_examples}' for k, v in source.splits.items())});"
+                     " lower --test_fraction or add images.")
+  empty = [name for name, split in source.splits.items() if split.num_examples == 0]
+  if empty:
+    raise ValueError(f"Source {source.name!r} has no examples in split(s) {', '.join(empty)}.")
+  if len(source.class_names) < 2:
+    raise ValueError(f"Source {source.name!r} has {len(source.class_names)} class(es); a "
+                     "classifier needs at least 2.")
+  for name, split in source.splits.items():
+    if split.labels is None or not len(split.labels):
+      continue
+    low, high = int(np.min(split.labels)), int(np.max(split.labels))
+    if low < 0 or high >= len(source.class_names):
+      raise ValueError(f"Source {source.name!r}, split {name}: labels span [{low}, {high}] "
+                       f"but there are {len(source.class_names)} classes; labels must be in "
+                       f"[0, {len(source.class_names)}).")
+
+
+def _our_shard_pattern(name: str) -> re.Pattern:
+  """Shard names this converter makes for a dataset called `name`, any key."""
+  return re.compile(re.escape(name) + r"-[^.]+-[0-9a-f]{8}\.tfrecord-\d{5}-of-\d{5}")
+
+
+def _existing(output_dir: str, client) -> dict | None:
+  """The tpu_trainer.json of a dataset already in output_dir, {} for none; refuses
+  to overwrite a dataset something else wrote."""
+  try:
+    info_text = storage.read_text(storage.join(output_dir, manifest.INFO_FILE), client)
+  except Exception as e:  # pylint: disable=broad-except
+    if storage.is_not_found(e):
+      return {}
+    raise
+  try:
+    return json.loads(storage.read_text(storage.join(output_dir, manifest.OURS_FILE), client))
+  except Exception as e:  # pylint: disable=broad-except
+    if not storage.is_not_found(e):
+      raise
+  if '"format_version"' in info_text:  # our own format 1: replaced like any conversion
+    return {"shards": {s["file"]: s for split in json.loads(info_text)["splits"].values()
+                       for s in split["shards"]}}
+  raise ValueError(f"--output_dir={output_dir} holds a TFDS dataset that tpu-trainer-convert "
+                   "did not write; convert into another directory (training reads that "
+                   "dataset as it is).")
 
 
 class _Progress:
@@ -115,9 +141,8 @@ _WORK = {}
 def _write_shard(job):
   """Writes one shard to a temp file and publishes it. Runs in a forked worker:
   no TensorFlow runtime (not fork-safe), only numpy, PIL, protobuf and files."""
-  split_name, index, count, indices = job
+  split_name, name, indices = job
   source, output_dir = _WORK["source"], _WORK["output_dir"]
-  name = records.shard_name(source.name, split_name, index, count)
   final = storage.join(output_dir, name)
   tmp = storage.local_temp_path(final)
   try:
@@ -132,68 +157,85 @@ def _write_shard(job):
     if storage.is_gcs(final) and "client" not in _WORK:
       _WORK["client"] = storage.gcs_client()  # one per worker process
     crc = storage.publish(tmp, final, _WORK.get("client"))
+  except OSError as e:
+    raise ValueError(f"Cannot write {final}: {e.strerror or e}.") from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-  return split_name, index, name, len(indices), crc, nbytes
+  return split_name, name, len(indices), crc, nbytes
 
 
-def _existing_shard(job, source_name, output_dir, client):
-  """The result of a complete shard left by an earlier run, or None."""
-  split_name, index, count, indices = job
-  name = records.shard_name(source_name, split_name, index, count)
-  final = storage.join(output_dir, name)
-  crc = storage.remote_crc32c(final, client)
-  if crc is None:
-    return None
-  try:
-    if count_records(final, client) == len(indices):
-      return split_name, index, name, len(indices), crc, 0
-  except ValueError as e:
-    logging.warning("Rewriting %s", e)
-  return None
+def conversion_key(source: sources_lib.Source, encoding: str, seed: int,
+                   shard_counts: dict, jpeg_quality: int) -> dict:
+  """Everything that decides what the shards hold."""
+  return {"format_version": manifest.FORMAT_VERSION, "source": source.name,
+          "fingerprint": source.fingerprint, "encoding": encoding,
+          "image_shape": list(source.image_shape), "class_names": list(source.class_names),
+          "seed": seed, "shard_counts": shard_counts,
+          "jpeg_quality": jpeg_quality if encoding == "jpeg" else None}
 
 
 def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
             num_shards: int = 0, shard_bytes: int = 100 << 20, min_shards: int = 16,
             seed: int = 0, workers: int = 0, jpeg_quality: int = 95,
-            client=None) -> dict:
-  """Converts every split of `source`; returns the dataset_info written.
+            client=None) -> manifest.Dataset:
+  """Converts every split of `source` into a TFDS dataset in output_dir.
 
   Shards are written by `workers` forked processes (default: one per core);
   sources that read through TensorFlow (tfds) are written in this process.
   """
-  empty = [name for name, split in source.splits.items() if split.num_examples == 0]
-  if not source.splits or empty:
-    raise ValueError(f"Source {source.name!r} has no examples"
-                     f"{' in split(s) ' + ', '.join(empty) if empty else ''}; nothing to convert.")
+  check_source(source)
+  if shard_bytes < 1 or num_shards < 0 or min_shards < 1:
+    raise ValueError(f"--shard_bytes={shard_bytes}, --num_shards={num_shards}, "
+                     f"--min_shards={min_shards}: shard_bytes and min_shards must be at "
+                     "least 1, num_shards at least 0.")
   client = _check_output_dir(output_dir, client)
-  encoding = records.choose_encoding(encoding, source.image_shape)
+  encoding = manifest.choose_encoding(encoding, source.image_shape)
+  previous = _existing(output_dir, client)
   rng = np.random.default_rng(seed)
 
-  jobs = []  # (split, index, count, example indices)
+  counts = {name: _shard_count(split, encoding, jpeg_quality, num_shards, shard_bytes,
+                               min_shards) for name, split in source.splits.items()}
+  key = conversion_key(source, encoding, seed, counts, jpeg_quality)
+  template = manifest.shard_template(
+      hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8])
+  jobs = []  # (split, shard file name, example indices)
   for split_name, split in source.splits.items():
-    count = _shard_count(split, encoding, jpeg_quality, num_shards, shard_bytes, min_shards)
     # Shuffle before sharding so every shard holds a mix of classes. Sources
     # that only stream in order get contiguous ranges (TFDS shuffles at prepare).
     order = (rng.permutation(split.num_examples) if split.random_access
              else np.arange(split.num_examples))
-    for i, part in enumerate(np.array_split(order, count)):
-      jobs.append((split_name, i, count, part))
+    names = manifest.shard_names(source.name, split_name, template, counts[split_name])
+    jobs += [(split_name, name, part)
+             for name, part in zip(names, np.array_split(order, counts[split_name]))]
 
-  progress = _Progress(sum(len(j[3]) for j in jobs), len(jobs))
+  present = storage.list_sizes(output_dir, client)
+  ours = _our_shard_pattern(source.name)
+  for name in present:  # temp files of killed runs of ours; nobody else's
+    match = re.fullmatch(r"\.(.+)\.tmp-[0-9a-f]{8}", name)
+    if match and ours.fullmatch(match.group(1)) and not storage.is_gcs(output_dir):
+      os.remove(os.path.join(output_dir, name))
+
+  progress = _Progress(sum(len(j[2]) for j in jobs), len(jobs))
   results, todo = [], []
-  for job in jobs:  # a rerun keeps what an earlier run finished
-    done = _existing_shard(job, source.name, output_dir, client)
-    if done:
-      results.append(done)
-      progress.add(done[3])
+  recorded = (previous or {}).get("shards", {})
+  for job in jobs:
+    # Published whole under this key's name, so complete; unless the metadata of
+    # a finished run recorded it otherwise (damaged since): then rewritten.
+    crc = storage.remote_crc32c(storage.join(output_dir, job[1]), client) \
+        if job[1] in present else None
+    was = recorded.get(job[1])
+    if crc is not None and (was is None or (was.get("crc32c"), was.get("num_bytes")) ==
+                            (crc, present[job[1]])):
+      results.append((job[0], job[1], len(job[2]), crc, present[job[1]]))
+      progress.add(len(job[2]))
     else:
       todo.append(job)
-  if len(results):
-    logging.info("Kept %d complete shards from an earlier run.", len(results))
+  if results:
+    logging.info("Kept %d shards an earlier run with the same source and settings wrote.",
+                 len(results))
 
-  workers = min(workers or os.cpu_count() or 1, len(todo))
+  workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
   # fork only on Linux: macOS frameworks are not fork-safe (Python defaults to spawn there).
   forkable = sys.platform.startswith("linux")
   in_process = workers <= 1 or not forkable or not all(
@@ -211,76 +253,37 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
       written = pool.imap_unordered(_write_shard, todo)
     for result in written:
       results.append(result)
-      progress.add(result[3], result[5])
+      progress.add(result[2], result[4])
   finally:
     _WORK.clear()
     if not in_process:
       pool.terminate()
       pool.join()
 
-  splits = {}
-  for split_name in source.splits:
-    shards = sorted((r for r in results if r[0] == split_name), key=lambda r: r[1])
-    splits[split_name] = {
-        "num_examples": sum(r[3] for r in shards),
-        "shards": [{"file": r[2], "num_examples": r[3], "crc32c": r[4]} for r in shards],
-    }
-  info = {
-      "name": source.name,
-      "format_version": FORMAT_VERSION,
-      "features": {"image": {"shape": list(source.image_shape), "dtype": "uint8",
-                             "encoding": encoding},
-                   "label": {"num_classes": len(source.class_names)}},
-      "class_names": list(source.class_names),
-      "splits": splits,
-  }
-  storage.write_text(storage.join(output_dir, records.INFO_FILE),
-                     json.dumps(info, indent=2) + "\n", client)
+  order = {job[1]: i for i, job in enumerate(jobs)}
+  splits = {name: [{"file": r[1], "num_examples": r[2], "crc32c": r[3], "num_bytes": r[4]}
+                   for r in sorted(results, key=lambda r: order[r[1]]) if r[0] == name]
+            for name in source.splits}
+  try:
+    manifest.write(output_dir, name=source.name, image_shape=source.image_shape,
+                   encoding=encoding, class_names=source.class_names, splits=splits,
+                   template=template, ours={"key": key}, client=client)
+  except OSError as e:
+    raise ValueError(f"Cannot write the metadata into {output_dir}: {e.strerror or e}.") \
+        from None
+
+  # Shards of earlier conversions here (a changed source or setting): ours to delete.
+  current = set(order)
+  stale = [n for n in present if n not in current and
+           (ours.fullmatch(n) or n in (previous or {}).get("shards", {}))]
+  for name in stale:
+    storage.delete(storage.join(output_dir, name), client)
+  if stale:
+    logging.info("Deleted %d shards of an earlier conversion with another source or "
+                 "settings.", len(stale))
   elapsed = time.time() - progress.start
   logging.info("Wrote %d examples in %d shards (%.1f MB new) to %s in %.1f s "
                "(%.0f examples/s, %s).", progress.examples, len(jobs), progress.bytes / 1e6,
                output_dir, elapsed, progress.examples / max(elapsed, 1e-9),
                "1 process" if in_process else f"{workers} worker processes")
-  return info
-
-
-def verify(data_dir: str, client=None) -> dict:
-  """Reads every shard back: counts and checksums must match dataset_info.json.
-
-  Returns {"examples": n, "shards": n}; raises ValueError naming each bad file.
-  """
-  client = client or (storage.gcs_client() if storage.is_gcs(data_dir) else None)
-  info = records.read_info(data_dir)
-  problems, examples, shards = [], 0, 0
-  for split_name, split in info["splits"].items():
-    for shard in split["shards"]:
-      path = storage.join(data_dir, shard["file"])
-      crc = storage.remote_crc32c(path, client)
-      if crc is None:
-        problems.append(f"{path} is missing")
-        continue
-      if crc != shard["crc32c"]:
-        problems.append(f"{path} has crc32c {crc}, manifest says {shard['crc32c']}")
-        continue
-      try:
-        n = count_records(path, client)
-      except ValueError as e:
-        problems.append(str(e))
-        continue
-      if n != shard["num_examples"]:
-        problems.append(f"{path} holds {n} examples, manifest says {shard['num_examples']}")
-      examples += n
-      shards += 1
-  if problems:
-    raise ValueError(f"{len(problems)} bad shard(s) in {data_dir}: " + "; ".join(problems))
-  return {"examples": examples, "shards": shards}
-
-
-def explain_data_loss(data_dir: str, error: Exception) -> ValueError:
-  """Turns TensorFlow's DataLossError, which names no file, into one that does."""
-  try:
-    verify(data_dir)
-  except ValueError as bad:
-    return bad
-  return ValueError(f"Reading {data_dir} failed ({error}); run "
-                    f"tpu-trainer-convert --verify --output_dir={data_dir}.")
+  return manifest.read(output_dir, client)

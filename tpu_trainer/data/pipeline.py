@@ -12,6 +12,7 @@ from absl import logging
 import tensorflow as tf
 
 from tpu_trainer.data import records
+from tpu_trainer.data.manifest import Dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -27,13 +28,9 @@ def num_input_pipelines(strategy) -> int:
   return 1
 
 
-def _image_shape(info):
-  return tuple(info["features"]["image"]["shape"])
-
-
-def _split_bytes(info, split):
-  shape = _image_shape(info)
-  return info["splits"][split]["num_examples"] * (math.prod(shape) + 64)
+def _split_bytes(dataset: Dataset, split: str) -> int:
+  """Bytes of a split's decoded images in memory: what a cache would hold."""
+  return dataset.split(split).num_examples * (math.prod(dataset.image_shape) + 64)
 
 
 def file_dataset(files, pipelines, index, shuffle_seed=None):
@@ -89,29 +86,28 @@ def augment_batch(images: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
-def train_input_fn(data_dir: str, info: dict, global_batch: int, *, split: str = "train",
+def train_input_fn(dataset: Dataset, global_batch: int, *, split: str = "train",
                    seed: int = 0, shuffle_buffer: int = 10_000, cache: bool = True,
                    cache_max_bytes: int = 2 << 30, augment: bool = False,
                    deterministic: bool = False, threads: int = 0):
   """Returns fn(input_context) -> endless dataset of (uint8 images, int32 labels)."""
-  files = records.split_files(data_dir, info, split)
-  shape, encoding = _image_shape(info), info["features"]["image"]["encoding"]
+  files = dataset.split(split).files
 
   def dataset_fn(ctx: tf.distribute.InputContext):
     pipelines, index = ctx.num_input_pipelines, ctx.input_pipeline_id
     batch = ctx.get_per_replica_batch_size(global_batch)
-    cached = cache and _split_bytes(info, split) / pipelines <= cache_max_bytes
+    cached = cache and _split_bytes(dataset, split) / pipelines <= cache_max_bytes
     buffer = shuffle_buffer
     if cached:
       # Records read once, then served from memory; a buffer as large as the
       # pipeline's share mixes them completely anew each epoch.
       ds = _records(files, pipelines, index, deterministic).cache()
-      buffer = max(shuffle_buffer, _pipeline_counts(info, split, pipelines)[index])
+      buffer = max(shuffle_buffer, _pipeline_counts(dataset, split, pipelines)[index])
     else:
       ds = _records(files, pipelines, index, deterministic, shuffle_seed=seed)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.map(lambda b: records.decode_batch(b, shape, encoding),
+    ds = ds.map(lambda b: records.decode_batch(b, dataset),
                 num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if augment:
       ds = ds.map(lambda x, y: (augment_batch(x), y), num_parallel_calls=AUTOTUNE,
@@ -121,22 +117,23 @@ def train_input_fn(data_dir: str, info: dict, global_batch: int, *, split: str =
   return dataset_fn
 
 
-def _pipeline_counts(info, split, pipelines):
-  """Examples each pipeline reads, from the manifest's shard lengths."""
-  lengths = [s["num_examples"] for s in info["splits"][split]["shards"]]
+def _pipeline_counts(dataset: Dataset, split: str, pipelines: int):
+  """Examples each pipeline reads, from the metadata's shard lengths."""
+  lengths = dataset.split(split).shard_lengths
   if len(lengths) >= pipelines:
     return [sum(lengths[p::pipelines]) for p in range(pipelines)]
   total = sum(lengths)
   return [total // pipelines + (p < total % pipelines) for p in range(pipelines)]
 
 
-def eval_steps(info: dict, split: str, global_batch: int, pipelines: int) -> int:
+def eval_steps(dataset: Dataset, split: str, global_batch: int, pipelines: int) -> int:
   """Steps that cover every example of the split, whatever its size."""
   per_pipeline_batch = global_batch // pipelines
-  return max(math.ceil(c / per_pipeline_batch) for c in _pipeline_counts(info, split, pipelines))
+  return max(math.ceil(c / per_pipeline_batch)
+             for c in _pipeline_counts(dataset, split, pipelines))
 
 
-def eval_input_fn(data_dir: str, info: dict, global_batch: int, pipelines: int, *,
+def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, *,
                   split: str = "test", cache: bool = True, cache_max_bytes: int = 2 << 30):
   """Returns (fn(input_context) -> dataset of (images, labels, weights), steps).
 
@@ -144,9 +141,9 @@ def eval_input_fn(data_dir: str, info: dict, global_batch: int, pipelines: int, 
   weight-0 examples, so every replica runs the same number of steps with
   static shapes and metrics count only real examples.
   """
-  files = records.split_files(data_dir, info, split)
-  shape, encoding = _image_shape(info), info["features"]["image"]["encoding"]
-  steps = eval_steps(info, split, global_batch, pipelines)
+  files = dataset.split(split).files
+  shape = tuple(dataset.image_shape)
+  steps = eval_steps(dataset, split, global_batch, pipelines)
 
   def dataset_fn(ctx: tf.distribute.InputContext):
     if ctx.num_input_pipelines != pipelines:
@@ -155,11 +152,11 @@ def eval_input_fn(data_dir: str, info: dict, global_batch: int, pipelines: int, 
     batch = ctx.get_per_replica_batch_size(global_batch)
     replicas_here = global_batch // pipelines // batch
     ds = _records(files, pipelines, ctx.input_pipeline_id, deterministic=True)
-    if cache and _split_bytes(info, split) / pipelines <= cache_max_bytes:
+    if cache and _split_bytes(dataset, split) / pipelines <= cache_max_bytes:
       ds = ds.cache()
 
     def decode_and_pad(serialized):
-      images, labels = records.decode_batch(serialized, shape, encoding)
+      images, labels = records.decode_batch(serialized, dataset)
       n = tf.shape(labels)[0]
       pad = batch - n
       images = tf.pad(images, [[0, pad], [0, 0], [0, 0], [0, 0]])

@@ -7,6 +7,8 @@ holds the whole dataset in memory. Sources that can only stream in order
 """
 import dataclasses
 import gzip
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -14,6 +16,7 @@ import zipfile
 import zlib
 from typing import Callable, Iterator, Sequence
 
+import google_crc32c
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -27,6 +30,7 @@ class Split:
   random_access: bool = True
   # False when reading runs TensorFlow ops, which a forked worker must not.
   process_safe: bool = True
+  labels: np.ndarray | None = None  # every label, when known up front (checked before writing)
 
 
 @dataclasses.dataclass
@@ -35,10 +39,31 @@ class Source:
   class_names: list[str]
   image_shape: tuple[int, int, int]
   splits: dict[str, Split]
+  # Changes whenever the examples would: a rerun with another fingerprint never
+  # keeps the shards of this one.
+  fingerprint: str = ""
 
 
-def split_from_arrays(images: np.ndarray, labels: np.ndarray) -> Split:
+def fingerprint(*parts) -> str:
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_fingerprint(path: str) -> list:
+  """Size and mtime, plus the content's crc32c for files up to 64 MiB (mtimes can
+  stay the same across a quick rewrite)."""
+  st = os.stat(path)
+  parts = [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+  if st.st_size <= 64 << 20:
+    with open(path, "rb") as f:
+      parts.append(google_crc32c.value(f.read()))
+  return parts
+
+
+def split_from_arrays(images: np.ndarray, labels: np.ndarray, what: str = "arrays") -> Split:
   """A split over in-memory or memory-mapped arrays: images [N,H,W(,C)] uint8, labels [N]."""
+  if len(images) != len(labels):
+    raise ValueError(f"{what}: {len(images)} images but {len(labels)} labels; they must "
+                     "pair up one to one.")
   if images.ndim == 3:
     images = images[..., None]
 
@@ -46,7 +71,7 @@ def split_from_arrays(images: np.ndarray, labels: np.ndarray) -> Split:
     for i in indices:
       yield images[i], int(labels[i])
 
-  return Split(len(images), read)
+  return Split(len(images), read, labels=np.asarray(labels))
 
 
 def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
@@ -81,7 +106,9 @@ def digits(seed: int = 0) -> Source:
       images, data.target, test_size=0.2, stratify=data.target, random_state=seed)
   return Source("digits", [str(n) for n in data.target_names], (8, 8, 1),
                 {"train": split_from_arrays(x_train, y_train),
-                 "test": split_from_arrays(x_test, y_test)})
+                 "test": split_from_arrays(x_test, y_test)},
+                fingerprint("digits", google_crc32c.value(images.tobytes()),
+                            google_crc32c.value(data.target.tobytes()), seed))
 
 
 def npz(path: str) -> Source:
@@ -96,14 +123,17 @@ def npz(path: str) -> Source:
   splits, labels = {}, []
   for split in ("train", "test"):
     if f"x_{split}" in arrays:
+      if f"y_{split}" not in arrays:
+        raise ValueError(f"{path} has x_{split} but no y_{split}; expected the keras.datasets "
+                         "layout x_train, y_train[, x_test, y_test].")
       x = arrays[f"x_{split}"]
       y = arrays[f"y_{split}"].reshape(-1)
       if x.dtype != np.uint8:
         raise ValueError(f"{path}: x_{split} is {x.dtype}; expected uint8 pixels.")
-      splits[split] = split_from_arrays(x, y)
+      splits[split] = split_from_arrays(x, y, f"{path}: x_{split} and y_{split}")
       labels.append(y)
   name = os.path.splitext(os.path.basename(path))[0]
-  return _from_splits(name, splits, labels)
+  return _from_splits(name, splits, labels, fingerprint("npz", file_fingerprint(path)))
 
 
 def _memory_mapped_npz(path: str) -> dict:
@@ -128,26 +158,39 @@ def _memory_mapped_npz(path: str) -> dict:
   return arrays
 
 
-def _from_splits(name, splits, labels) -> Source:
+def _from_splits(name, splits, labels, source_fingerprint) -> Source:
+  """Classes 0..max label; names are the numbers."""
   first = next(iter(splits.values()))
+  if not first.num_examples:
+    raise ValueError(f"Source {name!r} has no examples.")
   image, _ = next(first.read([0]))
-  num_classes = int(max(l.max() for l in labels)) + 1
-  return Source(name, [str(i) for i in range(num_classes)], image.shape, splits)
+  num_classes = int(max(l.max() for l in labels if len(l))) + 1
+  return Source(name, [str(i) for i in range(num_classes)], image.shape, splits,
+                source_fingerprint)
 
 
 def _read_idx(path: str, workdir: str) -> np.ndarray:
   """An MNIST idx file, memory-mapped (.gz is unpacked to workdir first)."""
+  original = path
   if path.endswith(".gz"):
     unpacked = os.path.join(workdir, os.path.basename(path)[:-3])
-    with gzip.open(path, "rb") as src, open(unpacked, "wb") as dst:
-      shutil.copyfileobj(src, dst)
+    try:
+      with gzip.open(path, "rb") as src, open(unpacked, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+      raise ValueError(f"{original} is truncated or not gzip ({e}); download it "
+                       "again.") from None
     path = unpacked
   with open(path, "rb") as f:
     header = f.read(4)
     if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08:
-      raise ValueError(f"{path} is not an idx file of unsigned bytes.")
+      raise ValueError(f"{original} is not an idx file of unsigned bytes.")
     ndim = header[3]
     shape = tuple(int.from_bytes(f.read(4), "big") for _ in range(ndim))
+  expected = 4 + 4 * ndim + int(np.prod(shape))
+  if os.path.getsize(path) < expected:
+    raise ValueError(f"{original} is truncated: its header promises {shape} bytes of data "
+                     f"({expected} in all), the file has {os.path.getsize(path)}.")
   array = np.memmap(path, dtype=np.uint8, mode="r", offset=4 + 4 * ndim, shape=shape)
   if path.startswith(workdir):
     os.remove(path)  # the unpacked copy: the mapping outlives the name
@@ -159,7 +202,7 @@ def idx(directory: str) -> Source:
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"idx source directory {directory!r} does not exist.")
   workdir = tempfile.mkdtemp(prefix="tpu_trainer_idx_")
-  splits, labels = {}, []
+  splits, labels, files = {}, [], []
   try:
     for split, prefix in (("train", "train"), ("test", "t10k")):
       pair = []
@@ -169,14 +212,14 @@ def idx(directory: str) -> Source:
         if not found:
           raise FileNotFoundError(f"{base}[.gz] is missing from the idx source.")
         pair.append(_read_idx(found[0], workdir))
+        files.append(file_fingerprint(found[0]))
       x, y = pair
-      if len(x) != len(y):
-        raise ValueError(f"{directory}: {prefix} has {len(x)} images but {len(y)} labels.")
-      splits[split] = split_from_arrays(x, y)
+      splits[split] = split_from_arrays(x, y, f"{directory}: {prefix} idx files")
       labels.append(np.asarray(y))
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
-  return _from_splits(os.path.basename(os.path.normpath(directory)), splits, labels)
+  return _from_splits(os.path.basename(os.path.normpath(directory)), splits, labels,
+                      fingerprint("idx", files))
 
 
 def _load_image(path: str, image_size, channels: int) -> np.ndarray:
@@ -192,6 +235,25 @@ def _load_image(path: str, image_size, channels: int) -> np.ndarray:
   return array.reshape(array.shape[:2] + (channels,))
 
 
+def _folder_images(directory: str, class_dir: str):
+  """Image paths under one class directory, sorted. Hidden files and macOS `._*`
+  files are skipped; a symlink is followed only when it stays inside `directory`."""
+  root = os.path.realpath(directory)
+  paths = []
+  for here, dirs, names in os.walk(class_dir):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in sorted(names):
+      if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+        continue
+      path = os.path.join(here, name)
+      real = os.path.realpath(path)
+      if real != root and not real.startswith(root + os.sep):
+        raise ValueError(f"{path} is a symlink to {real}, outside the folder source "
+                         f"{directory}: copy the image in, or remove the link.")
+      paths.append(path)
+  return paths
+
+
 def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Source:
   """One subdirectory of JPEG/PNG images per class (the flowers layout).
 
@@ -200,17 +262,21 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
   """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"folder source {directory!r} does not exist.")
+  if not 0 <= test_fraction < 1:
+    raise ValueError(f"--test_fraction={test_fraction} must be in [0, 1): the train "
+                     "split needs images.")
   classes = sorted(d for d in os.listdir(directory)
                    if os.path.isdir(os.path.join(directory, d)) and not d.startswith("."))
   files = {"train": [], "test": []}
+  stats = []
   for label, name in enumerate(classes):
-    for root, _, names in os.walk(os.path.join(directory, name)):
-      for f in sorted(names):
-        if f.lower().endswith(IMAGE_EXTENSIONS):
-          rel = os.path.relpath(os.path.join(root, f), directory)
-          bucket = zlib.crc32(rel.encode()) % 10_000
-          split = "test" if bucket < test_fraction * 10_000 else "train"
-          files[split].append((os.path.join(directory, rel), label))
+    for path in _folder_images(directory, os.path.join(directory, name)):
+      rel = os.path.relpath(path, directory)
+      bucket = zlib.crc32(rel.encode()) % 10_000
+      split = "test" if bucket < test_fraction * 10_000 else "train"
+      files[split].append((path, label))
+      st = os.stat(path)
+      stats.append((rel, st.st_size, st.st_mtime_ns, label, split))
   if not files["train"] and not files["test"]:
     raise ValueError(f"folder source {directory!r} has no images in class subdirectories "
                      f"(expected {directory}/CLASS/*.jpg|png).")
@@ -232,11 +298,12 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
           raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]} but {first_path} "
                            f"is {size[1]}x{size[0]}; pass --image_size=H,W to resize all.")
         yield image, label
-    return Split(len(items), read)
+    return Split(len(items), read, labels=np.array([l for _, l in items], np.int64))
 
   splits = {s: split_of(items) for s, items in files.items() if items}
   return Source(os.path.basename(os.path.normpath(directory)), classes,
-                size + (channels,), splits)
+                size + (channels,), splits,
+                fingerprint("folder", os.path.realpath(directory), image_size, stats))
 
 
 def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
@@ -278,4 +345,6 @@ def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
     return Split(count, read, random_access=False, process_safe=False)
 
   splits = {s: split_of(s, info.num_examples) for s, info in builder.info.splits.items()}
-  return Source(name, list(features["label"].names), tuple(shape), splits)
+  return Source(name, list(features["label"].names), tuple(shape), splits,
+                fingerprint("tfds", name, str(builder.info.version), str(builder.data_dir),
+                            image_size, {s: i.num_examples for s, i in splits.items()}))

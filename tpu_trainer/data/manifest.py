@@ -1,0 +1,407 @@
+"""A dataset's metadata, in one place: read, write, check and verify.
+
+A dataset directory is a TensorFlow Datasets dataset: TFDS's `dataset_info.json`
+and `features.json` (plus a `<feature>.labels.txt` per ClassLabel), written with
+TFDS's own feature types and metadata writer, and shards named by each split's
+`filepathTemplate`. Any TFDS reader (`tfds.builder_from_directory`) opens it,
+and training opens any dataset TFDS prepared.
+
+Beside them, datasets this package converted have `tpu_trainer.json`: per-shard
+crc32c and byte size, the conversion parameters and the source's fingerprint.
+Datasets TFDS wrote have none; their shards are checked against TFDS's shard
+lengths and split byte counts instead.
+
+Reading parses the files' text with TFDS's proto and feature classes, through
+`storage`, so gs:// works the same wherever storage reads it.
+"""
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from absl import logging
+import numpy as np
+
+from tpu_trainer import storage
+
+INFO_FILE = "dataset_info.json"
+FEATURES_FILE = "features.json"
+OURS_FILE = "tpu_trainer.json"
+FORMAT_VERSION = 2
+DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+# TFRecord framing per record (length, its crc, data crc): a shard's file size
+# is TFDS's serialized bytes plus this per example.
+RECORD_OVERHEAD = 16
+# Images at most this many pixels are stored as raw bytes: decoding would cost
+# more than the bytes it saves.
+RAW_MAX_PIXELS = 64 * 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  name: str
+  files: list            # full paths, in shard order
+  shard_lengths: list    # examples per shard
+  num_bytes: int         # serialized example bytes (TFDS's numBytes); 0 when unknown
+
+  @property
+  def num_examples(self) -> int:
+    return sum(self.shard_lengths)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """What training needs to know about a dataset directory."""
+  data_dir: str
+  name: str
+  image_key: str
+  label_key: str
+  image_shape: tuple
+  # raw: uint8 bytes; int64: uint8 values as an int64 list; png / jpeg; image: either.
+  encoding: str
+  class_names: list
+  splits: dict
+  ours: dict | None      # tpu_trainer.json, when this package wrote the dataset
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def split(self, name: str) -> Split:
+    if name not in self.splits:
+      raise ValueError(f"Split {name!r} is not in {self.data_dir} (it has: "
+                       f"{', '.join(sorted(self.splits))}); set config.train_split / "
+                       "config.eval_split to one of those.")
+    return self.splits[name]
+
+
+def _tfds():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+# ---------------------------------------------------------------------------
+# Writing (the converters)
+
+
+def image_feature(image_shape, encoding: str):
+  """TFDS's feature for our images: a raw-bytes uint8 Tensor, or a PNG/JPEG Image."""
+  tfds = _tfds()
+  if encoding == "raw":
+    return tfds.features.Tensor(shape=tuple(image_shape), dtype=np.uint8,
+                                encoding=tfds.features.Encoding.BYTES)
+  return tfds.features.Image(shape=tuple(image_shape), encoding_format=encoding)
+
+
+def choose_encoding(encoding: str, image_shape) -> str:
+  """'auto': raw for small images, jpeg for colour photos, png for larger grayscale."""
+  if encoding != "auto":
+    if encoding not in ("raw", "png", "jpeg"):
+      raise ValueError(f"--encoding={encoding!r} is not one of auto, raw, png, jpeg.")
+    return encoding
+  height, width, channels = image_shape
+  if height * width <= RAW_MAX_PIXELS:
+    return "raw"
+  return "jpeg" if channels == 3 else "png"
+
+
+def shard_template(tag: str) -> str:
+  """File names that carry the conversion's key: shards of another source or
+  other settings never share a name, so a rerun can never keep a stale one."""
+  return "{DATASET}-{SPLIT}-" + tag + ".{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def shard_names(name: str, split: str, template: str, count: int) -> list[str]:
+  from etils import epath  # pylint: disable=g-import-not-at-top  (TFDS's path library)
+  sharded = _tfds().core.ShardedFileTemplate(
+      data_dir=epath.Path("/"), template=template, dataset_name=name, split=split,
+      filetype_suffix="tfrecord")
+  return [p.name for p in sharded.sharded_filepaths(count)]
+
+
+def write(output_dir: str, *, name: str, image_shape, encoding: str, class_names,
+          splits: dict, template: str, ours: dict, description: str = "",
+          client=None) -> None:
+  """Publishes the metadata of shards already in output_dir, dataset_info.json last.
+
+  splits: {split: [{"file", "num_examples", "num_bytes", "crc32c"}, ...]} in shard
+  order, num_bytes being file sizes. ours: what goes into tpu_trainer.json besides
+  the shards (parameters, fingerprint).
+  """
+  tfds = _tfds()
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  features = tfds.features.FeaturesDict({
+      "image": image_feature(image_shape, encoding),
+      "label": tfds.features.ClassLabel(names=[str(n) for n in class_names]),
+  })
+  staging = tempfile.mkdtemp(prefix="tpu_trainer_metadata_")
+  try:
+    split_infos = []
+    for split_name, shards in splits.items():
+      lengths = [s["num_examples"] for s in shards]
+      split_infos.append(tfds.core.SplitInfo(
+          name=split_name, shard_lengths=lengths,
+          num_bytes=sum(s["num_bytes"] for s in shards) - RECORD_OVERHEAD * sum(lengths),
+          filename_template=tfds.core.ShardedFileTemplate(
+              data_dir=epath.Path(staging), template=template, dataset_name=name,
+              split=split_name, filetype_suffix="tfrecord")))
+    # What tfds.folder_dataset.write_metadata does, minus its look for the shards
+    # in the (staging) directory: they are already in output_dir, maybe on gs://.
+    info = tfds.core.DatasetInfo(
+        builder=tfds.core.dataset_info.DatasetIdentity(
+            name=name, version=tfds.core.Version("1.0.0"), data_dir=staging,
+            module_name=""),
+        features=features, supervised_keys=("image", "label"),
+        description=description or f"{name}, converted by tpu_trainer.")
+    info.set_file_format(tfds.core.FileFormat.TFRECORD)
+    info.set_splits(tfds.core.SplitDict(split_infos))
+    info.write_to_directory(staging)
+    ours = {"format_version": FORMAT_VERSION, "template": template, **ours,
+            "shards": {s["file"]: {k: s[k] for k in ("num_examples", "num_bytes", "crc32c")}
+                       for shards in splits.values() for s in shards}}
+    with open(os.path.join(staging, OURS_FILE), "w") as f:
+      json.dump(ours, f, indent=1)
+    # dataset_info.json last: until it is replaced, readers see the old dataset whole.
+    names = sorted(os.listdir(staging), key=lambda n: n == INFO_FILE)
+    for file_name in names:
+      with open(os.path.join(staging, file_name)) as f:
+        storage.write_text(storage.join(output_dir, file_name), f.read(), client)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Reading (training, evaluation, the doctor, the benchmark)
+
+
+def _parse_info(text: str, path: str):
+  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.proto import dataset_info_pb2  # pylint: disable=g-import-not-at-top
+  try:
+    return json_format.Parse(text, dataset_info_pb2.DatasetInfo(), ignore_unknown_fields=True)
+  except json_format.ParseError:
+    old = '"format_version"' in text
+    raise ValueError(
+        f"{path} is not a TFDS dataset_info.json"
+        + (" (it was written by an older tpu_trainer): convert the dataset again."
+           if old else "; point data_dir at a TFDS dataset directory.")) from None
+
+
+def _find_image_and_label(features, supervised_keys, data_dir):
+  """The (image key, label key) pair: supervised keys when they name such a pair,
+  else the one uint8 image feature and the one ClassLabel."""
+  tfds = _tfds()
+
+  def is_image(f):
+    if isinstance(f, tfds.features.Image):
+      return np.dtype(f.np_dtype) == np.uint8 and len(f.shape) == 3
+    return (type(f) is tfds.features.Tensor  # pylint: disable=unidiomatic-typecheck
+            and np.dtype(f.np_dtype) == np.uint8 and len(f.shape) in (2, 3))
+
+  def is_label(f):
+    return isinstance(f, tfds.features.ClassLabel)
+
+  keys = list(features.keys())
+  if (len(supervised_keys) == 2 and all(k in keys for k in supervised_keys)
+      and is_image(features[supervised_keys[0]]) and is_label(features[supervised_keys[1]])):
+    return tuple(supervised_keys)
+  images = [k for k in keys if is_image(features[k])]
+  labels = [k for k in keys if is_label(features[k])]
+  if len(images) == 1 and len(labels) == 1:
+    return images[0], labels[0]
+  described = ", ".join(f"{k}: {type(features[k]).__name__}"
+                        f"{getattr(features[k], 'shape', '')}" for k in keys)
+  raise ValueError(f"{data_dir} has no single uint8 image + ClassLabel pair to train on; "
+                   f"its features are {described}.")
+
+
+def _encoding_of(feature) -> str:
+  tfds = _tfds()
+  if isinstance(feature, tfds.features.Image):
+    return feature._encoding_format or "image"  # pylint: disable=protected-access
+  encoding = feature._encoding  # pylint: disable=protected-access
+  if encoding == tfds.features.Encoding.BYTES:
+    return "raw"
+  if encoding == tfds.features.Encoding.NONE:
+    return "int64"
+  raise ValueError(f"Tensor images with {encoding} encoding are not supported; "
+                   "use Encoding.BYTES or an Image feature.")
+
+
+def read(data_dir: str, client=None) -> Dataset:
+  """The dataset in data_dir (local or gs://): ours or any TFDS-prepared one."""
+  tfds = _tfds()
+  info_path = storage.join(data_dir, INFO_FILE)
+  try:
+    info_text = storage.read_text(info_path, client)
+  except Exception as e:  # pylint: disable=broad-except
+    if not storage.is_not_found(e):
+      raise
+    raise FileNotFoundError(
+        f"No {INFO_FILE} in data_dir={data_dir!r}: convert a dataset there first "
+        f"(tpu-trainer-convert --source=digits --output_dir={data_dir}), or point it at a "
+        "TFDS dataset directory (e.g. ~/tensorflow_datasets/mnist/3.0.1).") from None
+  info = _parse_info(info_text, info_path)
+  if info.file_format not in ("", "tfrecord"):
+    raise ValueError(f"{data_dir} stores its shards as {info.file_format}; only tfrecord "
+                     "datasets can be read (prepare it with file_format='tfrecord').")
+  try:
+    features_json = json.loads(storage.read_text(storage.join(data_dir, FEATURES_FILE), client))
+  except Exception as e:  # pylint: disable=broad-except
+    if not storage.is_not_found(e):
+      raise
+    raise FileNotFoundError(f"No {FEATURES_FILE} in data_dir={data_dir!r}: TFDS writes it "
+                            "beside dataset_info.json; prepare the dataset again.") from None
+  features = tfds.features.FeatureConnector.from_json(features_json)
+  supervised = [info.supervised_keys.tuple.items[i].feature_key
+                for i in range(len(info.supervised_keys.tuple.items))]
+  image_key, label_key = _find_image_and_label(features, supervised, data_dir)
+  image, label = features[image_key], features[label_key]
+  shape = tuple(image.shape) + ((1,) if len(image.shape) == 2 else ())
+  if None in shape:
+    raise ValueError(f"{data_dir}: {image_key} images have varying sizes {shape}; convert "
+                     "it with tpu-trainer-convert --source=tfds:NAME --image_size=H,W.")
+  class_names = _class_names(data_dir, label_key, label, client)
+
+  splits = {}
+  for split in info.splits:
+    template = split.filepath_template or DEFAULT_TEMPLATE
+    names = shard_names(info.name, split.name, template, len(split.shard_lengths))
+    splits[split.name] = Split(split.name, [storage.join(data_dir, n) for n in names],
+                               [int(n) for n in split.shard_lengths], int(split.num_bytes))
+  return Dataset(data_dir, info.name, image_key, label_key, shape, _encoding_of(image),
+                 class_names, splits, _read_ours(data_dir, splits, client))
+
+
+def _class_names(data_dir, label_key, label, client) -> list:
+  """ClassLabel names live in <key>.labels.txt beside features.json."""
+  try:
+    text = storage.read_text(storage.join(data_dir, f"{label_key}.labels.txt"), client)
+    names = [n for n in text.splitlines() if n]
+    if len(names) == label.num_classes:
+      return names
+  except Exception as e:  # pylint: disable=broad-except
+    if not storage.is_not_found(e):
+      raise
+  return [str(i) for i in range(label.num_classes)]
+
+
+def _read_ours(data_dir, splits, client):
+  try:
+    ours = json.loads(storage.read_text(storage.join(data_dir, OURS_FILE), client))
+  except Exception as e:  # pylint: disable=broad-except
+    if not storage.is_not_found(e):
+      raise
+    logging.warning("%s has no %s (not converted by tpu_trainer): shard checksums are not "
+                    "checked; shard lengths and sizes from TFDS's metadata are.", data_dir,
+                    OURS_FILE)
+    return None
+  files = {os.path.basename(f) for s in splits.values() for f in s.files}
+  if not files <= set(ours.get("shards", {})):
+    logging.warning("%s/%s does not describe the shards dataset_info.json names; ignoring it "
+                    "(shard checksums are not checked).", data_dir, OURS_FILE)
+    return None
+  return ours
+
+
+# ---------------------------------------------------------------------------
+# Checking: cheap before training, thorough with --verify
+
+
+def check_shards(dataset: Dataset, split_names, client=None) -> None:
+  """Before the first step: every shard exists with the size the metadata gives
+  (one listing). A shard cut short on a record boundary reads as a clean end of
+  file, so without this training would silently use fewer examples."""
+  sizes = storage.list_sizes(dataset.data_dir, client)
+  problems = []
+  for split_name in split_names:
+    split = dataset.split(split_name)
+    found = []
+    for path, length in zip(split.files, split.shard_lengths):
+      name = os.path.basename(path)
+      if name not in sizes:
+        problems.append(f"{name} is missing")
+        continue
+      found.append(sizes[name])
+      if dataset.ours is not None:
+        expected = dataset.ours["shards"][name]["num_bytes"]
+        if sizes[name] != expected:
+          problems.append(f"{name} has {sizes[name]} bytes, the metadata says {expected}")
+    if dataset.ours is None and split.num_bytes and len(found) == len(split.files):
+      expected = split.num_bytes + RECORD_OVERHEAD * split.num_examples
+      if sum(found) != expected:
+        problems.append(f"the {split_name} shards hold {sum(found)} bytes, TFDS's metadata "
+                        f"says {expected}")
+  if problems:
+    raise ValueError(f"{dataset.data_dir} does not match its metadata: {'; '.join(problems)}. "
+                     f"Run tpu-trainer-convert --verify --output_dir={dataset.data_dir}, and "
+                     "convert again.")
+
+
+def count_records(path: str, client=None) -> int:
+  """Reads a shard back (TFRecord CRCs checked); raises ValueError naming a bad file."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  local, tmp = path, None
+  if storage.is_gcs(path) and os.environ.get("STORAGE_EMULATOR_HOST"):
+    # TensorFlow's gs:// filesystem cannot be pointed at an emulator.
+    bucket, name = storage.split_gcs(path)
+    fd, tmp = tempfile.mkstemp(suffix=".tfrecord")
+    os.close(fd)
+    (client or storage.gcs_client()).bucket(bucket).blob(name).download_to_filename(tmp)
+    local = tmp
+  try:
+    ds = tf.data.TFRecordDataset(local, buffer_size=8 << 20)
+    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+  except tf.errors.OpError as e:
+    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", e.message.splitlines()[0])
+    raise ValueError(f"Shard {path} is corrupt or truncated ({reason}); "
+                     "convert again.") from None
+  finally:
+    if tmp:
+      os.remove(tmp)
+
+
+def verify(data_dir: str, client=None) -> dict:
+  """Reads every shard back: record counts must match the metadata, and for our
+  datasets every crc32c too. Returns {"examples": n, "shards": n}; raises
+  ValueError naming each bad file."""
+  client = client or (storage.gcs_client() if storage.is_gcs(data_dir) else None)
+  dataset = read(data_dir, client)
+  problems, examples, shards = [], 0, 0
+  for split in dataset.splits.values():
+    for path, length in zip(split.files, split.shard_lengths):
+      name = os.path.basename(path)
+      crc = storage.remote_crc32c(path, client)
+      if crc is None:
+        problems.append(f"{path} is missing")
+        continue
+      if dataset.ours is not None and crc != dataset.ours["shards"][name]["crc32c"]:
+        problems.append(f"{path} has crc32c {crc}, the metadata says "
+                        f"{dataset.ours['shards'][name]['crc32c']}")
+        continue
+      try:
+        n = count_records(path, client)
+      except ValueError as e:
+        problems.append(str(e))
+        continue
+      if n != length:
+        problems.append(f"{path} holds {n} examples, the metadata says {length}")
+      examples += n
+      shards += 1
+  if problems:
+    raise ValueError(f"{len(problems)} bad shard(s) in {data_dir}: " + "; ".join(problems))
+  return {"examples": examples, "shards": shards,
+          "checksums": "crc32c checked" if dataset.ours is not None else
+                       f"no {OURS_FILE}: record counts checked, checksums not"}
+
+
+def explain_data_loss(data_dir: str, error: Exception) -> ValueError:
+  """Turns TensorFlow's DataLossError, which names no file, into one that does."""
+  try:
+    verify(data_dir)
+  except ValueError as bad:
+    return bad
+  return ValueError(f"Reading {data_dir} failed ({error}); run "
+                    f"tpu-trainer-convert --verify --output_dir={data_dir}.")
