@@ -52,6 +52,16 @@ def test_records_are_what_tfds_serializes():
     assert int(decoded["label"]) == 3
 
 
+@pytest.mark.parametrize("label", [0, 1, 127, 128, 300, 2**40, -1])
+@pytest.mark.parametrize("size", [(1, 1, 1), (28, 28, 1), (64, 64, 3)])
+def test_hand_written_wire_format_is_a_tf_example(label, size):
+  image = _images(size)[0]
+  expected = tf.train.Example(features=tf.train.Features(feature={
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
+  assert tf.train.Example.FromString(records.serialize_example(image, label, "raw")) == expected
+
+
 def test_int64_and_either_format_images_decode():
   """TFDS's other ways to store uint8 images: a Tensor without bytes encoding
   (an int64 list), and an Image without a fixed format."""
@@ -98,3 +108,28 @@ def test_framing_is_byte_identical_to_tfrecordwriter(tmp_path):
       writer.write(p)
   with open(path, "rb") as f:
     assert f.read() == ours
+
+
+def test_framing_check_agrees_with_tensorflows_reader(tmp_path):
+  import io  # pylint: disable=g-import-not-at-top
+  payloads = [records.serialize_example(im, i, "raw") for i, im in enumerate(_images((6, 6, 1), 5))]
+  path = str(tmp_path / "f.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    for p in payloads:
+      writer.write(p)
+  data = open(path, "rb").read()
+  from tpu_trainer import storage  # pylint: disable=g-import-not-at-top
+  assert records.check_framing(io.BytesIO(data)) == (5, storage.file_crc32c(path))
+  def flipped(at):
+    bad = bytearray(data)
+    bad[at] ^= 1
+    return bytes(bad)
+
+  for bad, reason in ((flipped(40), "corrupt data in record 0"),
+                      (flipped(2), "corrupt length of record 0"),
+                      (data[:-3], "record 4 is truncated")):
+    with pytest.raises(ValueError, match=reason):
+      records.check_framing(io.BytesIO(bad))
+    (tmp_path / "bad.tfrecord").write_bytes(bad)
+    with pytest.raises(tf.errors.DataLossError):  # TensorFlow rejects it too
+      list(tf.data.TFRecordDataset(str(tmp_path / "bad.tfrecord")))

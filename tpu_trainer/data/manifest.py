@@ -17,7 +17,6 @@ Reading parses the files' text with TFDS's proto and feature classes, through
 import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 
@@ -25,6 +24,7 @@ from absl import logging
 import numpy as np
 
 from tpu_trainer import storage
+from tpu_trainer.data import records
 
 INFO_FILE = "dataset_info.json"
 FEATURES_FILE = "features.json"
@@ -340,27 +340,18 @@ def check_shards(dataset: Dataset, split_names, client=None) -> None:
                      "convert again.")
 
 
-def count_records(path: str, client=None) -> int:
-  """Reads a shard back (TFRecord CRCs checked); raises ValueError naming a bad file."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  local, tmp = path, None
-  if storage.is_gcs(path) and os.environ.get("STORAGE_EMULATOR_HOST"):
-    # TensorFlow's gs:// filesystem cannot be pointed at an emulator.
-    bucket, name = storage.split_gcs(path)
-    fd, tmp = tempfile.mkstemp(suffix=".tfrecord")
-    os.close(fd)
-    (client or storage.gcs_client()).bucket(bucket).blob(name).download_to_filename(tmp)
-    local = tmp
+def read_shard(path: str, client=None) -> tuple[int, str]:
+  """(records, crc32c) of a shard read whole, every record's CRCs checked; a
+  ValueError naming the file when it is damaged or missing."""
   try:
-    ds = tf.data.TFRecordDataset(local, buffer_size=8 << 20)
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
-  except tf.errors.OpError as e:
-    reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", e.message.splitlines()[0])
-    raise ValueError(f"Shard {path} is corrupt or truncated ({reason}); "
-                     "convert again.") from None
-  finally:
-    if tmp:
-      os.remove(tmp)
+    with storage.open_read(path, client) as f:
+      return records.check_framing(f)
+  except ValueError as e:
+    raise ValueError(f"Shard {path} is corrupt or truncated ({e}); convert again.") from None
+  except Exception as e:  # pylint: disable=broad-except
+    if storage.is_not_found(e):
+      raise ValueError(f"{path} is missing") from None
+    raise
 
 
 def verify(data_dir: str, client=None) -> dict:
@@ -373,18 +364,14 @@ def verify(data_dir: str, client=None) -> dict:
   for split in dataset.splits.values():
     for path, length in zip(split.files, split.shard_lengths):
       name = os.path.basename(path)
-      crc = storage.remote_crc32c(path, client)
-      if crc is None:
-        problems.append(f"{path} is missing")
+      try:
+        n, crc = read_shard(path, client)
+      except ValueError as e:
+        problems.append(str(e))
         continue
       if dataset.ours is not None and crc != dataset.ours["shards"][name]["crc32c"]:
         problems.append(f"{path} has crc32c {crc}, the metadata says "
                         f"{dataset.ours['shards'][name]['crc32c']}")
-        continue
-      try:
-        n = count_records(path, client)
-      except ValueError as e:
-        problems.append(str(e))
         continue
       if n != length:
         problems.append(f"{path} holds {n} examples, the metadata says {length}")
