@@ -10,9 +10,7 @@ def get_config(arg=None):
   config = default_config()
   config.model = "cnn_deep"
   config.dropout = 0.25
-  config.batch_size = 1024
   config.epochs = 15
-  config.base_lr = 1e-3
   config.warmup_epochs = 1
   if arg == "smoke":
     shrink_for_smoke(config)

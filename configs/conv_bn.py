@@ -10,10 +10,11 @@ def get_config(arg=None):
   config = default_config()
   config.model = "conv_bn"
   config.pooling = "max"
-  config.batch_size = 1024
   config.epochs = 10
   config.optimizer = "sgd"
-  config.base_lr = 0.1       # SGD+momentum at 0.4 for batch 1024
+  config.lr_schedule = "cosine"
+  config.base_lr = 0.1       # SGD+momentum: 0.1 at batch 256, linear in the batch
+  config.base_batch_size = 256
   config.warmup_epochs = 1
   config.label_smoothing = 0.1
   if arg == "smoke":

@@ -9,9 +9,7 @@ from tpu_trainer.config import shrink_for_smoke
 def get_config(arg=None):
   config = default_config()
   config.model = "mlp"
-  config.batch_size = 1024
   config.epochs = 10
-  config.base_lr = 1e-3  # Adam at 4e-3 for batch 1024
   if arg == "smoke":
     shrink_for_smoke(config)
   return config

@@ -15,7 +15,6 @@ def get_config(arg=None):
   config.weights = "imagenet"
   config.dropout = 0.2
   config.augment = True
-  config.batch_size = 256
   config.epochs = 12
   config.base_lr = 1e-3
   config.warmup_epochs = 1

@@ -1,5 +1,6 @@
 # Sourced by the other scripts: makes sure .venv exists with the package and
-# its dependencies (tensorflow-cpu here), reinstalling when setup.py changes.
+# its dependencies (tensorflow-cpu here), reinstalling when setup.py changes,
+# and puts it first on PATH. It leaves the working directory alone.
 #
 # TPU_TRAINER_STACK=oldest uses .venv-oldest instead: the oldest TensorFlow and
 # Keras we support (TensorFlow 2.16.1, as on the tpu-vm-tf-2.16.1 runtimes, and
@@ -30,5 +31,4 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}"
-cd "$REPO"
+# No cd: paths the user passes stay relative to where they ran the script.

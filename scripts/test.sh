@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite. Extra arguments go to pytest, e.g. scripts/test.sh -k pipeline
 source "$(dirname "$0")/env.sh"
+cd "$REPO"
 set +e
 python -m pytest -q tests "$@"
 status=$?

@@ -16,7 +16,7 @@ def test_convert_train_eval_end_to_end(tmp_path):
 
   result = run_cli("train", "--config=configs/cnn.py", f"--workdir={workdir}",
                    f"--config.data_dir={data}", "--config.cpu_devices=2",
-                   "--config.batch_size=64", "--config.epochs=6", "--config.base_lr=0.01")
+                   "--config.batch_size=64", "--config.epochs=6", "--config.base_lr=0.002")
   assert result.returncode == 0, result.stderr
   assert "MirroredStrategy over 2 logical CPU devices" in result.stderr
   metrics = json.loads(result.stdout.splitlines()[0])
@@ -30,6 +30,18 @@ def test_convert_train_eval_end_to_end(tmp_path):
   again = json.loads(result.stdout.splitlines()[-1])
   assert again["examples"] == 360
   assert again["accuracy"] == pytest.approx(metrics["accuracy"], abs=1 / 360)
+  # A report a person can look at: per-class accuracy, a confusion matrix, predictions.
+  with open(os.path.join(workdir, "eval_test.json")) as f:
+    report = json.load(f)
+  assert set(report["per_class_accuracy"]) == {str(i) for i in range(10)}
+  confusion = report["confusion_matrix"]
+  assert sum(map(sum, confusion)) == 360
+  assert sum(confusion[i][i] for i in range(10)) / 360 == pytest.approx(again["accuracy"])
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name, min_size in (("eval_test_confusion.png", 300), ("eval_test_predictions.png", 300)):
+    with Image.open(os.path.join(workdir, name)) as image:
+      image.verify()
+      assert image.format == "PNG" and min(image.size) >= min_size
 
   result = run_cli("convert", "--verify", f"--output_dir={data}")
   assert result.returncode == 0 and "32 shards, 1797 examples" in result.stdout
@@ -60,3 +72,34 @@ def test_train_errors(digits_dir, tmp_path, flags, fragments):
           f"--config.data_dir={digits_dir}"] + flags
   _assert_one_line_error(run_cli("train", *args), *fragments)
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("tool,flag", [("convert", "--source"), ("train", "--workdir"),
+                                       ("evaluate", "--workdir"), ("doctor", "--accelerator"),
+                                       ("benchmark", "--model_rate")])
+def test_help_shows_the_tools_own_flags_and_examples(tool, flag):
+  result = run_cli(tool, "--help")
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert "Examples:" in out and out.count("  tpu-trainer-") >= 2
+  assert f"  {flag}: " in out and "--helpfull" in out
+  assert "--alsologtostderr" not in out  # absl's own flags only under --helpfull
+  if tool != "convert":
+    assert "--show_config" in out
+
+
+def test_show_config_lists_every_key_with_its_meaning():
+  result = run_cli("train", "--config=configs/conv_bn.py", "--show_config")
+  assert result.returncode == 0, result.stderr
+  from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  lines = result.stdout.splitlines()
+  assert len(lines) == len(config_lib.default_config())
+  assert "optimizer = 'sgd'" in result.stdout
+  assert any(l.startswith("batch_size = 0") and "chosen for the dataset" in l for l in lines)
+
+
+def test_paths_expand_the_home_directory(tmp_path):
+  result = run_cli("convert", "--source=digits", "--output_dir=~/digits",
+                   env={"HOME": str(tmp_path)})
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "digits" / "dataset_info.json").exists()

@@ -31,7 +31,7 @@ def _train_together(digits_dir, workdir, steps):
         [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/cnn.py",
          f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
          "--config.strategy=multiworker", "--config.batch_size=64", f"--config.steps={steps}",
-         "--config.steps_per_execution=5", "--config.base_lr=0.01"],
+         "--config.steps_per_execution=5", "--config.base_lr=0.002"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   outputs = []
   try:

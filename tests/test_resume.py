@@ -16,7 +16,7 @@ def _train_cmd(data, workdir):
   return [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/cnn.py",
           f"--workdir={workdir}", f"--config.data_dir={data}", "--config.cpu_devices=2",
           "--config.batch_size=64", "--config.steps=800", "--config.steps_per_execution=10",
-          "--config.checkpoint_every_steps=40", "--config.base_lr=0.01"]
+          "--config.checkpoint_every_steps=40", "--config.base_lr=0.002"]
 
 
 def _wait_for_checkpoint(proc, workdir, timeout=120):

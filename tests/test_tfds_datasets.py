@@ -33,7 +33,7 @@ def test_train_and_evaluate_on_a_tfds_prepared_dataset(tmp_path_factory, tmp_pat
   assert "checksums are not checked" in caplog.text
 
   config_ = mlp_config.get_config()
-  config_.update(data_dir=data_dir, batch_size=30, epochs=3, base_lr=0.01,
+  config_.update(data_dir=data_dir, batch_size=30, epochs=3, base_lr=0.003,
                  steps_per_execution=5, precision="float32")
   workdir = str(tmp_path / "w")
   metrics = train.run(config_, workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))

@@ -4,6 +4,7 @@ import time
 
 import tensorflow as tf
 
+from tpu_trainer import scaling
 from tpu_trainer import train
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
@@ -12,21 +13,22 @@ from tpu_trainer.data import pipeline
 def input_rate(config, seconds: float = 5.0) -> float:
   """Examples/s one host's training input pipeline delivers (after warm-up)."""
   dataset = manifest.read(config.data_dir)
+  examples = dataset.split(config.train_split).num_examples
+  batch = scaling.resolve(config, examples, 1)[0]
   dataset_fn = pipeline.train_input_fn(
-      dataset, config.batch_size, split=config.train_split, seed=config.seed,
+      dataset, batch, split=config.train_split, seed=config.seed,
       shuffle_buffer=config.shuffle_buffer, cache=config.cache,
       cache_max_bytes=config.cache_max_bytes, augment=config.augment,
       deterministic=config.deterministic, threads=config.data_threads)
   iterator = iter(dataset_fn(tf.distribute.InputContext()))
   # Warm-up: a full pass fills the cache when the split is cached.
-  for _ in range(max(1, dataset.split(config.train_split).num_examples
-                     // config.batch_size) + 2):
+  for _ in range(max(1, examples // batch) + 2):
     next(iterator)
   batches, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
     next(iterator)
     batches += 1
-  return batches * config.batch_size / (time.perf_counter() - start)
+  return batches * batch / (time.perf_counter() - start)
 
 
 def training_rate(config, steps: int = 0) -> dict:

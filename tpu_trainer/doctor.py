@@ -7,8 +7,10 @@ import re
 import time
 
 import keras
+import ml_collections
 import tensorflow as tf
 
+from tpu_trainer import scaling
 from tpu_trainer import storage
 from tpu_trainer import versions
 from tpu_trainer.data import manifest
@@ -244,6 +246,12 @@ def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
     checks.append(Check("model known", "FAIL", str(e)))
   data_checks, dataset = _data_checks(config, tpu_slice, client)
   checks += data_checks
+  if not config.batch_size:  # chosen for the dataset and the slice, as training will
+    examples = (dataset.splits[config.train_split].num_examples
+                if dataset is not None and config.train_split in dataset.splits else 0)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.batch_size = (scaling.resolve(config, examples, tpu_slice.replicas)[0] if examples
+                         else config.max_batch_size)
   checks.append(_batch_check(config, tpu_slice))
   if dataset is None or not model_known:
     checks.append(Check("model compiles (bf16, XLA)", "SKIP", "needs the data's manifest"))

@@ -1,4 +1,5 @@
 """Evaluation over every example of a split exactly once, on any strategy."""
+import json
 import os
 
 import keras
@@ -7,6 +8,7 @@ import tensorflow as tf
 from tpu_trainer import config as config_lib
 from tpu_trainer import export as export_lib
 from tpu_trainer import metrics
+from tpu_trainer import plots
 from tpu_trainer import storage
 from tpu_trainer import versions
 from tpu_trainer.data import manifest
@@ -24,7 +26,8 @@ class Evaluator:
         dataset, global_batch, pipeline.num_input_pipelines(strategy),
         split=split, cache=cache, cache_max_bytes=cache_max_bytes)
     self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    self.totals = metrics.Totals(strategy, "eval")
+    self.totals = metrics.Totals(strategy, "eval", dataset.num_classes)
+    self._dataset_fn = dataset_fn
     loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
 
     def step(images, labels, weights):
@@ -46,8 +49,13 @@ class Evaluator:
 
 
 def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: str = "",
-             batch_size: int = 0) -> dict:
-  """Re-evaluates a training run's exported model (or model_path) on a split."""
+             batch_size: int = 0, report: bool = True) -> dict:
+  """Re-evaluates a training run's exported model (or model_path) on a split.
+
+  With `report`, also writes beside the model: eval_SPLIT.json (loss, accuracy,
+  per-class accuracy and the confusion matrix), eval_SPLIT_confusion.png and
+  eval_SPLIT_predictions.png (test images, predicted vs true).
+  """
   versions.check()
   config_path = storage.join(workdir, "config.json")
   if not tf.io.gfile.exists(config_path):
@@ -64,8 +72,28 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   manifest.check_shards(dataset, [split])
   predict = export_lib.load_serving_fn(os.fspath(model_path))
   evaluator = Evaluator(tf.distribute.get_strategy(), predict, dataset, split,
-                        batch_size or config.batch_size)
+                        batch_size or config.batch_size or 256)
   try:
-    return evaluator()
+    result = evaluator()
   except tf.errors.DataLossError as e:
     raise manifest.explain_data_loss(data_dir, e) from None
+  if report:
+    _write_report(workdir, split, result, evaluator, predict, dataset)
+  return result
+
+
+def _write_report(workdir, split, result, evaluator, predict, dataset):
+  confusion = evaluator.totals.confusion()
+  per_class = {name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum()
+                      else None) for i, name in enumerate(dataset.class_names)}
+  storage.write_text(storage.join(workdir, f"eval_{split}.json"), json.dumps(
+      {**result, "split": split, "per_class_accuracy": per_class,
+       "confusion_matrix": confusion.tolist(), "class_names": dataset.class_names},
+      indent=1) + "\n")
+  plots.confusion_matrix(confusion, dataset.class_names,
+                         storage.join(workdir, f"eval_{split}_confusion.png"))
+  images, labels, weights = next(iter(evaluator._dataset_fn(tf.distribute.InputContext())))  # pylint: disable=protected-access
+  keep = int(min(25, tf.reduce_sum(weights)))
+  plots.predictions(images.numpy()[:keep], labels.numpy()[:keep],
+                    tf.cast(predict(images[:keep]), tf.float32).numpy(), dataset.class_names,
+                    storage.join(workdir, f"eval_{split}_predictions.png"))

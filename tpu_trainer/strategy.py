@@ -68,16 +68,17 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
     if kind == "tpu":
       raise ValueError(f"strategy=tpu but no TPU answered at tpu={tpu or 'local'!r} "
                        f"({why_not}); check config.tpu / tpu_zone / tpu_project.")
-    logging.info("No TPU (%s).", why_not)
+    logging.vlog(1, "TPU probe: %s", why_not)
 
+  no_tpu = "No TPU found; using " if kind == "auto" else "Using "
   gpus = tf.config.list_logical_devices("GPU")
   if kind in ("auto", "gpu") and gpus:
     if len(gpus) > 1:
       strategy = tf.distribute.MirroredStrategy()
-      logging.info("Strategy: MirroredStrategy over %d GPUs.", len(gpus))
+      logging.info("%sMirroredStrategy over %d GPUs.", no_tpu, len(gpus))
     else:
       strategy = tf.distribute.OneDeviceStrategy("/gpu:0")
-      logging.info("Strategy: OneDeviceStrategy on the one GPU.")
+      logging.info("%sOneDeviceStrategy on the one GPU.", no_tpu)
     return strategy
   if kind == "gpu":
     raise ValueError("strategy=gpu but TensorFlow sees no GPU; install tensorflow[and-cuda] "
@@ -89,11 +90,11 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
     # instance keys across strategies in one process (shape-mismatch aborts).
     strategy = tf.distribute.MirroredStrategy(
         [d.name for d in cpus], cross_device_ops=tf.distribute.ReductionToOneDevice())
-    logging.info("Strategy: MirroredStrategy over %d logical CPU devices (cpu_devices=%d).",
-                 len(cpus), cpu_devices)
+    logging.info("%sMirroredStrategy over %d logical CPU devices (cpu_devices=%d).",
+                 no_tpu, len(cpus), cpu_devices)
   else:
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    logging.info("Strategy: OneDeviceStrategy on the CPU (no TPU or GPU found).")
+    logging.info("%sOneDeviceStrategy on the CPU (no GPU either).", no_tpu)
   return strategy
 
 

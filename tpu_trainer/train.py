@@ -20,6 +20,8 @@ import tensorflow as tf
 from tpu_trainer import config as config_lib
 from tpu_trainer import export as export_lib
 from tpu_trainer import metrics
+from tpu_trainer import plots
+from tpu_trainer import scaling
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import versions
@@ -38,6 +40,11 @@ def _round_up(value: int, multiple: int) -> int:
   return max(multiple, math.ceil(value / multiple) * multiple)
 
 
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def is_chief(strategy) -> bool:
   resolver = getattr(strategy, "cluster_resolver", None)
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
@@ -48,9 +55,8 @@ def is_chief(strategy) -> bool:
   return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
-  """base_lr x batch/256, linear warmup from 0, then cosine decay to 0 or constant."""
-  peak = config.base_lr * config.batch_size / 256
+def learning_rate_schedule(config, peak: float, steps_per_epoch: int, total_steps: int):
+  """Linear warmup from 0 to peak, then cosine decay to 0, or constant."""
   warmup = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
   alpha = 1.0 if config.lr_schedule == "constant" else 0.0
   if config.lr_schedule not in ("cosine", "constant"):
@@ -58,8 +64,8 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
   if warmup > 0:
     return keras.optimizers.schedules.CosineDecay(
         0.0, max(1, total_steps - warmup), alpha=alpha, warmup_target=peak,
-        warmup_steps=warmup), peak
-  return keras.optimizers.schedules.CosineDecay(peak, max(1, total_steps), alpha=alpha), peak
+        warmup_steps=warmup)
+  return keras.optimizers.schedules.CosineDecay(peak, max(1, total_steps), alpha=alpha)
 
 
 def make_optimizer(config, schedule, precision: str):
@@ -78,27 +84,6 @@ def make_optimizer(config, schedule, precision: str):
   if precision == "mixed_float16":  # float16 gradients underflow without it
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
-
-
-def plot_curves(history: list[dict], path: str) -> None:
-  """Learning curves as a PNG, for people who would rather look than open TensorBoard."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key in zip(axes, ("loss", "accuracy")):
-    for kind in ("train", "validation"):
-      points = [(h["step"], h[key]) for h in history if h["kind"] == kind]
-      if points:
-        ax.plot(*zip(*points), marker="o" if kind == "validation" else None, label=kind)
-    ax.set_xlabel("step")
-    ax.set_title(key)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  fig.tight_layout()
-  with tf.io.gfile.GFile(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=80)
-  plt.close(fig)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
@@ -122,6 +107,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   strategy_lib.check_shared_paths(strategy_lib.num_hosts(strategy),
                                   {"config.data_dir": config.data_dir, "workdir": workdir})
   replicas = strategy.num_replicas_in_sync
+  train_examples = train_split.num_examples
+  batch_size, peak_lr, reasons = scaling.resolve(config, train_examples, replicas)
+  config = ml_collections.ConfigDict(config.to_dict())  # the caller's stays as given
+  config.batch_size = batch_size
   if config.batch_size % replicas:
     raise ValueError(f"config.batch_size={config.batch_size} does not divide over "
                      f"{replicas} replicas; use a multiple of {replicas}.")
@@ -129,11 +118,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   keras.mixed_precision.set_global_policy(precision)
   chief = is_chief(strategy)
 
-  train_examples = train_split.num_examples
   steps_per_epoch = max(1, train_examples // config.batch_size)
   total_steps = config.steps or config.epochs * steps_per_epoch
+  too_few = scaling.warn_if_too_few_steps(total_steps, config.batch_size, train_examples)
   spe = min(config.steps_per_execution, total_steps)
-  schedule, peak_lr = learning_rate_schedule(config, steps_per_epoch, total_steps)
+  schedule = learning_rate_schedule(config, peak_lr, steps_per_epoch, total_steps)
   log_every = _round_up(config.log_every_steps or steps_per_epoch, spe)
   checkpoint_every = _round_up(config.checkpoint_every_steps or steps_per_epoch, spe)
   eval_every = _round_up(config.eval_every_epochs * steps_per_epoch, spe)
@@ -143,7 +132,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   resolved.precision = precision
   resolved.update({"replicas": replicas, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps, "peak_learning_rate": peak_lr,
-                   "strategy_class": type(strategy).__name__, "versions": stack})
+                   "strategy_class": type(strategy).__name__, "versions": stack,
+                   "decisions": {**reasons, **({"steps": too_few} if too_few else {})}})
   if chief:
     tf.io.gfile.makedirs(workdir)
     config_lib.save(resolved, storage.join(workdir, "config.json"))
@@ -219,14 +209,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     pass
 
   def record(kind, values, at_step):
+    # The names Keras's TensorBoard callback writes: runs overlay plain-Keras ones.
     with writers[kind].as_default(step=at_step):
-      for key, value in values.items():
-        tf.summary.scalar(key, value)
+      for key, tag in (("loss", "epoch_loss"), ("accuracy", "epoch_accuracy"),
+                       ("learning_rate", "epoch_learning_rate"),
+                       ("examples_per_second", "examples_per_second")):
+        if key in values:
+          tf.summary.scalar(tag, values[key])
     history.append({"kind": kind, "step": at_step, **{k: values[k] for k in ("loss", "accuracy")}})
 
   best_accuracy, evals_without_gain = -1.0, 0
   train_seconds, train_examples_timed = 0.0, 0
-  first_call = True
+  first_call, first_call_rate, last_log = True, 0.0, time.perf_counter()
   interval_start, interval_steps = time.perf_counter(), 0
   profiling = False
   try:
@@ -240,6 +234,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       step = int(optimizer.iterations.numpy())  # also waits for the devices
       if first_call:  # tracing and compilation: not part of the training rate
         first_call = False
+        first_call_rate = n * config.batch_size / (time.perf_counter() - start)
         interval_start, interval_steps = time.perf_counter(), 0
       else:
         train_seconds += time.perf_counter() - start
@@ -250,16 +245,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         profiling = False
 
       done = step >= total_steps
-      if step % log_every == 0 or done:
+      # Once per epoch (log_every), and at least every 10 s of work.
+      if step % log_every == 0 or done or time.perf_counter() - last_log >= 10:
+        last_log = time.perf_counter()
         values = train_totals.result()
         elapsed = time.perf_counter() - interval_start
-        if interval_steps:
-          values["examples_per_second"] = interval_steps * config.batch_size / elapsed
+        # Right after the first call there is no steady interval yet: its rate,
+        # compilation included, is what there is.
+        values["examples_per_second"] = (interval_steps * config.batch_size / elapsed
+                                         if interval_steps else first_call_rate)
         values["learning_rate"] = float(schedule(step))
         record("train", values, step)
-        logging.info("step %d/%d: loss %.4f, accuracy %.4f, %.0f examples/s, lr %.3g", step,
-                     total_steps, values["loss"], values["accuracy"],
-                     values.get("examples_per_second", 0.0), values["learning_rate"])
+        eta = (total_steps - step) * config.batch_size / max(values["examples_per_second"], 1e-9)
+        logging.info("step %d/%d (%.0f%%): loss %.4f, accuracy %.4f, %.0f examples/s, lr %.3g, "
+                     "ETA %s", step, total_steps, 100 * step / total_steps, values["loss"],
+                     values["accuracy"], values["examples_per_second"], values["learning_rate"],
+                     format_duration(eta))
         train_totals.reset()
         interval_start, interval_steps = time.perf_counter(), 0
 
@@ -307,17 +308,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   result = {"accuracy": final["accuracy"], "loss": final["loss"],
             "eval_examples": final["examples"], "step": step,
             "examples_per_second": (train_examples_timed / train_seconds
-                                    if train_seconds else None),
+                                    if train_seconds else first_call_rate),
+            # One execution only: its rate includes tracing and compilation.
+            "examples_per_second_includes_compilation": not train_seconds,
             "replicas": replicas, "precision": precision, "model": config.model,
             # Equal on every host of a healthy multi-host run.
             "weights_fingerprint": float(sum(
                 tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in model.weights))}
+  if not train_seconds:
+    logging.warning("The run was one execution (%d steps): too short to time without "
+                    "compilation; examples_per_second %.0f includes it. Raise config.steps "
+                    "or lower config.steps_per_execution for a steady rate.", step,
+                    first_call_rate)
   logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
                config.eval_split, final["examples"], final["loss"], final["accuracy"])
   if chief:
     storage.write_text(storage.join(workdir, "metrics.json"), json.dumps(result, indent=2) + "\n")
     storage.write_text(history_path, json.dumps(history))
     export_lib.export(model, workdir, dataset.class_names)
-    plot_curves(history, storage.join(workdir, "learning_curves.png"))
+    plots.learning_curves(history, storage.join(workdir, "learning_curves.png"))
   return result
 

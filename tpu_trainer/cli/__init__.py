@@ -1,22 +1,111 @@
-"""Thin absl entry points: parse flags, call a library function, report errors in one line."""
+"""Thin absl entry points: parse flags, call a library function, report errors in one line.
+
+Every tool: `--help` shows what it does, examples and its own flags (exit 0);
+`-v` / `--verbosity=1` adds TensorFlow's own logs, hidden by default.
+"""
+import logging as std_logging
 import os
 import sys
 
-# Before TensorFlow loads: keep its C++ INFO chatter out of users' terminals.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+def _verbose(argv) -> bool:
+  for arg in argv[1:]:
+    if arg == "-v":
+      return True
+    for prefix in ("--verbosity=", "-v=", "--v="):
+      if arg.startswith(prefix):
+        return arg[len(prefix):].lstrip("-").isdigit() and int(arg[len(prefix):]) > 0
+  return False
+
+
+VERBOSE = _verbose(sys.argv)
+# Before TensorFlow loads: its C++ start-up lines only when asked for.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if VERBOSE else "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
 
 # What bad input raises in the library; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
 
 
+def expand_path(path: str) -> str:
+  """~ and $VARS expanded, as a shell would have (flags like --x=~/data keep them)."""
+  return path if not path or path.startswith("gs://") else os.path.expandvars(
+      os.path.expanduser(path))
+
+
+def config_from_flags(flag_values):
+  """--config with ~ expanded in data_dir; None after printing it for --show_config."""
+  if flag_values.config is None:
+    raise ValueError("--config is required, e.g. --config=configs/cnn.py.")
+  config = flag_values.config
+  if "show_config" in flag_values and flag_values.show_config:
+    from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    print(config_lib.describe(config))
+    return None
+  with config.unlocked():
+    config.data_dir = expand_path(config.data_dir)
+  return config
+
+
+def help_text(module) -> str:
+  """The tool's docstring (what it does, examples), then its own flags, one line each."""
+  lines = [(module.__doc__ or "").strip(), "", "Flags:"]
+  own = flags.FLAGS.get_flags_for_module(module.__name__)
+  if "config" in flags.FLAGS and flags.FLAGS["config"] not in own:
+    own.append(flags.FLAGS["config"])  # ml_collections registers it under its own module
+  for flag in sorted(own, key=lambda f: f.name):
+    default = "" if flag.default in (None, "") else f" (default {flag.default_as_str})"
+    lines.append(f"  --{flag.name}: {flag.help.splitlines()[0]}{default}")
+  lines += ["  -v, --verbosity=1: also TensorFlow's own log lines",
+            "  --helpfull: every flag, absl's and TensorFlow's too"]
+  return "\n".join(lines)
+
+
+class _OursOrWarnings(std_logging.Filter):
+  """INFO lines from this package; other libraries' only from WARNING up."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or f"{os.sep}tpu_trainer{os.sep}" in (
+        record.pathname or "")
+
+
+def import_tensorflow_quietly() -> None:
+  """TensorFlow 2.21's native libraries print start-up notices (oneDNN, CPU
+  features) straight to fd 2 while it imports, whatever TF_CPP_MIN_LOG_LEVEL
+  says; -v shows them. Tools that use TensorFlow call this before anything
+  imports it (ml_collections' config_flags does)."""
+  if VERBOSE or "tensorflow" in sys.modules:
+    return
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def run(main) -> None:
   """app.run(main), with user errors as one 'error: ...' line and exit status 2."""
+  module = sys.modules[main.__module__]
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
+    print(help_text(module))
+    sys.exit(0)
+  if "-v" in sys.argv:
+    sys.argv[sys.argv.index("-v")] = "--verbosity=1"
 
   def wrapped(argv):
     logging.set_verbosity(logging.INFO)
+    if not VERBOSE:
+      # Our lines, short; TensorFlow's and Keras's INFO chatter hidden.
+      handler = logging.get_absl_handler()
+      handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+      handler.addFilter(_OursOrWarnings())
+      std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     try:
       return main(argv)
     except USER_ERRORS as e:

@@ -1,6 +1,10 @@
 """tpu-trainer-benchmark input: will this job wait on its input pipeline?
 
-  tpu-trainer-benchmark input --config=configs/cnn.py --config.data_dir=DIR [--model_rate]
+Examples:
+  tpu-trainer-benchmark input --config=configs/cnn.py --config.data_dir=/tmp/digits
+  tpu-trainer-benchmark input --config=configs/resnet50.py --data_dir=gs://B/imagenet \\
+      --model_rate=false --seconds=20
+  tpu-trainer-benchmark --config=configs/cnn.py --show_config    # every config key
 
 Prints the pipeline's examples/s alone; with --model_rate (default on) also the
 training rate of the config's model on this machine, and a verdict.
@@ -8,33 +12,38 @@ training rate of the config's model on this machine, and a verdict.
 import json
 
 from absl import flags
-from ml_collections import config_flags
 
 from tpu_trainer import cli
+
+cli.import_tensorflow_quietly()
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg].", lock_config=True)
 flags.DEFINE_string("data_dir", "", "Shortcut for --config.data_dir.")
 flags.DEFINE_float("seconds", 5.0, "How long to time the pipeline.")
 flags.DEFINE_bool("model_rate", True, "Also measure the training rate and give a verdict.")
+flags.DEFINE_bool("show_config", False, "Print every config key of --config with its value "
+                  "and meaning, and exit.")
 
 
 def main(argv):
+  if FLAGS.show_config:
+    cli.config_from_flags(FLAGS)
+    return
   if len(argv) != 2 or argv[1] != "input":
     raise ValueError("usage: tpu-trainer-benchmark input --config=configs/X.py "
                      "--config.data_dir=DIR")
-  if FLAGS.config is None:
-    raise ValueError("--config is required, e.g. --config=configs/cnn.py.")
-  config = FLAGS.config
+  config = cli.config_from_flags(FLAGS)
   if FLAGS.data_dir:
-    config.data_dir = FLAGS.data_dir
+    config.data_dir = cli.expand_path(FLAGS.data_dir)
   if not config.data_dir:
     raise ValueError("Pass --data_dir=DIR or --config.data_dir=DIR.")
   from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
   train = benchmark.training_rate(config) if FLAGS.model_rate else None
   rate = benchmark.input_rate(config, FLAGS.seconds)
   result = {"input_examples_per_second": round(rate)}
-  print(f"input pipeline: {rate:,.0f} examples/s (batch {config.batch_size}, one host)")
+  print(f"input pipeline: {rate:,.0f} examples/s (one host)")
   if train:
     result["training_examples_per_second"] = round(train["examples_per_second"])
     print(f"training {config.model}: {train['examples_per_second']:,.0f} examples/s "

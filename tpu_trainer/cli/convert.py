@@ -1,8 +1,9 @@
 """tpu-trainer-convert: a dataset -> a TFDS dataset directory (sharded TFRecords,
 dataset_info.json, features.json) that TFDS and tpu-trainer-train both read.
 
+Examples:
   tpu-trainer-convert --source=digits --output_dir=/tmp/digits
-  tpu-trainer-convert --source=folder:flower_photos --image_size=224,224 \
+  tpu-trainer-convert --source=folder:flower_photos --image_size=224,224 \\
       --output_dir=gs://my-bucket/flowers
   tpu-trainer-convert --verify --output_dir=gs://my-bucket/flowers
 """
@@ -38,10 +39,11 @@ def main(argv):
   from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
+  output_dir = cli.expand_path(FLAGS.output_dir)
   if FLAGS.verify:
-    result = manifest.verify(FLAGS.output_dir)
+    result = manifest.verify(output_dir)
     print(f"OK: {result['shards']} shards, {result['examples']} examples in "
-          f"{FLAGS.output_dir} ({result['checksums']})")
+          f"{output_dir} ({result['checksums']})")
     return
   if not FLAGS.source:
     raise ValueError("--source is required (digits, tfds:NAME, folder:PATH, idx:PATH, npz:FILE).")
@@ -53,16 +55,18 @@ def main(argv):
     except (ValueError, AssertionError):
       raise ValueError(f"--image_size={','.join(FLAGS.image_size)} must be H,W, "
                        "e.g. 224,224.") from None
-  source = sources.load(FLAGS.source, tfds_data_dir=FLAGS.tfds_data_dir,
+  kind, sep, path = FLAGS.source.partition(":")
+  spec = f"{kind}{sep}{cli.expand_path(path) if kind in ('folder', 'idx', 'npz') else path}"
+  source = sources.load(spec, tfds_data_dir=cli.expand_path(FLAGS.tfds_data_dir),
                         image_size=image_size, test_fraction=FLAGS.test_fraction,
                         seed=FLAGS.seed)
-  dataset = convert.convert(source, FLAGS.output_dir, encoding=FLAGS.encoding,
+  dataset = convert.convert(source, output_dir, encoding=FLAGS.encoding,
                             num_shards=FLAGS.num_shards, shard_bytes=FLAGS.shard_bytes,
                             min_shards=FLAGS.min_shards, seed=FLAGS.seed,
                             workers=FLAGS.workers, jpeg_quality=FLAGS.jpeg_quality)
   summary = {name: {"examples": s.num_examples, "shards": len(s.files)}
              for name, s in dataset.splits.items()}
-  print(f"Wrote {dataset.name} to {FLAGS.output_dir}: {json.dumps(summary)}")
+  print(f"Wrote {dataset.name} to {output_dir}: {json.dumps(summary)}")
 
 
 def run():

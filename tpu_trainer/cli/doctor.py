@@ -1,7 +1,10 @@
 """tpu-trainer-doctor: preflight checks before launching on a Cloud TPU.
 
-  tpu-trainer-doctor --config=configs/resnet50.py --config.data_dir=gs://B/imagenet \
+Examples:
+  tpu-trainer-doctor --config=configs/cnn.py --config.data_dir=/tmp/digits
+  tpu-trainer-doctor --config=configs/resnet50.py --config.data_dir=gs://B/imagenet \\
       --config.tpu_zone=us-central2-b --accelerator=v4-32
+  tpu-trainer-doctor --config=configs/resnet50.py --show_config   # every config key
 
 Prints one line per check (OK / WARN / FAIL / SKIP, and what to change); exits
 1 when any check fails.
@@ -9,24 +12,29 @@ Prints one line per check (OK / WARN / FAIL / SKIP, and what to change); exits
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from tpu_trainer import cli
+
+cli.import_tensorflow_quietly()
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg].", lock_config=True)
 flags.DEFINE_string("accelerator", "v4-8", "The TPU slice the job will run on.")
 flags.DEFINE_float("input_seconds", 3.0, "How long to time the input pipeline (local data).")
+flags.DEFINE_bool("show_config", False, "Print every config key of --config with its value "
+                  "and meaning, and exit.")
 
 
 def main(argv):
   del argv
-  if FLAGS.config is None:
-    raise ValueError("--config is required, e.g. --config=configs/cnn.py.")
-  if not FLAGS.config.data_dir:
+  config = cli.config_from_flags(FLAGS)
+  if config is None:
+    return
+  if not config.data_dir:
     raise ValueError("Pass --config.data_dir=DIR (local or gs://).")
   from tpu_trainer import doctor  # pylint: disable=g-import-not-at-top
-  checks = doctor.run_checks(FLAGS.config, FLAGS.accelerator, FLAGS.input_seconds)
+  checks = doctor.run_checks(config, FLAGS.accelerator, FLAGS.input_seconds)
   print(doctor.format_table(checks))
   failed = [c.name for c in checks if c.status == "FAIL"]
   print(f"\n{len(failed)} check(s) failed: {', '.join(failed)}" if failed

@@ -1,12 +1,21 @@
 """tpu-trainer-eval: evaluate a training run's saved model on every example of a split.
 
-  tpu-trainer-eval --workdir=W [--model=W/saved_model] [--split=test]
+Examples:
+  tpu-trainer-eval --workdir=/tmp/run1
+  tpu-trainer-eval --workdir=/tmp/run1 --model=/tmp/run1/saved_model --split=train
+  tpu-trainer-train --config=configs/cnn.py --show_config   # every config key
+
+Prints the loss and accuracy as JSON and writes them, with per-class accuracy,
+to WORKDIR/eval_SPLIT.json.
 """
 import json
 
 from absl import flags
+from absl import logging
 
 from tpu_trainer import cli
+
+cli.import_tensorflow_quietly()
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A tpu-trainer-train workdir.", required=True)
@@ -19,9 +28,13 @@ flags.DEFINE_integer("batch_size", 0, "Default: the config's batch_size.")
 def main(argv):
   del argv
   from tpu_trainer import evaluate  # pylint: disable=g-import-not-at-top
-  result = evaluate.evaluate(FLAGS.workdir, model_path=FLAGS.model, split=FLAGS.split,
-                             data_dir=FLAGS.data_dir, batch_size=FLAGS.batch_size)
+  workdir = cli.expand_path(FLAGS.workdir)
+  result = evaluate.evaluate(workdir, model_path=cli.expand_path(FLAGS.model),
+                             split=FLAGS.split, data_dir=cli.expand_path(FLAGS.data_dir),
+                             batch_size=FLAGS.batch_size)
   print(json.dumps(result))
+  logging.info("Per-class accuracy, confusion matrix and predictions: %s/eval_*.json, "
+               "eval_*_confusion.png, eval_*_predictions.png", workdir)
 
 
 def run():

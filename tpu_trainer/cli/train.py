@@ -1,38 +1,50 @@
 """tpu-trainer-train: train a config's model; everything lands in --workdir.
 
-  tpu-trainer-train --config=configs/cnn.py --config.data_dir=DIR --workdir=W
-  tpu-trainer-train --config=configs/cnn.py:smoke --config.cpu_devices=2 ...
+Examples:
+  tpu-trainer-train --config=configs/cnn.py --config.data_dir=/tmp/digits --workdir=/tmp/run1
+  tpu-trainer-train --config=configs/cnn.py:smoke --config.cpu_devices=2 \\
+      --config.data_dir=/tmp/digits --workdir=/tmp/smoke
+  tpu-trainer-train --config=configs/cnn.py --show_config   # every config key: value, meaning
 
-Rerun the same command after a kill or preemption to resume from the last
-checkpoint. Exit status 143 means SIGTERM arrived and a checkpoint was saved.
+Any config key can be set with --config.KEY=VALUE. Rerun the same command after
+a kill or preemption to resume from the last checkpoint. Exit status 143 means
+SIGTERM arrived and a checkpoint was saved.
 """
 import json
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from tpu_trainer import cli
+
+cli.import_tensorflow_quietly()
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard logs, the exported "
-                    "model and metrics.json go (local or gs://).", required=True)
+                    "model and metrics.json go (local or gs://).")
+flags.DEFINE_bool("show_config", False, "Print every config key of --config with its value "
+                  "and meaning, and exit.")
 
 
 def main(argv):
   del argv
-  if FLAGS.config is None:
-    raise ValueError("--config is required, e.g. --config=configs/cnn.py.")
+  config = cli.config_from_flags(FLAGS)
+  if config is None:
+    return
+  if not FLAGS.workdir:
+    raise ValueError("--workdir is required: where the run's checkpoints, logs and model go.")
+  workdir = cli.expand_path(FLAGS.workdir)
   from tpu_trainer import train  # pylint: disable=g-import-not-at-top
   try:
-    result = train.run(FLAGS.config, FLAGS.workdir)
+    result = train.run(config, workdir)
   except train.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(143)
   print(json.dumps(result))
-  print(f"Model, checkpoints and metrics in {FLAGS.workdir}; "
-        f"TensorBoard: scripts/tensorboard.sh {FLAGS.workdir}")
+  print(f"Model, checkpoints and metrics in {workdir}; "
+        f"TensorBoard: scripts/tensorboard.sh {workdir}")
 
 
 def run():

@@ -115,7 +115,7 @@ def _existing(output_dir: str, client) -> dict | None:
 
 
 class _Progress:
-  """Examples and shards done; logs a line at most every `every` seconds."""
+  """Examples done of the total, rate and ETA; a line at most every `every` seconds."""
 
   def __init__(self, total_examples, total_shards, every=10.0):
     self.total_examples, self.total_shards, self.every = total_examples, total_shards, every
@@ -126,11 +126,14 @@ class _Progress:
     self.examples += examples
     self.shards += 1
     self.bytes += nbytes
-    if time.time() - self.last_log >= self.every:
-      self.last_log = time.time()
-      logging.info("%d/%d examples, %d/%d shards, %.0f examples/s", self.examples,
-                   self.total_examples, self.shards, self.total_shards,
-                   self.examples / max(time.time() - self.start, 1e-9))
+    now = time.time()
+    if now - self.last_log >= self.every and self.examples < self.total_examples:
+      self.last_log = now
+      rate = self.examples / max(now - self.start, 1e-9)
+      eta = int((self.total_examples - self.examples) / max(rate, 1e-9))
+      logging.info("%d/%d examples (%.0f%%), %d/%d shards, %.0f examples/s, ETA %d:%02d:%02d",
+                   self.examples, self.total_examples, 100 * self.examples / self.total_examples,
+                   self.shards, self.total_shards, rate, eta // 3600, eta // 60 % 60, eta % 60)
 
 
 # What forked workers inherit instead of receiving it pickled: sources hold
