@@ -63,6 +63,10 @@ def test_unknown_source(tmp_path):
 
 
 @pytest.mark.parametrize("flags,fragments", [
+    (["--config.batchsize=64"], ["no such config key 'batchsize'", 'Did you mean "batch_size"']),
+    (["--config.base_lr=-1"], ["config.base_lr=-1", "must be positive"]),
+    (["--config.optimizer=lamb"], ["config.optimizer='lamb'", "adam, adamw, sgd"]),
+    (["--config.train_split=tran"], ["Split 'tran' is not in", "it has: test, train"]),
     (["--config.model=vgg"], ["Unknown config.model='vgg'", "cnn"]),
     (["--config.data_dir=/no/such/dir"], ["No dataset_info.json", "tpu-trainer-convert"]),
     (["--config.batch_size=63", "--config.cpu_devices=2"], ["batch_size=63", "2 replicas"]),

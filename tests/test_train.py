@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import shutil
 
 import pytest
 import tensorflow as tf
@@ -178,3 +179,45 @@ def test_augmented_uncached_training_runs_on_two_replicas(digits_dir, tmp_path):
                           deterministic=True, data_threads=2)
   metrics = train.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
   assert metrics["step"] == 20 and metrics["eval_examples"] == 360
+
+
+def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_exports_nothing(
+    digits_dir, tmp_path):
+  workdir = tmp_path / "w"
+  config = _digits_config(mlp_config, digits_dir, steps=40, steps_per_execution=5,
+                          checkpoint_every_steps=5, precision="float32", optimizer="sgd",
+                          base_lr=0.05)
+  train.run(config, str(workdir), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  os.remove(workdir / "metrics.json")
+  good = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+  shutil.rmtree(workdir / "saved_model")
+  os.remove(workdir / "model.keras")
+  # Resumed with an absurd rate and more steps: SGD at 1e30 overflows into NaN.
+  config = _digits_config(mlp_config, digits_dir, steps=80, steps_per_execution=5,
+                          checkpoint_every_steps=5, precision="float32", optimizer="sgd",
+                          base_lr=1e30)
+  with pytest.raises(train.Diverged, match=r"NaN or infinite between steps 41 and 45.*"
+                     r"Last good checkpoint: .*ckpt-40"):
+    train.run(config, str(workdir), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) == good
+  assert not (workdir / "model.keras").exists() and not (workdir / "saved_model").exists()
+  assert not (workdir / "metrics.json").exists()
+
+
+def test_metrics_json_is_strict_json():
+  assert train._strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": 2}) == {  # pylint: disable=protected-access
+      "a": None, "b": [1.0, None], "c": 2}
+
+
+def test_resuming_another_model_is_refused_before_the_workdir_changes(digits_dir, tmp_path):
+  workdir = tmp_path / "w"
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  train.run(_digits_config(mlp_config, digits_dir, steps=5), str(workdir), strategy)
+  before = (workdir / "config.json").read_text()
+  with pytest.raises(ValueError, match=r"another model or data \(model: 'mlp' -> 'cnn'"):
+    train.run(_digits_config(cnn_config, digits_dir, steps=10), str(workdir), strategy)
+  assert (workdir / "config.json").read_text() == before
+  # What does not touch the model or the data resumes.
+  metrics = train.run(_digits_config(mlp_config, digits_dir, steps=10, log_every_steps=5),
+                      str(workdir), strategy)
+  assert metrics["step"] == 10

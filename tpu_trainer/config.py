@@ -96,6 +96,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={config[key]!r} is not one of {', '.join(allowed)}.")
   if config.base_lr <= 0:
     raise ValueError(f"config.base_lr={config.base_lr} must be positive.")
+  ranges = {"momentum": (0, 1), "label_smoothing": (0, 1), "dropout": (0, 1)}
+  for key, (low, high) in ranges.items():
+    if not low <= config[key] < high:
+      raise ValueError(f"config.{key}={config[key]} must be in [{low}, {high}).")
+  for key in ("weight_decay", "warmup_epochs", "epochs", "steps", "cpu_devices",
+              "early_stopping_patience", "log_every_steps", "checkpoint_every_steps"):
+    if config[key] < 0:
+      raise ValueError(f"config.{key}={config[key]} must not be negative.")
+  if config.keep_checkpoints < 1:
+    raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1.")
+  if config.eval_every_epochs <= 0:
+    raise ValueError(f"config.eval_every_epochs={config.eval_every_epochs} must be positive.")
   if config.epochs < 1 and config.steps < 1:
     raise ValueError("Set config.epochs or config.steps to at least 1.")
   if config.profile_steps:

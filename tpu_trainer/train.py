@@ -36,6 +36,42 @@ class Preempted(Exception):
   """SIGTERM arrived; a checkpoint was saved. Rerun the same command to resume."""
 
 
+class Diverged(Exception):
+  """The loss became NaN or infinite: training stopped, nothing was exported."""
+
+
+# What decides the model's variables or the data: a workdir's checkpoints only
+# resume under the same values. Anything else (epochs, logging...) may change.
+RESUME_KEYS = ("model", "dropout", "pooling", "weights", "fine_tune_layers", "optimizer",
+               "data_dir", "image_shape", "class_names")
+
+
+def _strict_json(value):
+  """NaN and infinities as null: metrics.json stays parseable by strict JSON readers."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _strict_json(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_strict_json(v) for v in value]
+  return value
+
+
+def check_resumable(workdir: str, resolved: dict) -> None:
+  """Refuses, before anything in the workdir changes, to resume a run whose
+  model or data differ from this one's."""
+  path = storage.join(workdir, "config.json")
+  if not tf.io.gfile.exists(path):
+    return
+  saved = config_lib.load(path).to_dict()
+  changed = [f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in RESUME_KEYS
+             if k in saved and saved.get(k) != resolved.get(k)]
+  if changed:
+    raise ValueError(f"workdir={workdir} holds a run with another model or data "
+                     f"({'; '.join(changed)}); its checkpoints cannot resume this config. "
+                     "Use another --workdir, or delete that one.")
+
+
 def _round_up(value: int, multiple: int) -> int:
   return max(multiple, math.ceil(value / multiple) * multiple)
 
@@ -130,10 +166,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
 
   resolved = ml_collections.ConfigDict(config.to_dict())
   resolved.precision = precision
-  resolved.update({"replicas": replicas, "steps_per_epoch": steps_per_epoch,
+  resolved.update({"image_shape": list(dataset.image_shape),
+                   "class_names": list(dataset.class_names),
+                   "replicas": replicas, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps, "peak_learning_rate": peak_lr,
                    "strategy_class": type(strategy).__name__, "versions": stack,
                    "decisions": {**reasons, **({"steps": too_few} if too_few else {})}})
+  check_resumable(workdir, resolved.to_dict())
   if chief:
     tf.io.gfile.makedirs(workdir)
     config_lib.save(resolved, storage.join(workdir, "config.json"))
@@ -151,6 +190,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     # Without this, MirroredStrategy fails at the first step (placeholder error).
     optimizer.build(model.trainable_variables)
   train_totals = metrics.Totals(strategy, "train")
+  with strategy.scope():  # non-finite losses seen; read (summed) once per execution
+    nonfinite = tf.Variable(0.0, trainable=False, name="nonfinite_losses",
+                            synchronization=tf.VariableSynchronization.ON_READ,
+                            aggregation=tf.VariableAggregation.SUM)
   loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
                                                  reduction=None)
 
@@ -179,6 +222,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     grads = tape.gradient(scaled_loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     train_totals.update(per_example, probabilities, labels)
+    nonfinite.assign_add(tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32))
 
   @tf.function
   def train_steps(iterator, steps):
@@ -232,6 +276,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       start = time.perf_counter()
       train_steps(iterator, tf.constant(n))
       step = int(optimizer.iterations.numpy())  # also waits for the devices
+      if float(nonfinite.numpy()):
+        last_good = (tf.train.latest_checkpoint(chief_checkpoints)
+                     or "none (no checkpoint was saved yet)")
+        raise Diverged(f"The loss became NaN or infinite between steps {step - n + 1} and "
+                       f"{step}; nothing was exported. Last good checkpoint: {last_good}. "
+                       f"Lower the learning rate (peak {peak_lr:.3g}) or check the data.")
       if first_call:  # tracing and compilation: not part of the training rate
         first_call = False
         first_call_rate = n * config.batch_size / (time.perf_counter() - start)
@@ -323,7 +373,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
                config.eval_split, final["examples"], final["loss"], final["accuracy"])
   if chief:
-    storage.write_text(storage.join(workdir, "metrics.json"), json.dumps(result, indent=2) + "\n")
+    storage.write_text(storage.join(workdir, "metrics.json"),
+                       json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
     storage.write_text(history_path, json.dumps(history))
     export_lib.export(model, workdir, dataset.class_names)
     plots.learning_curves(history, storage.join(workdir, "learning_curves.png"))

@@ -112,4 +112,19 @@ def run(main) -> None:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 
-  app.run(wrapped)
+  def parse(argv):
+    """absl's parsing, with every bad flag or config key as one error line."""
+    try:
+      return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+      # ml_collections' messages arrive as a repr inside a repr: unescape them.
+      text = str(e).replace("\\n", " ").replace("\\'", "'")
+      message = " ".join(text.split())
+      if len(message) > 1 and message[0] == message[-1] == "'":
+        message = message[1:-1]
+      if isinstance(e, AttributeError):  # ml_collections: an override of no such key
+        message = f"no such config key {message}"
+      print(f"error: {message} (see --help)", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(wrapped, flags_parser=parse)

@@ -7,8 +7,9 @@ Examples:
   tpu-trainer-train --config=configs/cnn.py --show_config   # every config key: value, meaning
 
 Any config key can be set with --config.KEY=VALUE. Rerun the same command after
-a kill or preemption to resume from the last checkpoint. Exit status 143 means
-SIGTERM arrived and a checkpoint was saved.
+a kill or preemption to resume from the last checkpoint. Exit status: 0 done;
+2 bad input (one error: line); 3 the loss became NaN/Inf (nothing exported);
+143 SIGTERM arrived and a checkpoint was saved.
 """
 import json
 import sys
@@ -42,6 +43,9 @@ def main(argv):
   except train.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(143)
+  except train.Diverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
   print(json.dumps(result))
   print(f"Model, checkpoints and metrics in {workdir}; "
         f"TensorBoard: scripts/tensorboard.sh {workdir}")
