@@ -9,6 +9,7 @@ writes the rest. The metadata comes last (see manifest.py); until then a
 directory that held a dataset still reads as that dataset. After it, shards of
 earlier conversions into the same directory are deleted.
 """
+import dataclasses
 import hashlib
 import json
 import math
@@ -136,16 +137,11 @@ class _Progress:
                    self.shards, self.total_shards, rate, eta // 3600, eta // 60 % 60, eta % 60)
 
 
-# What forked workers inherit instead of receiving it pickled: sources hold
-# closures and memory maps, which pickle badly and copy-on-write well.
-_WORK = {}
-
-
-def _write_shard(job):
-  """Writes one shard to a temp file and publishes it. Runs in a forked worker:
-  no TensorFlow runtime (not fork-safe), only numpy, PIL, protobuf and files."""
-  split_name, name, indices = job
-  source, output_dir = _WORK["source"], _WORK["output_dir"]
+def write_shard(source: sources_lib.Source, output_dir: str, split_name: str, name: str,
+                indices, encoding: str, jpeg_quality: int, client=None) -> tuple:
+  """Writes one shard to a temp file and publishes it whole; returns (split, file,
+  examples, crc32c, bytes). Uses no TensorFlow: it runs in forked workers and in
+  Beam workers."""
   final = storage.join(output_dir, name)
   tmp = storage.local_temp_path(final)
   try:
@@ -155,11 +151,9 @@ def _write_shard(job):
           raise ValueError(f"{source.name}/{split_name}: an image of shape {image.shape} "
                            f"among images of shape {tuple(source.image_shape)}.")
         f.write(records.frame_record(records.serialize_example(
-            image, label, _WORK["encoding"], _WORK["jpeg_quality"])))
+            image, label, encoding, jpeg_quality)))
     nbytes = os.path.getsize(tmp)
-    if storage.is_gcs(final) and "client" not in _WORK:
-      _WORK["client"] = storage.gcs_client()  # one per worker process
-    crc = storage.publish(tmp, final, _WORK.get("client"))
+    crc = storage.publish(tmp, final, client)
   except OSError as e:
     raise ValueError(f"Cannot write {final}: {e.strerror or e}.") from None
   finally:
@@ -178,15 +172,27 @@ def conversion_key(source: sources_lib.Source, encoding: str, seed: int,
           "jpeg_quality": jpeg_quality if encoding == "jpeg" else None}
 
 
-def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
-            num_shards: int = 0, shard_bytes: int = 100 << 20, min_shards: int = 16,
-            seed: int = 0, workers: int = 0, jpeg_quality: int = 95,
-            client=None) -> manifest.Dataset:
-  """Converts every split of `source` into a TFDS dataset in output_dir.
+@dataclasses.dataclass
+class Plan:
+  """What a conversion writes, and what an earlier run already wrote."""
+  source: sources_lib.Source
+  output_dir: str
+  encoding: str
+  jpeg_quality: int
+  key: dict
+  template: str
+  jobs: list      # (split, shard file name, example indices), in shard order
+  done: list      # results of shards kept from an earlier run
+  todo: list      # jobs still to write
+  previous: dict  # tpu_trainer.json of the dataset already there, {} for none
+  present: dict   # {file name: bytes} in output_dir before this run
 
-  Shards are written by `workers` forked processes (default: one per core);
-  sources that read through TensorFlow (tfds) are written in this process.
-  """
+
+def plan(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
+         num_shards: int = 0, shard_bytes: int = 100 << 20, min_shards: int = 16,
+         seed: int = 0, jpeg_quality: int = 95, client=None) -> tuple[Plan, object]:
+  """Checks the source and the output, names every shard after the conversion's
+  key and finds the ones an earlier run finished. Returns (plan, client)."""
   check_source(source)
   if shard_bytes < 1 or num_shards < 0 or min_shards < 1:
     raise ValueError(f"--shard_bytes={shard_bytes}, --num_shards={num_shards}, "
@@ -202,7 +208,7 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
   key = conversion_key(source, encoding, seed, counts, jpeg_quality)
   template = manifest.shard_template(
       hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8])
-  jobs = []  # (split, shard file name, example indices)
+  jobs = []
   for split_name, split in source.splits.items():
     # Shuffle before sharding so every shard holds a mix of classes. Sources
     # that only stream in order get contiguous ranges (TFDS shuffles at prepare).
@@ -219,8 +225,7 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
     if match and ours.fullmatch(match.group(1)) and not storage.is_gcs(output_dir):
       os.remove(os.path.join(output_dir, name))
 
-  progress = _Progress(sum(len(j[2]) for j in jobs), len(jobs))
-  results, todo = [], []
+  done, todo = [], []
   recorded = (previous or {}).get("shards", {})
   for job in jobs:
     # Published whole under this key's name, so complete; unless the metadata of
@@ -230,30 +235,93 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
     was = recorded.get(job[1])
     if crc is not None and (was is None or (was.get("crc32c"), was.get("num_bytes")) ==
                             (crc, present[job[1]])):
-      results.append((job[0], job[1], len(job[2]), crc, present[job[1]]))
-      progress.add(len(job[2]))
+      done.append((job[0], job[1], len(job[2]), crc, present[job[1]]))
     else:
       todo.append(job)
-  if results:
+  if done:
     logging.info("Kept %d shards an earlier run with the same source and settings wrote.",
-                 len(results))
+                 len(done))
+  return Plan(source, output_dir, encoding, jpeg_quality, key, template, jobs, done, todo,
+              previous or {}, present), client
 
+
+def publish(conversion: Plan, results: list, client=None) -> manifest.Dataset:
+  """Writes the metadata of every shard (dataset_info.json last), then deletes the
+  shards of earlier conversions here. Returns the dataset as readers see it."""
+  source, output_dir = conversion.source, conversion.output_dir
+  order = {job[1]: i for i, job in enumerate(conversion.jobs)}
+  missing = set(order) - {r[1] for r in results}
+  if missing:
+    raise ValueError(f"{len(missing)} shard(s) were not written (e.g. {sorted(missing)[0]}); "
+                     "run the same command again to finish them.")
+  splits = {name: [{"file": r[1], "num_examples": r[2], "crc32c": r[3], "num_bytes": r[4]}
+                   for r in sorted(results, key=lambda r: order[r[1]]) if r[0] == name]
+            for name in source.splits}
+  try:
+    manifest.write(output_dir, name=source.name, image_shape=source.image_shape,
+                   encoding=conversion.encoding, class_names=source.class_names,
+                   splits=splits, template=conversion.template, ours={"key": conversion.key},
+                   client=client)
+  except OSError as e:
+    raise ValueError(f"Cannot write the metadata into {output_dir}: {e.strerror or e}.") \
+        from None
+  # Shards of earlier conversions here (a changed source or setting): ours to delete.
+  ours = _our_shard_pattern(source.name)
+  stale = [n for n in conversion.present if n not in order and
+           (ours.fullmatch(n) or n in conversion.previous.get("shards", {}))]
+  for name in stale:
+    storage.delete(storage.join(output_dir, name), client)
+  if stale:
+    logging.info("Deleted %d shards of an earlier conversion with another source or "
+                 "settings.", len(stale))
+  return manifest.read(output_dir, client)
+
+
+# What forked workers inherit instead of receiving it pickled: sources hold
+# closures and memory maps, which pickle badly and copy-on-write well.
+_WORK = {}
+
+
+def _write_in_worker(job):
+  if storage.is_gcs(_WORK["output_dir"]) and "client" not in _WORK:
+    _WORK["client"] = storage.gcs_client()  # one per worker process
+  return write_shard(_WORK["source"], _WORK["output_dir"], *job, _WORK["encoding"],
+                     _WORK["jpeg_quality"], _WORK.get("client"))
+
+
+def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
+            num_shards: int = 0, shard_bytes: int = 100 << 20, min_shards: int = 16,
+            seed: int = 0, workers: int = 0, jpeg_quality: int = 95,
+            client=None) -> manifest.Dataset:
+  """Converts every split of `source` into a TFDS dataset in output_dir.
+
+  Shards are written by `workers` forked processes (default: one per core);
+  sources that read through TensorFlow (tfds) are written in this process.
+  """
+  conversion, client = plan(source, output_dir, encoding=encoding, num_shards=num_shards,
+                            shard_bytes=shard_bytes, min_shards=min_shards, seed=seed,
+                            jpeg_quality=jpeg_quality, client=client)
+  todo = conversion.todo
+  progress = _Progress(sum(len(j[2]) for j in conversion.jobs), len(conversion.jobs))
+  for result in conversion.done:
+    progress.add(result[2])
+  results = list(conversion.done)
   workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
   # fork only on Linux: macOS frameworks are not fork-safe (Python defaults to spawn there).
   forkable = sys.platform.startswith("linux")
   in_process = workers <= 1 or not forkable or not all(
       source.splits[s].process_safe for s in {j[0] for j in todo})
-  _WORK.update(source=source, output_dir=output_dir, encoding=encoding,
+  _WORK.update(source=source, output_dir=output_dir, encoding=conversion.encoding,
                jpeg_quality=jpeg_quality)
   if client is not None and in_process:
     # Never into forked workers: a shared connection pool garbles requests.
     _WORK["client"] = client
   try:
     if in_process:
-      written = map(_write_shard, todo)
+      written = map(_write_in_worker, todo)
     else:
       pool = multiprocessing.get_context("fork").Pool(workers)
-      written = pool.imap_unordered(_write_shard, todo)
+      written = pool.imap_unordered(_write_in_worker, todo)
     for result in written:
       results.append(result)
       progress.add(result[2], result[4])
@@ -263,30 +331,11 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
       pool.terminate()
       pool.join()
 
-  order = {job[1]: i for i, job in enumerate(jobs)}
-  splits = {name: [{"file": r[1], "num_examples": r[2], "crc32c": r[3], "num_bytes": r[4]}
-                   for r in sorted(results, key=lambda r: order[r[1]]) if r[0] == name]
-            for name in source.splits}
-  try:
-    manifest.write(output_dir, name=source.name, image_shape=source.image_shape,
-                   encoding=encoding, class_names=source.class_names, splits=splits,
-                   template=template, ours={"key": key}, client=client)
-  except OSError as e:
-    raise ValueError(f"Cannot write the metadata into {output_dir}: {e.strerror or e}.") \
-        from None
-
-  # Shards of earlier conversions here (a changed source or setting): ours to delete.
-  current = set(order)
-  stale = [n for n in present if n not in current and
-           (ours.fullmatch(n) or n in (previous or {}).get("shards", {}))]
-  for name in stale:
-    storage.delete(storage.join(output_dir, name), client)
-  if stale:
-    logging.info("Deleted %d shards of an earlier conversion with another source or "
-                 "settings.", len(stale))
+  dataset = publish(conversion, results, client)
   elapsed = time.time() - progress.start
   logging.info("Wrote %d examples in %d shards (%.1f MB new) to %s in %.1f s "
-               "(%.0f examples/s, %s).", progress.examples, len(jobs), progress.bytes / 1e6,
-               output_dir, elapsed, progress.examples / max(elapsed, 1e-9),
+               "(%.0f examples/s, %s).", progress.examples, len(conversion.jobs),
+               progress.bytes / 1e6, output_dir, elapsed,
+               progress.examples / max(elapsed, 1e-9),
                "1 process" if in_process else f"{workers} worker processes")
-  return manifest.read(output_dir, client)
+  return dataset

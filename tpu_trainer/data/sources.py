@@ -6,8 +6,10 @@ holds the whole dataset in memory. Sources that can only stream in order
 (TFDS) say so with `random_access=False` and are read in contiguous ranges.
 """
 import dataclasses
+import concurrent.futures
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -18,6 +20,8 @@ from typing import Callable, Iterator, Sequence
 
 import google_crc32c
 import numpy as np
+
+from tpu_trainer import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 Example = tuple[np.ndarray, int]
@@ -113,11 +117,44 @@ def digits(seed: int = 0) -> Source:
                             google_crc32c.value(data.target.tobytes()), seed))
 
 
+def _download(path: str, workdir: str) -> tuple[str, list] | None:
+  """A gs:// object copied into workdir: (local path, fingerprint), None if missing."""
+  client = storage.gcs_client()
+  bucket_name, name = storage.split_gcs(path)
+  try:
+    blob = client.bucket(bucket_name).get_blob(name, timeout=30, retry=None)
+  except Exception as e:  # pylint: disable=broad-except  (no bucket, no credentials)
+    raise ValueError(f"Cannot read {path}: {type(e).__name__}: "
+                     f"{str(e).splitlines()[0]}") from None
+  if blob is None:
+    return None
+  local = os.path.join(workdir, os.path.basename(name))
+  blob.download_to_filename(local)
+  return local, [path, blob.size, blob.generation, blob.crc32c]
+
+
 def npz(path: str) -> Source:
-  """An .npz in the keras.datasets layout: x_train, y_train, x_test, y_test."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"npz source {path!r} does not exist.")
-  arrays = _memory_mapped_npz(path)
+  """An .npz in the keras.datasets layout: x_train, y_train, x_test, y_test
+  (local, or gs:// copied to a temp file first and memory-mapped like a local one)."""
+  if storage.is_gcs(path):
+    workdir = tempfile.mkdtemp(prefix="tpu_trainer_npz_")
+    try:
+      found = _download(path, workdir)
+      if found is None:
+        raise FileNotFoundError(f"npz source {path!r} does not exist.")
+      arrays = _memory_mapped_npz(found[0])
+      stamp = found[1]
+    finally:
+      shutil.rmtree(workdir, ignore_errors=True)  # the mappings outlive the names
+  else:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"npz source {path!r} does not exist.")
+    arrays = _memory_mapped_npz(path)
+    stamp = file_fingerprint(path)
+  return _npz_source(path, arrays, stamp)
+
+
+def _npz_source(path: str, arrays: dict, stamp: list) -> Source:
   missing = {"x_train", "y_train"} - set(arrays)
   if missing:
     raise ValueError(f"{path} lacks {sorted(missing)}; expected the keras.datasets "
@@ -135,7 +172,7 @@ def npz(path: str) -> Source:
       splits[split] = split_from_arrays(x, y, f"{path}: x_{split} and y_{split}")
       labels.append(y)
   name = os.path.splitext(os.path.basename(path))[0]
-  return _from_splits(name, splits, labels, fingerprint("npz", file_fingerprint(path)))
+  return _from_splits(name, splits, labels, fingerprint("npz", stamp))
 
 
 def _memory_mapped_npz(path: str) -> dict:
@@ -200,8 +237,10 @@ def _read_idx(path: str, workdir: str) -> np.ndarray:
 
 
 def idx(directory: str) -> Source:
-  """MNIST / Fashion-MNIST idx files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
-  if not os.path.isdir(directory):
+  """MNIST / Fashion-MNIST idx files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz],
+  in a local directory or a gs:// prefix (copied to a temp directory first)."""
+  remote = storage.is_gcs(directory)
+  if not remote and not os.path.isdir(directory):
     raise FileNotFoundError(f"idx source directory {directory!r} does not exist.")
   workdir = tempfile.mkdtemp(prefix="tpu_trainer_idx_")
   splits, labels, files = {}, [], []
@@ -209,25 +248,32 @@ def idx(directory: str) -> Source:
     for split, prefix in (("train", "train"), ("test", "t10k")):
       pair = []
       for kind in ("images-idx3", "labels-idx1"):
-        base = os.path.join(directory, f"{prefix}-{kind}-ubyte")
-        found = [p for p in (base, base + ".gz") if os.path.exists(p)]
-        if not found:
+        base = (storage.join(directory, f"{prefix}-{kind}-ubyte") if remote else
+                os.path.join(directory, f"{prefix}-{kind}-ubyte"))
+        if remote:
+          found = [f for f in (_download(p, workdir) for p in (base, base + ".gz")) if f]
+          local, stamp = found[0] if found else (None, None)
+        else:
+          local = next((p for p in (base, base + ".gz") if os.path.exists(p)), None)
+          stamp = local and file_fingerprint(local)
+        if local is None:
           raise FileNotFoundError(f"{base}[.gz] is missing from the idx source.")
-        pair.append(_read_idx(found[0], workdir))
-        files.append(file_fingerprint(found[0]))
+        pair.append(_read_idx(local, workdir))
+        files.append(stamp)
       x, y = pair
       splits[split] = split_from_arrays(x, y, f"{directory}: {prefix} idx files")
       labels.append(np.asarray(y))
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
-  return _from_splits(os.path.basename(os.path.normpath(directory)), splits, labels,
+  return _from_splits(directory.rstrip("/").rsplit("/", 1)[-1], splits, labels,
                       fingerprint("idx", files))
 
 
-def _load_image(path: str, image_size, channels: int) -> np.ndarray:
+def _load_image(path: str, image_size, channels: int, data: bytes | None = None) -> np.ndarray:
+  """An image file (or its bytes, read from `path` elsewhere) as uint8 HxWxC."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(data) if data is not None else path) as im:
       im = im.convert("RGB" if channels == 3 else "L")
       if image_size:
         im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
@@ -256,36 +302,92 @@ def _folder_images(directory: str, class_dir: str):
   return paths
 
 
+def _local_folder_items(directory: str):
+  """(path relative to directory, size, mtime) of every image, in class subdirectories."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"folder source {directory!r} does not exist.")
+  items = []
+  for name in sorted(os.listdir(directory)):
+    if os.path.isdir(os.path.join(directory, name)) and not name.startswith("."):
+      for path in _folder_images(directory, os.path.join(directory, name)):
+        st = os.stat(path)
+        items.append((os.path.relpath(path, directory), st.st_size, st.st_mtime_ns))
+  return items
+
+
+def _gcs_folder_items(directory: str):
+  """The same for gs://bucket/prefix: one listing; classes are the first-level
+  prefixes. A missing bucket is a fast error, not minutes of retries."""
+  bucket_name, prefix = storage.split_gcs(directory.rstrip("/") + "/")
+  client = storage.gcs_client()
+  try:
+    exists = client.bucket(bucket_name).exists(timeout=15, retry=None)
+  except Exception as e:  # pylint: disable=broad-except  (credentials, network)
+    raise ValueError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "
+                     f"{str(e).splitlines()[0]} (run `gcloud auth application-default "
+                     "login` or check the bucket name).") from None
+  if not exists:
+    raise ValueError(f"folder source: bucket gs://{bucket_name} does not exist.")
+  items = []
+  for blob in client.list_blobs(bucket_name, prefix=prefix):
+    rel = blob.name[len(prefix):]
+    parts = rel.split("/")
+    if (len(parts) >= 2 and not any(p.startswith(".") for p in parts)
+        and rel.lower().endswith(IMAGE_EXTENSIONS)):
+      items.append((rel, blob.size, blob.generation))
+  return sorted(items)
+
+
+_GCS_CLIENTS = {}  # one per process: forked and Beam workers make their own
+
+
+def _gcs_read(path: str) -> bytes:
+  client = _GCS_CLIENTS.get(os.getpid())
+  if client is None:
+    client = _GCS_CLIENTS[os.getpid()] = storage.gcs_client()
+  bucket_name, name = storage.split_gcs(path)
+  return client.bucket(bucket_name).blob(name).download_as_bytes()
+
+
+def _read_in_parallel(paths, threads: int = 16):
+  """Bytes of each gs:// object in order, `threads` downloads in flight, at most
+  4 x threads held at once."""
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for start in range(0, len(paths), 4 * threads):
+      yield from pool.map(_gcs_read, paths[start:start + 4 * threads])
+
+
 def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Source:
-  """One subdirectory of JPEG/PNG images per class (the flowers layout).
+  """One subdirectory (or gs:// prefix) of JPEG/PNG images per class (the flowers
+  layout), local or in Cloud Storage.
 
   An image goes to `test` by a hash of its path, so the split is the same on
   every run and stays put when images are added.
   """
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"folder source {directory!r} does not exist.")
   if not 0 <= test_fraction < 1:
     raise ValueError(f"--test_fraction={test_fraction} must be in [0, 1): the train "
                      "split needs images.")
-  classes = sorted(d for d in os.listdir(directory)
-                   if os.path.isdir(os.path.join(directory, d)) and not d.startswith("."))
+  remote = storage.is_gcs(directory)
+  listing = _gcs_folder_items(directory) if remote else _local_folder_items(directory)
+  classes = sorted({rel.split("/")[0] if remote else rel.split(os.sep)[0]
+                    for rel, _, _ in listing})
+  label_of = {name: i for i, name in enumerate(classes)}
   files = {"train": [], "test": []}
   stats = []
-  for label, name in enumerate(classes):
-    for path in _folder_images(directory, os.path.join(directory, name)):
-      rel = os.path.relpath(path, directory)
-      bucket = zlib.crc32(rel.encode()) % 10_000
-      split = "test" if bucket < test_fraction * 10_000 else "train"
-      files[split].append((path, label))
-      st = os.stat(path)
-      stats.append((rel, st.st_size, st.st_mtime_ns, label, split))
+  for rel, size, stamp in listing:
+    label = label_of[rel.split("/")[0] if remote else rel.split(os.sep)[0]]
+    bucket = zlib.crc32(rel.encode()) % 10_000
+    split = "test" if bucket < test_fraction * 10_000 else "train"
+    files[split].append((storage.join(directory, rel) if remote else
+                         os.path.join(directory, rel), label))
+    stats.append((rel, size, stamp, label, split))
   if not files["train"] and not files["test"]:
     raise ValueError(f"folder source {directory!r} has no images in class subdirectories "
                      f"(expected {directory}/CLASS/*.jpg|png).")
   first_path = (files["train"] or files["test"])[0][0]
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(first_path) as im:
+    with Image.open(io.BytesIO(_gcs_read(first_path)) if remote else first_path) as im:
       channels = 1 if im.mode in ("L", "1", "I;16") else 3
       size = tuple(image_size) if image_size else (im.height, im.width)
   except OSError as e:
@@ -293,9 +395,11 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
 
   def split_of(items):
     def read(indices):
-      for i in indices:
+      paths = [items[i][0] for i in indices]
+      contents = _read_in_parallel(paths) if remote else (None for _ in paths)
+      for i, data in zip(indices, contents):
         path, label = items[i]
-        image = _load_image(path, image_size, channels)
+        image = _load_image(path, image_size, channels, data)
         if image.shape[:2] != size:
           raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]} but {first_path} "
                            f"is {size[1]}x{size[0]}; pass --image_size=H,W to resize all.")
@@ -303,9 +407,10 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
     return Split(len(items), read, labels=np.array([l for _, l in items], np.int64))
 
   splits = {s: split_of(items) for s, items in files.items() if items}
-  return Source(os.path.basename(os.path.normpath(directory)), classes,
-                size + (channels,), splits,
-                fingerprint("folder", os.path.realpath(directory), image_size, stats))
+  name = directory.rstrip("/").rsplit("/", 1)[-1]
+  return Source(name, classes, size + (channels,), splits,
+                fingerprint("folder", directory if remote else os.path.realpath(directory),
+                            image_size, stats))
 
 
 def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
