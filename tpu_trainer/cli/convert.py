@@ -6,6 +6,11 @@ Examples:
   tpu-trainer-convert --source=folder:flower_photos --image_size=224,224 \\
       --output_dir=gs://my-bucket/flowers
   tpu-trainer-convert --verify --output_dir=gs://my-bucket/flowers
+  tpu-trainer-convert --source=folder:gs://b/imagenet/train --image_size=224,224 \\
+      --output_dir=gs://b/imagenet-tfds --runner=DataflowRunner -- --project=P \\
+      --region=us-central2 --temp_location=gs://b/tmp --setup_file=./setup.py
+
+Beam pipeline options (--direct_num_workers=2, --project=...) go after `--`.
 """
 import json
 
@@ -32,10 +37,15 @@ flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0 = number of cores.
 flags.DEFINE_list("image_size", None, "H,W: resize every image (folder:, tfds:).")
 flags.DEFINE_float("test_fraction", 0.1, "folder: fraction of images held out as 'test'.")
 flags.DEFINE_string("tfds_data_dir", "", "tfds: where TFDS keeps downloaded data.")
+flags.DEFINE_string("runner", "", "Convert as an Apache Beam pipeline on this runner "
+                    "(DirectRunner, DataflowRunner, ...); default: local worker processes.")
 
 
 def main(argv):
-  del argv
+  pipeline_args = argv[1:]  # after `--`: Beam's options
+  if pipeline_args and not FLAGS.runner:
+    raise ValueError(f"Unexpected arguments {' '.join(pipeline_args)}: Beam pipeline "
+                     "options need --runner=DirectRunner|DataflowRunner.")
   from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
@@ -57,13 +67,19 @@ def main(argv):
                        "e.g. 224,224.") from None
   kind, sep, path = FLAGS.source.partition(":")
   spec = f"{kind}{sep}{cli.expand_path(path) if kind in ('folder', 'idx', 'npz') else path}"
-  source = sources.load(spec, tfds_data_dir=cli.expand_path(FLAGS.tfds_data_dir),
-                        image_size=image_size, test_fraction=FLAGS.test_fraction,
-                        seed=FLAGS.seed)
-  dataset = convert.convert(source, output_dir, encoding=FLAGS.encoding,
-                            num_shards=FLAGS.num_shards, shard_bytes=FLAGS.shard_bytes,
-                            min_shards=FLAGS.min_shards, seed=FLAGS.seed,
-                            workers=FLAGS.workers, jpeg_quality=FLAGS.jpeg_quality)
+  load_args = {"tfds_data_dir": cli.expand_path(FLAGS.tfds_data_dir), "image_size": image_size,
+               "test_fraction": FLAGS.test_fraction, "seed": FLAGS.seed}
+  shards = {"encoding": FLAGS.encoding, "num_shards": FLAGS.num_shards,
+            "shard_bytes": FLAGS.shard_bytes, "min_shards": FLAGS.min_shards,
+            "seed": FLAGS.seed, "jpeg_quality": FLAGS.jpeg_quality}
+  if FLAGS.runner:
+    from tpu_trainer.data import beam  # pylint: disable=g-import-not-at-top
+    dataset = beam.convert_with_beam(spec, output_dir, runner=FLAGS.runner,
+                                     pipeline_args=pipeline_args, load_args=load_args,
+                                     **shards)
+  else:
+    dataset = convert.convert(sources.load(spec, **load_args), output_dir,
+                              workers=FLAGS.workers, **shards)
   summary = {name: {"examples": s.num_examples, "shards": len(s.files)}
              for name, s in dataset.splits.items()}
   print(f"Wrote {dataset.name} to {output_dir}: {json.dumps(summary)}")
