@@ -5,6 +5,7 @@ TPU's main speed lever; Keras 3's fit cannot do that under MirroredStrategy
 nor run under MultiWorkerMirroredStrategy). Between calls a short Python loop
 writes summaries, evaluates, checkpoints and watches for SIGTERM.
 """
+import contextlib
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from tpu_trainer import config as config_lib
 from tpu_trainer import export as export_lib
+from tpu_trainer import lock as lock_lib
 from tpu_trainer import metrics
 from tpu_trainer import plots
 from tpu_trainer import scaling
@@ -125,8 +127,14 @@ def make_optimizer(config, schedule, precision: str):
 def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   """Trains config.model on config.data_dir; writes everything to workdir.
 
-  Returns the final metrics (also written to workdir/metrics.json).
+  Returns the final metrics (also written to workdir/metrics.json). Holds the
+  workdir's lock (lock.py) from before config.json is written to the end.
   """
+  with contextlib.ExitStack() as cleanup:
+    return _run(config, workdir, strategy, cleanup)
+
+
+def _run(config, workdir, strategy, cleanup) -> dict:
   stack = versions.check()
   logging.info("%s.", versions.describe(stack))
   config_lib.validate(config)
@@ -173,7 +181,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                    "strategy_class": type(strategy).__name__, "versions": stack,
                    "decisions": {**reasons, **({"steps": too_few} if too_few else {})}})
   check_resumable(workdir, resolved.to_dict())
-  if chief:
+  workdir_lock = None
+  if chief:  # one live run per workdir; the other workers share the chief's
+    workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
+    cleanup.callback(workdir_lock.release)
     tf.io.gfile.makedirs(workdir)
     config_lib.save(resolved, storage.join(workdir, "config.json"))
   logging.info("%s: %d train examples, batch %d over %d replicas, %d steps (%d per epoch), "
@@ -306,6 +317,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                                          if interval_steps else first_call_rate)
         values["learning_rate"] = float(schedule(step))
         record("train", values, step)
+        if workdir_lock:
+          workdir_lock.renew()
         eta = (total_steps - step) * config.batch_size / max(values["examples_per_second"], 1e-9)
         logging.info("step %d/%d (%.0f%%): loss %.4f, accuracy %.4f, %.0f examples/s, lr %.3g, "
                      "ETA %s", step, total_steps, 100 * step / total_steps, values["loss"],

@@ -36,6 +36,17 @@ def expand_path(path: str) -> str:
       os.path.expanduser(path))
 
 
+def define_config_flags() -> None:
+  """--config (a configs/*.py file[:arg]; any key overridable as --config.KEY=VALUE)
+  and --show_config, for the tools that take a training config."""
+  import_tensorflow_quietly()
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
+  config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg]; override any "
+                                  "key with --config.KEY=VALUE.", lock_config=True)
+  flags.DEFINE_bool("show_config", False, "Print every config key of --config with its "
+                    "value and meaning, and exit.")
+
+
 def config_from_flags(flag_values):
   """--config with ~ expanded in data_dir; None after printing it for --show_config."""
   if flag_values.config is None:
@@ -54,8 +65,9 @@ def help_text(module) -> str:
   """The tool's docstring (what it does, examples), then its own flags, one line each."""
   lines = [(module.__doc__ or "").strip(), "", "Flags:"]
   own = flags.FLAGS.get_flags_for_module(module.__name__)
-  if "config" in flags.FLAGS and flags.FLAGS["config"] not in own:
-    own.append(flags.FLAGS["config"])  # ml_collections registers it under its own module
+  for name in ("config", "show_config"):  # defined for the tool by define_config_flags()
+    if name in flags.FLAGS and flags.FLAGS[name] not in own:
+      own.append(flags.FLAGS[name])
   for flag in sorted(own, key=lambda f: f.name):
     default = "" if flag.default in (None, "") else f" (default {flag.default_as_str})"
     lines.append(f"  --{flag.name}: {flag.help.splitlines()[0]}{default}")

@@ -15,16 +15,12 @@ from absl import flags
 
 from tpu_trainer import cli
 
-cli.import_tensorflow_quietly()
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg].", lock_config=True)
+cli.define_config_flags()
 flags.DEFINE_string("data_dir", "", "Shortcut for --config.data_dir.")
 flags.DEFINE_float("seconds", 5.0, "How long to time the pipeline.")
 flags.DEFINE_bool("model_rate", True, "Also measure the training rate and give a verdict.")
-flags.DEFINE_bool("show_config", False, "Print every config key of --config with its value "
-                  "and meaning, and exit.")
 
 
 def main(argv):

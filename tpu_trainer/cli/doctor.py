@@ -15,15 +15,11 @@ from absl import flags
 
 from tpu_trainer import cli
 
-cli.import_tensorflow_quietly()
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg].", lock_config=True)
+cli.define_config_flags()
 flags.DEFINE_string("accelerator", "v4-8", "The TPU slice the job will run on.")
 flags.DEFINE_float("input_seconds", 3.0, "How long to time the input pipeline (local data).")
-flags.DEFINE_bool("show_config", False, "Print every config key of --config with its value "
-                  "and meaning, and exit.")
 
 
 def main(argv):

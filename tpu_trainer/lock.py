@@ -1,0 +1,121 @@
+"""One live run per workdir: a lock file (local) or object (gs://) naming its owner.
+
+The lock (WORKDIR/.lock) holds host, pid and a lease that the run renews while it
+trains. Another run into the same workdir is refused while the lock is live. A
+lock left by a killed run (kill -9, a lost VM) does not block forever: on the same
+host a dead pid frees it at once; anywhere, an expired lease (LEASE_SECONDS
+without renewal) does. On gs:// the lock is created with if_generation_match=0
+and taken over with the generation read, so two runs cannot both win.
+"""
+import json
+import os
+import socket
+import time
+
+from tpu_trainer import storage
+
+LOCK_FILE = ".lock"
+LEASE_SECONDS = 15 * 60
+
+
+class WorkdirLock:
+  """Held from acquire() to release(); renew() extends the lease."""
+
+  def __init__(self, workdir: str, client=None):
+    self.path = storage.join(workdir, LOCK_FILE)
+    self.workdir = workdir
+    self.remote = storage.is_gcs(workdir)
+    self.client = client
+    self.generation = None
+
+  def _owner(self) -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+            "lease_until": time.time() + LEASE_SECONDS}
+
+  def _blob(self):
+    bucket, name = storage.split_gcs(self.path)
+    self.client = self.client or storage.gcs_client()
+    return self.client.bucket(bucket).blob(name)
+
+  def _read(self):
+    """(owner dict, generation) of the current lock, or (None, None)."""
+    if self.remote:
+      blob = self._blob()
+      try:
+        text = blob.download_as_text()
+      except Exception as e:  # pylint: disable=broad-except
+        if storage.is_not_found(e):
+          return None, None
+        raise
+      return json.loads(text), blob.generation
+    try:
+      with open(self.path) as f:
+        return json.load(f), None
+    except FileNotFoundError:
+      return None, None
+    except ValueError:  # half written by a run killed mid-write: nobody's
+      return {"host": "", "pid": 0, "lease_until": 0}, None
+
+  def _write(self, owner: dict, if_generation_match) -> bool:
+    """Creates (if_generation_match=0) or replaces the lock atomically; False if
+    someone else got there first."""
+    text = json.dumps(owner)
+    if self.remote:
+      blob = self._blob()
+      try:
+        blob.upload_from_string(text, if_generation_match=if_generation_match)
+      except Exception as e:  # pylint: disable=broad-except
+        if type(e).__name__ == "PreconditionFailed":
+          return False
+        raise
+      self.generation = blob.generation
+      return True
+    if if_generation_match == 0:
+      try:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      except FileExistsError:
+        return False
+      with os.fdopen(fd, "w") as f:
+        f.write(text)
+      return True
+    storage.write_text(self.path, text)  # atomic replace
+    return True
+
+  @staticmethod
+  def _stale(owner: dict) -> bool:
+    if owner.get("lease_until", 0) < time.time():
+      return True
+    if owner.get("host") == socket.gethostname():
+      try:
+        os.kill(int(owner.get("pid", 0)), 0)
+      except ProcessLookupError:
+        return True
+      except PermissionError:
+        return False
+    return False
+
+  def acquire(self) -> "WorkdirLock":
+    if not self.remote:
+      os.makedirs(self.workdir, exist_ok=True)
+    if self._write(self._owner(), 0):
+      return self
+    owner, generation = self._read()
+    if owner is not None and not self._stale(owner):
+      raise ValueError(
+          f"workdir={self.workdir} is in use by pid {owner.get('pid')} on "
+          f"{owner.get('host')} (lock {self.path}, lease until "
+          f"{time.strftime('%H:%M:%S', time.localtime(owner.get('lease_until', 0)))}). "
+          "Use another --workdir; if that run is dead, delete the lock or wait for the lease.")
+    # A dead run's lock: take it over, atomically on gs://.
+    if not self._write(self._owner(), generation if self.remote else None):
+      raise ValueError(f"workdir={self.workdir}: another run took the lock {self.path} "
+                       "just now; use another --workdir.")
+    return self
+
+  def renew(self) -> None:
+    self._write(self._owner(), self.generation if self.remote else None)
+
+  def release(self) -> None:
+    owner, _ = self._read()
+    if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+      storage.delete(self.path, self.client)
