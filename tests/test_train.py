@@ -221,3 +221,29 @@ def test_resuming_another_model_is_refused_before_the_workdir_changes(digits_dir
   metrics = train.run(_digits_config(mlp_config, digits_dir, steps=10, log_every_steps=5),
                       str(workdir), strategy)
   assert metrics["step"] == 10
+
+
+def test_a_run_killed_during_export_leaves_no_half_files_and_the_rerun_finishes(
+    digits_dir, tmp_path, monkeypatch):
+  from tpu_trainer import export as export_lib  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  config = _digits_config(mlp_config, digits_dir, steps=10)
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed while exporting")
+
+  monkeypatch.setattr(export_lib, "save_serving_model", killed)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(config, str(workdir), strategy)
+  assert not (workdir / "model.keras").exists() and not (workdir / "saved_model").exists()
+  assert not (workdir / "metrics.json").exists()  # written last: the run is not complete
+  assert not [f for f in os.listdir(workdir) if ".tmp-" in f]
+  monkeypatch.undo()
+  (workdir / "checkpoints" / "ckpt-7_temp").mkdir()  # what a kill mid-save leaves
+  metrics = train.run(config, str(workdir), strategy)  # resumes at step 10: exports
+  assert metrics["step"] == 10 and (workdir / "metrics.json").exists()
+  import zipfile  # pylint: disable=g-import-not-at-top
+  assert zipfile.is_zipfile(workdir / "model.keras")
+  assert (workdir / "saved_model" / "saved_model.pb").exists()
+  assert not (workdir / "checkpoints" / "ckpt-7_temp").exists()

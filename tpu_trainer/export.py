@@ -1,8 +1,19 @@
 """A trained model, exported: model.keras, and a SavedModel whose serving signature
 takes `image` (uint8, as the data pipeline feeds it) and returns named outputs:
-`probabilities`, `class_id` and `class_name` (from the dataset's class names)."""
+`probabilities`, `class_id` and `class_name` (from the dataset's class names).
+
+Both are written under temp names and published whole: model.keras by rename
+(or one upload on gs://), saved_model/ by renaming its directory (on gs://,
+uploaded file by file; there metrics.json, written after the export, is the
+mark of a complete one). A kill during export leaves the previous files or
+none, never a half-written one.
+"""
 import contextlib
 import io
+import os
+import shutil
+import tempfile
+import uuid
 
 import keras
 import tensorflow as tf
@@ -11,11 +22,34 @@ from tpu_trainer import storage
 
 
 def export(model: keras.Model, workdir: str, class_names: list[str]) -> None:
-  keras_path = storage.join(workdir, "model.keras")
-  model.save(keras_path)
-  # Reloaded outside the strategy: the served graph holds plain variables.
-  save_serving_model(keras.models.load_model(keras_path), class_names,
-                     storage.join(workdir, "saved_model"))
+  with tempfile.TemporaryDirectory(prefix="tpu_trainer_export_") as staging:
+    local_keras = os.path.join(staging, "model.keras")
+    model.save(local_keras)
+    # Reloaded outside the strategy: the served graph holds plain variables.
+    local_saved = os.path.join(staging, "saved_model")
+    save_serving_model(keras.models.load_model(local_keras), class_names, local_saved)
+    storage.publish_copy(local_keras, storage.join(workdir, "model.keras"))
+    publish_directory(local_saved, storage.join(workdir, "saved_model"))
+
+
+def publish_directory(local_dir: str, final: str) -> None:
+  """Puts a finished local directory at `final`, replacing what was there."""
+  if storage.is_gcs(final):
+    for root, _, names in os.walk(local_dir):
+      for name in names:
+        rel = os.path.relpath(os.path.join(root, name), local_dir)
+        storage.publish_copy(os.path.join(root, name), storage.join(final, rel))
+    return
+  parent = os.path.dirname(final) or "."
+  incoming = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+  shutil.copytree(local_dir, incoming)
+  if os.path.exists(final):  # the old one out of the way, then the new one in: renames
+    outgoing = incoming + "-old"
+    os.replace(final, outgoing)
+    os.replace(incoming, final)
+    shutil.rmtree(outgoing, ignore_errors=True)
+  else:
+    os.replace(incoming, final)
 
 
 def save_serving_model(model: keras.Model, class_names: list[str], path: str) -> None:

@@ -8,6 +8,7 @@ most of a conversion's time on small datasets).
 """
 import base64
 import os
+import shutil
 import uuid
 
 import sys
@@ -75,6 +76,13 @@ def publish(local_tmp: str, final_path: str, client=None) -> str:
   else:
     os.replace(local_tmp, final_path)
   return crc
+
+
+def publish_copy(local_path: str, final_path: str, client=None) -> str:
+  """publish() for a file that stays where it is (on another disk, say)."""
+  tmp = local_temp_path(final_path)
+  shutil.copyfile(local_path, tmp)
+  return publish(tmp, final_path, client)
 
 
 def remote_crc32c(path: str, client=None) -> str | None:

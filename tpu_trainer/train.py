@@ -216,6 +216,12 @@ def _run(config, workdir, strategy, cleanup) -> dict:
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
   manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
                                        max_to_keep=config.keep_checkpoints)
+  if chief:  # half-written checkpoints of killed runs (TF names them ckpt-N_temp)
+    for stale in tf.io.gfile.glob(storage.join(chief_checkpoints, "*_temp*")):
+      if tf.io.gfile.isdir(stale):
+        tf.io.gfile.rmtree(stale)
+      else:
+        tf.io.gfile.remove(stale)
   latest = tf.train.latest_checkpoint(chief_checkpoints)
   if latest:
     checkpoint.restore(latest).assert_existing_objects_matched()
@@ -386,10 +392,12 @@ def _run(config, workdir, strategy, cleanup) -> dict:
   logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
                config.eval_split, final["examples"], final["loss"], final["accuracy"])
   if chief:
-    storage.write_text(storage.join(workdir, "metrics.json"),
-                       json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
     storage.write_text(history_path, json.dumps(history))
     export_lib.export(model, workdir, dataset.class_names)
     plots.learning_curves(history, storage.join(workdir, "learning_curves.png"))
+    # Last: its presence means the run and its export are complete. A run killed
+    # before it (SIGTERM during export, say) finishes the export when rerun.
+    storage.write_text(storage.join(workdir, "metrics.json"),
+                       json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
   return result
 
