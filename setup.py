@@ -42,6 +42,7 @@ setuptools.setup(
             "tpu-trainer-eval=tpu_trainer.cli.evaluate:run",
             "tpu-trainer-benchmark=tpu_trainer.cli.benchmark:run",
             "tpu-trainer-doctor=tpu_trainer.cli.doctor:run",
+            "tpu-trainer-dryrun=tpu_trainer.cli.dryrun:run",
         ],
     },
 )

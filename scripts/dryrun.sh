@@ -2,19 +2,17 @@
 # The main job on a laptop: convert the built-in digits dataset to sharded
 # TFRecords, train the seed CNN on 2 logical CPU replicas (the same
 # multi-replica path a TPU runs), and evaluate the exported model.
-#   scripts/dryrun.sh [OUTPUT_DIR]     (default /tmp/tpu_trainer_dryrun)
+#   scripts/dryrun.sh [OUTPUT_DIR [--config.KEY=VALUE ...]]   (default /tmp/tpu_trainer_dryrun)
 source "$(dirname "$0")/env.sh"
 OUT="${1:-${DRYRUN_DIR:-/tmp/tpu_trainer_dryrun}}"
+if [ $# -gt 0 ]; then shift; fi
 rm -rf "$OUT/workdir"
 start=$(date +%s)
 
-tpu-trainer-convert --source=digits --output_dir="$OUT/data"
-# The seed CNN recipe with its defaults: batch size and learning rate chosen for
-# the dataset (1,437 training images), over 2 logical CPU replicas.
-tpu-trainer-train --config="$REPO/configs/cnn.py" --workdir="$OUT/workdir" \
-  --config.data_dir="$OUT/data" --config.cpu_devices=2
-tpu-trainer-eval --workdir="$OUT/workdir"
-
+# Convert digits, train the cnn recipe's defaults on 2 logical CPU replicas, and
+# evaluate the exported model: tpu-trainer-convert / -train / -eval's library
+# calls, in one process (one TensorFlow start-up instead of three).
+python -m tpu_trainer.cli.dryrun --output_dir="$OUT" "$@"
 cat <<MSG
 
 Dry run done in $(( $(date +%s) - start )) s.

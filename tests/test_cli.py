@@ -80,7 +80,8 @@ def test_train_errors(digits_dir, tmp_path, flags, fragments):
 
 @pytest.mark.parametrize("tool,flag", [("convert", "--source"), ("train", "--workdir"),
                                        ("evaluate", "--workdir"), ("doctor", "--accelerator"),
-                                       ("benchmark", "--model_rate")])
+                                       ("benchmark", "--model_rate"),
+                                       ("dryrun", "--output_dir")])
 def test_help_shows_the_tools_own_flags_and_examples(tool, flag):
   result = run_cli(tool, "--help")
   assert result.returncode == 0, result.stderr

@@ -36,13 +36,13 @@ def expand_path(path: str) -> str:
       os.path.expanduser(path))
 
 
-def define_config_flags() -> None:
+def define_config_flags(default: str | None = None) -> None:
   """--config (a configs/*.py file[:arg]; any key overridable as --config.KEY=VALUE)
   and --show_config, for the tools that take a training config."""
   import_tensorflow_quietly()
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
-  config_flags.DEFINE_config_file("config", None, "A configs/*.py file[:arg]; override any "
-                                  "key with --config.KEY=VALUE.", lock_config=True)
+  config_flags.DEFINE_config_file("config", default, "A configs/*.py file[:arg]; override "
+                                  "any key with --config.KEY=VALUE.", lock_config=True)
   flags.DEFINE_bool("show_config", False, "Print every config key of --config with its "
                     "value and meaning, and exit.")
 

@@ -1,0 +1,59 @@
+"""tpu-trainer-dryrun: the main job on this machine, in one process.
+
+Converts the built-in digits (as tpu-trainer-convert does), trains a recipe on
+logical CPU replicas (as tpu-trainer-train does: the multi-replica path a TPU
+runs) and evaluates the exported SavedModel (as tpu-trainer-eval does): the same
+library calls as the three tools, with one Python start and one TensorFlow import.
+
+Examples:
+  tpu-trainer-dryrun
+  tpu-trainer-dryrun --output_dir=/tmp/dry --config.cpu_devices=8
+  tpu-trainer-dryrun --config=configs/conv_bn.py --config.epochs=3
+"""
+import json
+import os
+import shutil
+
+from absl import flags
+
+from tpu_trainer import cli
+
+_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "cnn.py")
+cli.define_config_flags(default=_RECIPE)
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "/tmp/tpu_trainer_dryrun",
+                    "Where data/ (the converted digits) and workdir/ (the run) go.")
+
+
+def main(argv):
+  del argv
+  config = cli.config_from_flags(FLAGS)
+  if config is None:
+    return
+  from tpu_trainer import evaluate  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
+  out = cli.expand_path(FLAGS.output_dir)
+  data, workdir = os.path.join(out, "data"), os.path.join(out, "workdir")
+  shutil.rmtree(workdir, ignore_errors=True)
+  # One writer process: TensorFlow is loaded here, and forking after that is unsafe.
+  dataset = convert.convert(sources.digits(), data, workers=1)
+  print(f"Wrote {dataset.name} to {data}: " + json.dumps(
+      {name: {"examples": s.num_examples, "shards": len(s.files)}
+       for name, s in dataset.splits.items()}))
+  with config.unlocked():
+    config.data_dir = data
+    if not config.cpu_devices:
+      config.cpu_devices = 2
+  print(json.dumps(train.run(config, workdir)))
+  print(json.dumps(evaluate.evaluate(workdir, model_path=os.path.join(workdir, "saved_model"))))
+
+
+def run():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
