@@ -6,7 +6,6 @@
 source "$(dirname "$0")/env.sh"
 OUT="${1:-${DRYRUN_DIR:-/tmp/tpu_trainer_dryrun}}"
 if [ $# -gt 0 ]; then shift; fi
-rm -rf "$OUT/workdir"
 start=$(date +%s)
 
 # Convert digits, train the cnn recipe's defaults on 2 logical CPU replicas, and

@@ -78,7 +78,8 @@ def _data_checks(config, tpu_slice, client):
 
   problems = []
   try:
-    manifest.check_shards(dataset, list(dataset.splits), client)
+    manifest.check_shards(dataset, list(dataset.splits), client,
+                          sizes={name: size for name, (size, _) in files.items()})
   except ValueError as e:
     problems.append(str(e))
   if dataset.ours is not None:

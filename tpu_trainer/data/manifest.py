@@ -310,11 +310,13 @@ def _read_ours(data_dir, splits, client):
 # Checking: cheap before training, thorough with --verify
 
 
-def check_shards(dataset: Dataset, split_names, client=None) -> None:
+def check_shards(dataset: Dataset, split_names, client=None, sizes=None) -> None:
   """Before the first step: every shard exists with the size the metadata gives
-  (one listing). A shard cut short on a record boundary reads as a clean end of
-  file, so without this training would silently use fewer examples."""
-  sizes = storage.list_sizes(dataset.data_dir, client)
+  (one listing, or `sizes` {file name: bytes} from one the caller made). A shard
+  cut short on a record boundary reads as a clean end of file, so without this
+  training would silently use fewer examples."""
+  if sizes is None:
+    sizes = storage.list_sizes(dataset.data_dir, client)
   problems = []
   for split_name in split_names:
     split = dataset.split(split_name)

@@ -369,13 +369,13 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
                      "split needs images.")
   remote = storage.is_gcs(directory)
   listing = _gcs_folder_items(directory) if remote else _local_folder_items(directory)
-  classes = sorted({rel.split("/")[0] if remote else rel.split(os.sep)[0]
-                    for rel, _, _ in listing})
+  separator = "/" if remote else os.sep
+  classes = sorted({rel.split(separator)[0] for rel, _, _ in listing})
   label_of = {name: i for i, name in enumerate(classes)}
   files = {"train": [], "test": []}
   stats = []
   for rel, size, stamp in listing:
-    label = label_of[rel.split("/")[0] if remote else rel.split(os.sep)[0]]
+    label = label_of[rel.split(separator)[0]]
     bucket = zlib.crc32(rel.encode()) % 10_000
     split = "test" if bucket < test_fraction * 10_000 else "train"
     files[split].append((storage.join(directory, rel) if remote else
