@@ -11,7 +11,7 @@ def get_config(arg=None):
   config = default_config()
   config.model = "resnet50"
   config.weights = "none"
-  config.augment = True
+  config.input.augment = True
   config.batch_size = 1024
   config.epochs = 90
   config.optimizer = "sgd"
@@ -22,8 +22,8 @@ def get_config(arg=None):
   config.label_smoothing = 0.1
   config.weight_decay = 5e-5
   config.steps_per_execution = 100
-  config.cache = False
-  config.shuffle_buffer = 16_384
+  config.input.cache = False
+  config.input.shuffle_buffer = 16_384
   if arg == "smoke":
     shrink_for_smoke(config, batch_size=4, steps=2, steps_per_execution=1)
   return config

@@ -39,6 +39,14 @@ def gcs_emulator():
     yield emulator
 
 
+@pytest.fixture(scope="session")
+def tf_gcs_proxy(gcs_emulator, tmp_path_factory):
+  """TensorFlow's own gs:// filesystem in front of the emulator: `env` to set."""
+  from gcs_emulator import TensorFlowProxy  # pylint: disable=g-import-not-at-top
+  with TensorFlowProxy(gcs_emulator.url, str(tmp_path_factory.mktemp("tls"))) as proxy:
+    yield proxy
+
+
 @pytest.fixture
 def gcs_bucket(gcs_emulator, monkeypatch, request):
   """gs://NAME on the emulator, with STORAGE_EMULATOR_HOST set for the test."""

@@ -66,7 +66,7 @@ def test_unknown_source(tmp_path):
     (["--config.batchsize=64"], ["no such config key 'batchsize'", 'Did you mean "batch_size"']),
     (["--config.base_lr=-1"], ["config.base_lr=-1", "must be positive"]),
     (["--config.optimizer=lamb"], ["config.optimizer='lamb'", "adam, adamw, sgd"]),
-    (["--config.train_split=tran"], ["Split 'tran' is not in", "it has: test, train"]),
+    (["--config.input.train_split=tran"], ["Split 'tran' is not in", "it has: test, train"]),
     (["--config.model=vgg"], ["Unknown config.model='vgg'", "cnn"]),
     (["--config.data_dir=/no/such/dir"], ["No dataset_info.json", "tpu-trainer-convert"]),
     (["--config.batch_size=63", "--config.cpu_devices=2"], ["batch_size=63", "2 replicas"]),
@@ -98,8 +98,13 @@ def test_show_config_lists_every_key_with_its_meaning():
   assert result.returncode == 0, result.stderr
   from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   lines = result.stdout.splitlines()
-  assert len(lines) == len(config_lib.default_config())
+  default = config_lib.default_config()
+  leaves = [k for k, v in default.items() if not hasattr(v, "items")] + [
+      f"input.{k}" for k in default.input]
+  assert sorted(l.split(" = ")[0] for l in lines) == sorted(leaves)
+  assert all("  # " in l for l in lines)  # each with its meaning
   assert "optimizer = 'sgd'" in result.stdout
+  assert any(l.startswith("input.cache = True") and "in memory" in l for l in lines)
   assert any(l.startswith("batch_size = 0") and "chosen for the dataset" in l for l in lines)
 
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tpu_trainer.config import default_config
 from tpu_trainer.models import BUILDERS
 from tpu_trainer.models import build_model
-from tpu_trainer.train import make_optimizer
+from tpu_trainer.optimizer import make_optimizer
 
 SHAPES = {"mobilenet_v2": (32, 32, 3), "resnet50": (32, 32, 1)}
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tpu_trainer import config as config_lib
 from tpu_trainer.data import convert
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
@@ -13,6 +14,13 @@ def _ctx(pipelines=1, index=0, replicas=None):
                                     num_replicas_in_sync=replicas or pipelines)
 
 
+def _input(**overrides):
+  """The config's input section, with overrides."""
+  section = config_lib.default_config().input
+  section.update(overrides)
+  return section
+
+
 def _keys(images, labels, weights=None):
   """One hashable key per real example of a batch."""
   images, labels = images.numpy(), labels.numpy()
@@ -21,7 +29,8 @@ def _keys(images, labels, weights=None):
 
 
 def test_train_batches_have_static_shapes(digits_dir):
-  ds = pipeline.train_input_fn(manifest.read(digits_dir), 64)(_ctx(pipelines=1, replicas=2))
+  ds = pipeline.train_input_fn(manifest.read(digits_dir), 64, _input())(
+      _ctx(pipelines=1, replicas=2))
   images_spec, labels_spec = ds.element_spec
   assert images_spec.shape.as_list() == [32, 8, 8, 1] and images_spec.dtype == tf.uint8
   assert labels_spec.shape.as_list() == [32] and labels_spec.dtype == tf.int32
@@ -46,7 +55,7 @@ def test_pipelines_get_disjoint_files_covering_all_every_epoch(digits_dir, pipel
 
 
 def test_private_thread_pool_option(digits_dir):
-  ds = pipeline.train_input_fn(manifest.read(digits_dir), 64, threads=3)(_ctx())
+  ds = pipeline.train_input_fn(manifest.read(digits_dir), 64, _input(threads=3))(_ctx())
   assert ds.options().threading.private_threadpool_size == 3
   assert next(iter(ds))[0].shape == (64, 8, 8, 1)
 
@@ -60,8 +69,8 @@ def test_file_order_depends_on_seed(digits_dir):
 
 
 def _two_epochs(dataset, seed):
-  fn = pipeline.train_input_fn(dataset, 100, seed=seed, shuffle_buffer=200,
-                               cache=False, deterministic=True)
+  fn = pipeline.train_input_fn(
+      dataset, 100, _input(shuffle_buffer=200, cache=False, deterministic=True), seed=seed)
   it = iter(fn(_ctx()))
   per_epoch = 1437 // 100
   return [[k for _ in range(per_epoch) for k in _keys(*next(it))] for _ in range(2)]
@@ -83,7 +92,7 @@ def test_eval_sees_every_example_once(tmp_path_factory, num_shards, pipelines, b
   dataset = manifest.read(out)
   keys, steps_seen = [], set()
   for p in range(pipelines):
-    fn, steps = pipeline.eval_input_fn(dataset, batch, pipelines, split="test")
+    fn, steps = pipeline.eval_input_fn(dataset, batch, pipelines, "test", _input())
     batches = list(fn(_ctx(pipelines, p)))
     steps_seen.add(len(batches))
     for images, labels, weights in batches:

@@ -21,7 +21,8 @@ def _final_weights(digits_dir, workdir, strategy, optimizer):
   config = cnn_config.get_config()
   config.update(data_dir=digits_dir, batch_size=64, steps=10, steps_per_execution=5,
                 optimizer=optimizer, base_lr=0.05 if optimizer == "sgd" else 0.01,
-                precision="float32", deterministic=True, seed=3)
+                precision="float32", seed=3)
+  config.input.deterministic = True
   train.run(config, str(workdir), strategy)
   import keras  # pylint: disable=g-import-not-at-top
   return keras.models.load_model(str(workdir / "model.keras")).get_weights()

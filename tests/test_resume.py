@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
   _, stderr = proc.communicate(timeout=120)
   if sig == signal.SIGTERM:
     assert proc.returncode == 143, stderr[-3000:]
-    assert "preempted: SIGTERM at step" in stderr
+    assert "preempted: SIGTERM here at step" in stderr
   else:
     assert proc.returncode == -signal.SIGKILL
   stopped_at = _latest_step(workdir)
@@ -62,3 +63,35 @@ def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
   metrics = json.loads(again.stdout.splitlines()[0])
   assert metrics["step"] == 800 and metrics["accuracy"] > 0.9
   assert _latest_step(workdir) == 800
+
+
+@pytest.mark.core
+def test_sigterm_during_export_exits_143_and_the_rerun_finishes_the_export(digits_dir,
+                                                                           tmp_path):
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/mlp.py",
+         f"--workdir={workdir}", f"--config.data_dir={digits_dir}", "--config.steps=20",
+         "--config.batch_size=64", "--config.steps_per_execution=10"]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  log = tmp_path / "stderr.log"
+  with open(log, "w") as stderr:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+  deadline = time.time() + 120
+  while "Exporting model.keras" not in log.read_text():
+    assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=60) == 143, log.read_text()[-3000:]
+  assert "preempted: SIGTERM during the export" in log.read_text()
+  # Nothing half-written: no metrics.json, no temp files, no partial model.
+  assert not (workdir / "metrics.json").exists()
+  assert not [n for n in os.listdir(workdir) if ".tmp-" in n]
+  if (workdir / "model.keras").exists():
+    assert zipfile.is_zipfile(workdir / "model.keras")
+
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "ckpt-20" in again.stderr and "step 20/20" not in again.stderr  # no more training
+  assert json.loads((workdir / "metrics.json").read_text())["step"] == 20
+  assert zipfile.is_zipfile(workdir / "model.keras")
+  assert (workdir / "saved_model" / "saved_model.pb").exists()

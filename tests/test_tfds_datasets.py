@@ -72,6 +72,7 @@ def test_a_dataset_without_one_image_label_pair_says_what_it_has(tmp_path_factor
 def test_a_missing_split_names_the_ones_there(tmp_path_factory, tmp_path):
   data_dir = _prepared(tmp_path_factory, "raw")
   config = mlp_config.get_config()
-  config.update(data_dir=data_dir, steps=2, eval_split="validation")
+  config.update(data_dir=data_dir, steps=2)
+  config.input.eval_split = "validation"
   with pytest.raises(ValueError, match="Split 'validation' is not in .*it has: test, train"):
     train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))

@@ -9,6 +9,7 @@ import tensorflow as tf
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
 from tpu_trainer import evaluate
+from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import train
 
@@ -27,7 +28,8 @@ def _digits_config(base, digits_dir, **overrides):
   config.batch_size = 64
   config.base_lr = 0.002  # 2.8e-3 at batch 64
   config.steps_per_execution = 5
-  config.update(overrides)
+  for key, value in overrides.items():  # input keys (cache=...) go to config.input
+    (config.input if key in config.input else config)[key] = value
   return config
 
 
@@ -141,7 +143,7 @@ def test_learning_rate_scales_with_batch_warms_up_then_decays(kind):
   config = cnn_config.get_config()
   config.update({"warmup_epochs": 2, "lr_schedule": kind})
   peak = 0.2
-  schedule = train.learning_rate_schedule(config, peak, steps_per_epoch=10, total_steps=100)
+  schedule = optimizer_lib.learning_rate_schedule(config, peak, steps_per_epoch=10, total_steps=100)
   assert float(schedule(0)) == pytest.approx(0.0)
   assert float(schedule(10)) == pytest.approx(peak / 2)   # halfway through warmup
   assert float(schedule(20)) == pytest.approx(peak)
@@ -153,13 +155,13 @@ def test_learning_rate_scales_with_batch_warms_up_then_decays(kind):
 def test_optimizers(name, cls):
   config = cnn_config.get_config()
   config.update({"optimizer": name, "weight_decay": 1e-4})
-  optimizer = train.make_optimizer(config, 0.01, "float32")
+  optimizer = optimizer_lib.make_optimizer(config, 0.01, "float32")
   assert type(optimizer).__name__ == cls and optimizer.weight_decay == pytest.approx(1e-4)
-  assert type(train.make_optimizer(config, 0.01, "mixed_float16")).__name__ == (
+  assert type(optimizer_lib.make_optimizer(config, 0.01, "mixed_float16")).__name__ == (
       "LossScaleOptimizer")
   config.optimizer = "lamb"
   with pytest.raises(ValueError, match="config.optimizer"):
-    train.make_optimizer(config, 0.01, "float32")
+    optimizer_lib.make_optimizer(config, 0.01, "float32")
 
 
 def test_label_smoothing_reaches_the_loss(digits_dir, tmp_path):
@@ -176,7 +178,7 @@ def test_label_smoothing_reaches_the_loss(digits_dir, tmp_path):
 
 def test_augmented_uncached_training_runs_on_two_replicas(digits_dir, tmp_path):
   config = _digits_config(cnn_config, digits_dir, steps=20, augment=True, cache=False,
-                          deterministic=True, data_threads=2)
+                          deterministic=True, threads=2)
   metrics = train.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
   assert metrics["step"] == 20 and metrics["eval_examples"] == 360
 

@@ -13,13 +13,9 @@ from tpu_trainer.data import pipeline
 def input_rate(config, seconds: float = 5.0) -> float:
   """Examples/s one host's training input pipeline delivers (after warm-up)."""
   dataset = manifest.read(config.data_dir)
-  examples = dataset.split(config.train_split).num_examples
+  examples = dataset.split(config.input.train_split).num_examples
   batch = scaling.resolve(config, examples, 1)[0]
-  dataset_fn = pipeline.train_input_fn(
-      dataset, batch, split=config.train_split, seed=config.seed,
-      shuffle_buffer=config.shuffle_buffer, cache=config.cache,
-      cache_max_bytes=config.cache_max_bytes, augment=config.augment,
-      deterministic=config.deterministic, threads=config.data_threads)
+  dataset_fn = pipeline.train_input_fn(dataset, batch, config.input, seed=config.seed)
   iterator = iter(dataset_fn(tf.distribute.InputContext()))
   # Warm-up: a full pass fills the cache when the split is cached.
   for _ in range(max(1, examples // batch) + 2):

@@ -17,14 +17,15 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data: shapes, classes and sizes come from the dataset's TFDS metadata.
   c.data_dir = ""                # a TFDS dataset directory, local or gs://
-  c.train_split = "train"        # the split to train on
-  c.eval_split = "test"          # the split evaluated every eval_every_epochs and at the end
-  c.cache = True                 # keep records in memory when the split fits
-  c.cache_max_bytes = 2 << 30    # ... which it does below this many bytes per host
-  c.shuffle_buffer = 10_000      # examples; a cached split is shuffled whole
-  c.augment = False              # random flip + crop (photos, not digits)
-  c.deterministic = False        # True: reproducible order, a little slower
-  c.data_threads = 0             # > 0: a private tf.data thread pool of this size
+  c.input = ml_collections.ConfigDict()  # how the pipeline reads it (data/pipeline.py)
+  c.input.train_split = "train"  # the split to train on
+  c.input.eval_split = "test"    # the split evaluated every eval_every_epochs and at the end
+  c.input.cache = True           # keep records in memory when the split fits
+  c.input.cache_max_bytes = 2 << 30  # ... which it does below this many bytes per host
+  c.input.shuffle_buffer = 10_000  # examples; a cached split is shuffled whole
+  c.input.augment = False        # random flip + crop (photos, not digits)
+  c.input.deterministic = False  # True: reproducible order, a little slower
+  c.input.threads = 0            # > 0: a private tf.data thread pool of this size
   # Model.
   c.model = "cnn"                # mlp | cnn | cnn_deep | conv_bn | mobilenet_v2 | resnet50
   c.dropout = 0.0                # dropout rate before the classifier
@@ -101,9 +102,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not low <= config[key] < high:
       raise ValueError(f"config.{key}={config[key]} must be in [{low}, {high}).")
   for key in ("weight_decay", "warmup_epochs", "epochs", "steps", "cpu_devices",
-              "early_stopping_patience", "log_every_steps", "checkpoint_every_steps"):
+              "early_stopping_patience", "log_every_steps", "checkpoint_every_steps",
+              "input.threads", "input.cache_max_bytes"):
     if config[key] < 0:
       raise ValueError(f"config.{key}={config[key]} must not be negative.")
+  if config.input.shuffle_buffer < 1:
+    raise ValueError(f"config.input.shuffle_buffer={config.input.shuffle_buffer} must be at "
+                     "least 1.")
   if config.keep_checkpoints < 1:
     raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1.")
   if config.eval_every_epochs <= 0:
@@ -128,11 +133,17 @@ def describe(config: ml_collections.ConfigDict) -> str:
   """Every key with its value here and its meaning (the comment in default_config)."""
   import inspect  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
-  meaning = dict(re.findall(r"^  c\.(\w+) = .*?#\s*(.+)$", inspect.getsource(default_config),
-                            re.MULTILINE))
-  width = max(len(k) + len(repr(v)) for k, v in config.items()) + 3
+  meaning = dict(re.findall(r"^  c\.([\w.]+) = .*?#\s*(.+)$",
+                            inspect.getsource(default_config), re.MULTILINE))
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):  # a section: its keys as input.cache
+      flat.update({f"{key}.{k}": v for k, v in value.items()})
+    else:
+      flat[key] = value
+  width = max(len(k) + len(repr(v)) for k, v in flat.items()) + 3
   return "\n".join(f"{f'{k} = {v!r}':<{width}}  # {meaning.get(k, '')}".rstrip(" #")
-                   for k, v in config.items())
+                    for k, v in flat.items())
 
 
 def save(config: ml_collections.ConfigDict, path: str) -> None:

@@ -10,6 +10,9 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from tpu_trainer import loop
+from tpu_trainer import metrics
+from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import scaling
 from tpu_trainer import storage
 from tpu_trainer import versions
@@ -95,19 +98,19 @@ def _data_checks(config, tpu_slice, client):
                         + ("sizes and crc32c as recorded" if dataset.ours is not None else
                            "sizes as TFDS recorded (no checksums: not converted here)")))
 
-  train_files = dataset.splits[config.train_split].files if config.train_split in \
+  train_files = dataset.splits[config.input.train_split].files if config.input.train_split in \
       dataset.splits else []
   if len(train_files) < tpu_slice.hosts:
     checks.append(Check("shards >= hosts", "FAIL",
-                        f"{len(train_files)} {config.train_split} shards for {tpu_slice.hosts} "
+                        f"{len(train_files)} {config.input.train_split} shards for {tpu_slice.hosts} "
                         f"hosts: convert with --min_shards={tpu_slice.hosts * 4}."))
   else:
-    checks.append(Check("shards >= hosts", "OK", f"{len(train_files)} {config.train_split} "
+    checks.append(Check("shards >= hosts", "OK", f"{len(train_files)} {config.input.train_split} "
                         f"shards for {tpu_slice.hosts} host(s)"))
-  sizes = {config.train_split: [files[os.path.basename(f)][0] for f in train_files
+  sizes = {config.input.train_split: [files[os.path.basename(f)][0] for f in train_files
                                 if os.path.basename(f) in files]}
 
-  train_sizes = sizes.get(config.train_split, [])
+  train_sizes = sizes.get(config.input.train_split, [])
   if train_sizes:
     mean, total = sum(train_sizes) / len(train_sizes), sum(train_sizes)
     if max(train_sizes) > 1 << 30:
@@ -172,30 +175,25 @@ def forward_flops(model, input_shape) -> float:
 
 
 def _model_checks(config, dataset, tpu_slice):
-  """Builds the model in bf16, XLA-compiles a training step with static shapes."""
+  """XLA-compiles, in bf16 with static shapes, the very step a training run uses
+  (loop.train_step), on one replica's batch."""
   shape, num_classes = dataset.image_shape, dataset.num_classes
   policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
+    strategy = tf.distribute.get_strategy()
     model = build_model(config, shape, num_classes)
-    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer = optimizer_lib.make_optimizer(config, config.base_lr, "mixed_bfloat16")
     optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    totals, signals = metrics.Totals(strategy, "doctor"), loop.Signals(strategy)
+    step = tf.function(loop.train_step(model, optimizer, config, num_classes, totals, signals),
+                       jit_compile=True)
     per_replica = max(1, config.batch_size // tpu_slice.replicas)
-
-    @tf.function(jit_compile=True)
-    def step(images, labels):
-      with tf.GradientTape() as tape:
-        loss = loss_fn(labels, model(images, training=True))
-      grads = tape.gradient(loss, model.trainable_variables)
-      optimizer.apply_gradients(zip(grads, model.trainable_variables))
-      return loss
-
     start = time.perf_counter()
-    loss = step(tf.zeros([per_replica] + list(shape), tf.uint8),
-                tf.zeros([per_replica], tf.int32))
-    if not math.isfinite(float(loss)):
-      raise ValueError(f"loss is {float(loss)}")
+    step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
+    loss = totals.result()["loss"]
+    if not math.isfinite(loss) or signals.read()[0]:
+      raise ValueError(f"loss is {loss}")
     flops = forward_flops(model, shape)
   except Exception as e:  # pylint: disable=broad-except
     return [Check("model compiles (bf16, XLA)", "FAIL",
@@ -203,8 +201,9 @@ def _model_checks(config, dataset, tpu_slice):
   finally:
     keras.mixed_precision.set_global_policy(policy)
   return [Check("model compiles (bf16, XLA)", "OK",
-                f"{config.model}, {model.count_params():,} parameters, static batch "
-                f"{per_replica}, compiled in {time.perf_counter() - start:.1f} s")], flops
+                f"{config.model}, {model.count_params():,} parameters, the training step "
+                f"at static batch {per_replica}, compiled in "
+                f"{time.perf_counter() - start:.1f} s")], flops
 
 
 def _input_check(config, tpu_slice, forward, input_seconds):
@@ -248,8 +247,8 @@ def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
   data_checks, dataset = _data_checks(config, tpu_slice, client)
   checks += data_checks
   if not config.batch_size:  # chosen for the dataset and the slice, as training will
-    examples = (dataset.splits[config.train_split].num_examples
-                if dataset is not None and config.train_split in dataset.splits else 0)
+    examples = (dataset.splits[config.input.train_split].num_examples
+                if dataset is not None and config.input.train_split in dataset.splits else 0)
     config = ml_collections.ConfigDict(config.to_dict())
     config.batch_size = (scaling.resolve(config, examples, tpu_slice.replicas)[0] if examples
                          else config.max_batch_size)

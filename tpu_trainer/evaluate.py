@@ -2,11 +2,11 @@
 import json
 import os
 
-import keras
 import tensorflow as tf
 
 from tpu_trainer import config as config_lib
 from tpu_trainer import export as export_lib
+from tpu_trainer import loop
 from tpu_trainer import metrics
 from tpu_trainer import plots
 from tpu_trainer import storage
@@ -19,28 +19,13 @@ class Evaluator:
   """Builds the distributed eval input and step once; each call is a full pass."""
 
   def __init__(self, strategy, predict, dataset: manifest.Dataset, split: str,
-               global_batch: int, cache: bool = True, cache_max_bytes: int = 2 << 30):
-    self.strategy = strategy
-    self.num_classes = dataset.num_classes
+               global_batch: int, input_config):
     dataset_fn, self.steps = pipeline.eval_input_fn(
-        dataset, global_batch, pipeline.num_input_pipelines(strategy),
-        split=split, cache=cache, cache_max_bytes=cache_max_bytes)
+        dataset, global_batch, pipeline.num_input_pipelines(strategy), split, input_config)
     self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
     self.totals = metrics.Totals(strategy, "eval", dataset.num_classes)
-    self._dataset_fn = dataset_fn
-    loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
-
-    def step(images, labels, weights):
-      probabilities = tf.cast(predict(images), tf.float32)
-      per_example = loss_fn(tf.one_hot(labels, self.num_classes), probabilities)
-      self.totals.update(per_example, probabilities, labels, weights)
-
-    @tf.function
-    def run_steps(iterator, steps):
-      for _ in tf.range(steps):
-        strategy.run(step, args=next(iterator))
-
-    self._run_steps = run_steps
+    self._run_steps = loop.compile_steps(
+        strategy, loop.eval_step(predict, dataset.num_classes, self.totals))
 
   def __call__(self) -> dict:
     self.totals.reset()
@@ -68,22 +53,21 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
                             "--model=PATH (.keras file or SavedModel directory).")
   data_dir = data_dir or config.data_dir
   dataset = manifest.read(data_dir)
-  split = split or config.eval_split
+  split = split or config.input.eval_split
   manifest.check_shards(dataset, [split])
   predict = export_lib.load_serving_fn(os.fspath(model_path))
   evaluator = Evaluator(tf.distribute.get_strategy(), predict, dataset, split,
-                        batch_size or config.batch_size or 256)
+                        batch_size or config.batch_size or 256, config.input)
   try:
     result = evaluator()
   except tf.errors.DataLossError as e:
     raise manifest.explain_data_loss(data_dir, e) from None
   if report:
-    _write_report(workdir, split, result, evaluator, predict, dataset)
+    _write_report(workdir, split, result, evaluator.totals.confusion(), predict, dataset)
   return result
 
 
-def _write_report(workdir, split, result, evaluator, predict, dataset):
-  confusion = evaluator.totals.confusion()
+def _write_report(workdir, split, result, confusion, predict, dataset):
   per_class = {name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum()
                       else None) for i, name in enumerate(dataset.class_names)}
   storage.write_text(storage.join(workdir, f"eval_{split}.json"), json.dumps(
@@ -92,8 +76,6 @@ def _write_report(workdir, split, result, evaluator, predict, dataset):
       indent=1) + "\n")
   plots.confusion_matrix(confusion, dataset.class_names,
                          storage.join(workdir, f"eval_{split}_confusion.png"))
-  images, labels, weights = next(iter(evaluator._dataset_fn(tf.distribute.InputContext())))  # pylint: disable=protected-access
-  keep = int(min(25, tf.reduce_sum(weights)))
-  plots.predictions(images.numpy()[:keep], labels.numpy()[:keep],
-                    tf.cast(predict(images[:keep]), tf.float32).numpy(), dataset.class_names,
-                    storage.join(workdir, f"eval_{split}_predictions.png"))
+  images, labels = pipeline.sample(dataset, split, 25)
+  plots.predictions(images, labels, tf.cast(predict(images), tf.float32).numpy(),
+                    dataset.class_names, storage.join(workdir, f"eval_{split}_predictions.png"))

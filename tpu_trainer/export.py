@@ -9,12 +9,14 @@ mark of a complete one). A kill during export leaves the previous files or
 none, never a half-written one.
 """
 import contextlib
+import glob
 import io
 import os
 import shutil
 import tempfile
 import uuid
 
+from absl import logging
 import keras
 import tensorflow as tf
 
@@ -22,6 +24,7 @@ from tpu_trainer import storage
 
 
 def export(model: keras.Model, workdir: str, class_names: list[str]) -> None:
+  logging.info("Exporting model.keras and saved_model/ to %s.", workdir)
   with tempfile.TemporaryDirectory(prefix="tpu_trainer_export_") as staging:
     local_keras = os.path.join(staging, "model.keras")
     model.save(local_keras)
@@ -41,15 +44,21 @@ def publish_directory(local_dir: str, final: str) -> None:
         storage.publish_copy(os.path.join(root, name), storage.join(final, rel))
     return
   parent = os.path.dirname(final) or "."
-  incoming = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
-  shutil.copytree(local_dir, incoming)
-  if os.path.exists(final):  # the old one out of the way, then the new one in: renames
-    outgoing = incoming + "-old"
-    os.replace(final, outgoing)
-    os.replace(incoming, final)
-    shutil.rmtree(outgoing, ignore_errors=True)
-  else:
-    os.replace(incoming, final)
+  prefix = f".{os.path.basename(final)}.tmp-"
+  for stale in glob.glob(os.path.join(parent, glob.escape(prefix) + "*")):  # killed exports'
+    shutil.rmtree(stale, ignore_errors=True)
+  incoming = os.path.join(parent, prefix + uuid.uuid4().hex[:8])
+  try:
+    shutil.copytree(local_dir, incoming)
+    if os.path.exists(final):  # the old one out of the way, then the new one in: renames
+      outgoing = incoming + "-old"
+      os.replace(final, outgoing)
+      os.replace(incoming, final)
+      shutil.rmtree(outgoing, ignore_errors=True)
+    else:
+      os.replace(incoming, final)
+  finally:  # interrupted (SIGTERM), nothing of this attempt stays
+    shutil.rmtree(incoming, ignore_errors=True)
 
 
 def save_serving_model(model: keras.Model, class_names: list[str], path: str) -> None:

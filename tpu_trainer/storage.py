@@ -66,22 +66,30 @@ def publish(local_tmp: str, final_path: str, client=None) -> str:
   Returns its crc32c. For gs:// the upload is checked against that crc32c by
   the server, and an object only becomes visible when its upload completes.
   """
-  crc = file_crc32c(local_tmp)
-  if is_gcs(final_path):
-    bucket_name, name = split_gcs(final_path)
-    blob = (client or gcs_client()).bucket(bucket_name).blob(name)
-    blob.crc32c = crc  # the server rejects an upload whose bytes do not match
-    blob.upload_from_filename(local_tmp, checksum="crc32c")
-    os.remove(local_tmp)
-  else:
-    os.replace(local_tmp, final_path)
+  try:
+    crc = file_crc32c(local_tmp)
+    if is_gcs(final_path):
+      bucket_name, name = split_gcs(final_path)
+      blob = (client or gcs_client()).bucket(bucket_name).blob(name)
+      blob.crc32c = crc  # the server rejects an upload whose bytes do not match
+      blob.upload_from_filename(local_tmp, checksum="crc32c")
+    else:
+      os.replace(local_tmp, final_path)
+  finally:  # interrupted or not, no temp file stays behind
+    if os.path.exists(local_tmp):
+      os.remove(local_tmp)
   return crc
 
 
 def publish_copy(local_path: str, final_path: str, client=None) -> str:
   """publish() for a file that stays where it is (on another disk, say)."""
   tmp = local_temp_path(final_path)
-  shutil.copyfile(local_path, tmp)
+  try:
+    shutil.copyfile(local_path, tmp)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   return publish(tmp, final_path, client)
 
 

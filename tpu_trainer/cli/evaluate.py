@@ -20,7 +20,7 @@ cli.import_tensorflow_quietly()
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A tpu-trainer-train workdir.", required=True)
 flags.DEFINE_string("model", "", "A .keras file or SavedModel dir; default WORKDIR/model.keras.")
-flags.DEFINE_string("split", "", "Default: the config's eval_split.")
+flags.DEFINE_string("split", "", "Default: the config's input.eval_split.")
 flags.DEFINE_string("data_dir", "", "Default: the config's data_dir.")
 flags.DEFINE_integer("batch_size", 0, "Default: the config's batch_size.")
 

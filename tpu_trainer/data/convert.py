@@ -24,6 +24,7 @@ from absl import logging
 import numpy as np
 
 from tpu_trainer import storage
+from tpu_trainer.progress import Progress
 from tpu_trainer.data import manifest
 from tpu_trainer.data import records
 from tpu_trainer.data import sources as sources_lib
@@ -113,28 +114,6 @@ def _existing(output_dir: str, client) -> dict | None:
   raise ValueError(f"--output_dir={output_dir} holds a TFDS dataset that tpu-trainer-convert "
                    "did not write; convert into another directory (training reads that "
                    "dataset as it is).")
-
-
-class _Progress:
-  """Examples done of the total, rate and ETA; a line at most every `every` seconds."""
-
-  def __init__(self, total_examples, total_shards, every=10.0):
-    self.total_examples, self.total_shards, self.every = total_examples, total_shards, every
-    self.examples = self.shards = self.bytes = 0
-    self.start = self.last_log = time.time()
-
-  def add(self, examples, nbytes=0):
-    self.examples += examples
-    self.shards += 1
-    self.bytes += nbytes
-    now = time.time()
-    if now - self.last_log >= self.every and self.examples < self.total_examples:
-      self.last_log = now
-      rate = self.examples / max(now - self.start, 1e-9)
-      eta = int((self.total_examples - self.examples) / max(rate, 1e-9))
-      logging.info("%d/%d examples (%.0f%%), %d/%d shards, %.0f examples/s, ETA %d:%02d:%02d",
-                   self.examples, self.total_examples, 100 * self.examples / self.total_examples,
-                   self.shards, self.total_shards, rate, eta // 3600, eta // 60 % 60, eta % 60)
 
 
 def write_shard(source: sources_lib.Source, output_dir: str, split_name: str, name: str,
@@ -302,10 +281,10 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
                             shard_bytes=shard_bytes, min_shards=min_shards, seed=seed,
                             jpeg_quality=jpeg_quality, client=client)
   todo = conversion.todo
-  progress = _Progress(sum(len(j[2]) for j in conversion.jobs), len(conversion.jobs))
-  for result in conversion.done:
-    progress.add(result[2])
-  results = list(conversion.done)
+  total = sum(len(j[2]) for j in conversion.jobs)
+  done_before = sum(r[2] for r in conversion.done)
+  progress = Progress(total, "examples", initial=done_before)
+  results, new_bytes = list(conversion.done), 0
   workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
   # fork only on Linux: macOS frameworks are not fork-safe (Python defaults to spawn there).
   forkable = sys.platform.startswith("linux")
@@ -324,18 +303,24 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
       written = pool.imap_unordered(_write_in_worker, todo)
     for result in written:
       results.append(result)
-      progress.add(result[2], result[4])
+      new_bytes += result[4]
+      progress.update(result[2])
+      if progress.line_due() and progress.done < total:
+        rate = (progress.done - done_before) / (time.perf_counter() - progress.start)
+        progress.log("%d/%d examples (%.0f%%), %d/%d shards, %.0f examples/s, ETA %s",
+                     progress.done, total, 100 * progress.done / total, len(results),
+                     len(conversion.jobs), rate, progress.eta(rate))
   finally:
+    progress.close()
     _WORK.clear()
     if not in_process:
       pool.terminate()
       pool.join()
 
   dataset = publish(conversion, results, client)
-  elapsed = time.time() - progress.start
+  elapsed = time.perf_counter() - progress.start
   logging.info("Wrote %d examples in %d shards (%.1f MB new) to %s in %.1f s "
-               "(%.0f examples/s, %s).", progress.examples, len(conversion.jobs),
-               progress.bytes / 1e6, output_dir, elapsed,
-               progress.examples / max(elapsed, 1e-9),
+               "(%.0f examples/s, %s).", total, len(conversion.jobs),
+               new_bytes / 1e6, output_dir, elapsed, total / max(elapsed, 1e-9),
                "1 process" if in_process else f"{workers} worker processes")
   return dataset

@@ -72,8 +72,8 @@ class Dataset:
   def split(self, name: str) -> Split:
     if name not in self.splits:
       raise ValueError(f"Split {name!r} is not in {self.data_dir} (it has: "
-                       f"{', '.join(sorted(self.splits))}); set config.train_split / "
-                       "config.eval_split to one of those.")
+                       f"{', '.join(sorted(self.splits))}); set config.input.train_split / "
+                       "config.input.eval_split to one of those.")
     return self.splits[name]
 
 

@@ -28,9 +28,11 @@ def num_input_pipelines(strategy) -> int:
   return 1
 
 
-def _split_bytes(dataset: Dataset, split: str) -> int:
-  """Bytes of a split's decoded images in memory: what a cache would hold."""
-  return dataset.split(split).num_examples * (math.prod(dataset.image_shape) + 64)
+def _fits_cache(dataset: Dataset, split: str, pipelines: int, input_config) -> bool:
+  """Whether one pipeline's share of a split's records is cached: input.cache on and
+  the share (decoded size, what the cache holds) within input.cache_max_bytes."""
+  split_bytes = dataset.split(split).num_examples * (math.prod(dataset.image_shape) + 64)
+  return input_config.cache and split_bytes / pipelines <= input_config.cache_max_bytes
 
 
 def file_dataset(files, pipelines, index, shuffle_seed=None):
@@ -86,33 +88,35 @@ def augment_batch(images: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
-def train_input_fn(dataset: Dataset, global_batch: int, *, split: str = "train",
-                   seed: int = 0, shuffle_buffer: int = 10_000, cache: bool = True,
-                   cache_max_bytes: int = 2 << 30, augment: bool = False,
-                   deterministic: bool = False, threads: int = 0):
-  """Returns fn(input_context) -> endless dataset of (uint8 images, int32 labels)."""
+def train_input_fn(dataset: Dataset, global_batch: int, input_config, seed: int = 0):
+  """Returns fn(input_context) -> endless dataset of (uint8 images, int32 labels).
+
+  input_config: the config's `input` section (train_split, cache, cache_max_bytes,
+  shuffle_buffer, augment, deterministic, threads).
+  """
+  split, deterministic = input_config.train_split, input_config.deterministic
   files = dataset.split(split).files
 
   def dataset_fn(ctx: tf.distribute.InputContext):
     pipelines, index = ctx.num_input_pipelines, ctx.input_pipeline_id
     batch = ctx.get_per_replica_batch_size(global_batch)
-    cached = cache and _split_bytes(dataset, split) / pipelines <= cache_max_bytes
-    buffer = shuffle_buffer
+    cached = _fits_cache(dataset, split, pipelines, input_config)
+    buffer = input_config.shuffle_buffer
     if cached:
       # Records read once, then served from memory; a buffer as large as the
       # pipeline's share mixes them completely anew each epoch.
       ds = _records(files, pipelines, index, deterministic).cache()
-      buffer = max(shuffle_buffer, _pipeline_counts(dataset, split, pipelines)[index])
+      buffer = max(buffer, _pipeline_counts(dataset, split, pipelines)[index])
     else:
       ds = _records(files, pipelines, index, deterministic, shuffle_seed=seed)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch, drop_remainder=True)
     ds = ds.map(lambda b: records.decode_batch(b, dataset),
                 num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if augment:
+    if input_config.augment:
       ds = ds.map(lambda x, y: (augment_batch(x), y), num_parallel_calls=AUTOTUNE,
                   deterministic=deterministic)
-    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, threads))
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, input_config.threads))
 
   return dataset_fn
 
@@ -133,13 +137,14 @@ def eval_steps(dataset: Dataset, split: str, global_batch: int, pipelines: int) 
              for c in _pipeline_counts(dataset, split, pipelines))
 
 
-def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, *,
-                  split: str = "test", cache: bool = True, cache_max_bytes: int = 2 << 30):
+def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, split: str,
+                  input_config):
   """Returns (fn(input_context) -> dataset of (images, labels, weights), steps).
 
   Every example is seen exactly once: the last batches are padded with
   weight-0 examples, so every replica runs the same number of steps with
-  static shapes and metrics count only real examples.
+  static shapes and metrics count only real examples. Of input_config, only
+  cache and cache_max_bytes apply: evaluation reads in order, unaugmented.
   """
   files = dataset.split(split).files
   shape = tuple(dataset.image_shape)
@@ -152,7 +157,7 @@ def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, *,
     batch = ctx.get_per_replica_batch_size(global_batch)
     replicas_here = global_batch // pipelines // batch
     ds = _records(files, pipelines, ctx.input_pipeline_id, deterministic=True)
-    if cache and _split_bytes(dataset, split) / pipelines <= cache_max_bytes:
+    if _fits_cache(dataset, split, pipelines, input_config):
       ds = ds.cache()
 
     def decode_and_pad(serialized):
@@ -172,3 +177,11 @@ def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, *,
     return ds.concatenate(padding).take(steps * replicas_here).prefetch(AUTOTUNE)
 
   return dataset_fn, steps
+
+
+def sample(dataset: Dataset, split: str, count: int):
+  """The first `count` examples of a split, as (uint8 images, int32 labels) numpy
+  arrays: for pictures of predictions."""
+  ds = _records(dataset.split(split).files, 1, 0, deterministic=True).take(count)
+  images, labels = next(iter(ds.batch(count).map(lambda b: records.decode_batch(b, dataset))))
+  return images.numpy(), labels.numpy()

@@ -1,0 +1,95 @@
+"""The compiled steps, and the one execution loop that training and evaluation share.
+
+One tf.function call runs `steps` steps on every replica: the TPU's main speed
+lever (Keras 3's fit cannot do that under MirroredStrategy, nor run under
+MultiWorkerMirroredStrategy). The Python loop around it (train.py, evaluate.py)
+runs between calls.
+"""
+import keras
+import tensorflow as tf
+
+
+def compile_steps(strategy, step_fn, signals=None):
+  """tf.function(iterator, steps[, host_flags]): `steps` calls of
+  step_fn(*next(iterator)) on every replica, in one execution. With signals,
+  this host's flags (see Signals.add_host_flags) are added after the steps."""
+
+  @tf.function
+  def run(iterator, steps, host_flags=None):
+    for _ in tf.range(steps):
+      strategy.run(step_fn, args=next(iterator))
+    if signals is not None:
+      strategy.run(signals.add_host_flags, args=(host_flags,))
+
+  return run
+
+
+class Signals:
+  """What every host must agree on after an execution: a loss was NaN or
+  infinite, a host got SIGTERM, a host wants a progress line.
+
+  Sync-on-read counters: every replica adds to its own copy, and one read sums
+  them over all replicas and hosts (a single small collective per execution).
+  Every worker of a multi-worker job reads the same values after the same
+  execution, so all of them log, stop and save at the same step; a decision
+  taken by one host alone would leave the others waiting in a collective.
+  """
+
+  def __init__(self, strategy):
+    with strategy.scope():
+      self._counts = tf.Variable([0.0, 0.0, 0.0], trainable=False, name="signals",
+                                 synchronization=tf.VariableSynchronization.ON_READ,
+                                 aggregation=tf.VariableAggregation.SUM)
+    self._lines_seen = 0.0
+
+  def add_nonfinite(self, loss):
+    """In a step (replica context): counts a NaN or infinite loss."""
+    self._counts.assign_add(tf.stack([tf.cast(~tf.math.is_finite(loss), tf.float32), 0., 0.]))
+
+  def add_host_flags(self, host_flags):
+    """host_flags: float32 [got SIGTERM, wants a progress line] of this host."""
+    self._counts.assign_add(tf.concat([[0.0], tf.cast(host_flags, tf.float32)], 0))
+
+  def read(self) -> tuple[bool, bool, bool]:
+    """(a loss was non-finite, a host got SIGTERM, a host wants a line since the
+    last read), over the whole job."""
+    nonfinite, stop, lines = self._counts.numpy()
+    line, self._lines_seen = lines > self._lines_seen, lines
+    return bool(nonfinite), bool(stop), bool(line)
+
+
+def train_step(model, optimizer, config, num_classes: int, totals, signals):
+  """One optimizer step on one replica's batch of (uint8 images, int labels).
+
+  The loss is averaged over the global batch (config.batch_size), so summing the
+  replicas' gradients gives the gradient of the whole batch.
+  """
+  loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
+                                                 reduction=None)
+
+  def step(images, labels):
+    with tf.GradientTape() as tape:
+      probabilities = model(images, training=True)
+      per_example = loss_fn(tf.one_hot(labels, num_classes), probabilities)
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      scaled_loss = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    totals.update(per_example, probabilities, labels)
+    signals.add_nonfinite(loss)
+
+  return step
+
+
+def eval_step(predict, num_classes: int, totals):
+  """One replica's batch of (images, labels, weights): weight-0 rows are padding."""
+  loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
+
+  def step(images, labels, weights):
+    probabilities = tf.cast(predict(images), tf.float32)
+    per_example = loss_fn(tf.one_hot(labels, num_classes), probabilities)
+    totals.update(per_example, probabilities, labels, weights)
+
+  return step
