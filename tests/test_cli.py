@@ -75,7 +75,15 @@ def test_train_errors(digits_dir, tmp_path, flags, fragments):
   args = ["--config=configs/cnn.py:smoke", f"--workdir={tmp_path / 'w'}",
           f"--config.data_dir={digits_dir}"] + flags
   _assert_one_line_error(run_cli("train", *args), *fragments)
-  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+  assert not os.path.exists(tmp_path / "w")  # nothing written, not even config.json
+
+
+def test_a_workdir_that_is_a_file_is_refused(digits_dir, tmp_path):
+  (tmp_path / "w").write_text("notes")
+  result = run_cli("train", "--config=configs/cnn.py:smoke", f"--workdir={tmp_path / 'w'}",
+                   f"--config.data_dir={digits_dir}")
+  _assert_one_line_error(result, f"workdir={tmp_path / 'w'} is a file", "another --workdir")
+  assert (tmp_path / "w").read_text() == "notes"
 
 
 @pytest.mark.parametrize("tool,flag", [("convert", "--source"), ("train", "--workdir"),

@@ -1,5 +1,6 @@
 """Conversion to gs:// against a real fake-gcs-server process."""
 import json
+import os
 import time
 
 import pytest
@@ -91,3 +92,24 @@ def test_cli_convert_and_verify_on_gs(gcs_bucket, gcs_emulator):
   result = run_cli("convert", "--verify", f"--output_dir={out}", env=env)
   assert result.returncode == 0, result.stderr
   assert "OK: 4 shards, 1797 examples" in result.stdout
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("train", ["--config=configs/mlp.py", "--config.data_dir=gs://some-bucket/digits",
+               "--workdir=/tmp/never-written"]),
+    ("convert", ["--verify", "--output_dir=gs://some-bucket/digits"]),
+    ("evaluate", ["--workdir=gs://some-bucket/run"]),
+])
+def test_gs_paths_without_credentials_are_one_error_line(tool, args, tmp_path):
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  env = {"STORAGE_EMULATOR_HOST": "", "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no.json"),
+         "NO_GCE_CHECK": "True"}  # never dial the metadata server from tests
+  start = time.perf_counter()
+  result = run_cli(tool, *args, env=env)
+  assert time.perf_counter() - start < 60
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: "), lines[-5:]
+  assert "gcloud auth application-default login" in lines[-1]
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists("/tmp/never-written")

@@ -7,7 +7,8 @@ driven by the same flat keys.
 import json
 
 import ml_collections
-import tensorflow as tf
+
+from tpu_trainer import storage
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "tpu", "gpu", "cpu", "multiworker")
@@ -147,10 +148,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
 
 
 def save(config: ml_collections.ConfigDict, path: str) -> None:
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+  storage.write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def load(path: str) -> ml_collections.ConfigDict:
-  with tf.io.gfile.GFile(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))

@@ -42,11 +42,13 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   eval_SPLIT_predictions.png (test images, predicted vs true).
   """
   versions.check()
-  config_path = storage.join(workdir, "config.json")
-  if not tf.io.gfile.exists(config_path):
+  try:
+    config = config_lib.load(storage.join(workdir, "config.json"))
+  except Exception as e:  # pylint: disable=broad-except
+    if not storage.is_not_found(e):
+      raise
     raise FileNotFoundError(f"No config.json in workdir={workdir!r}: is it a finished "
-                            "tpu-trainer-train workdir?")
-  config = config_lib.load(config_path)
+                            "tpu-trainer-train workdir?") from None
   model_path = model_path or storage.join(workdir, "model.keras")
   if not tf.io.gfile.exists(model_path):
     raise FileNotFoundError(f"No model at {model_path}: train to the end first, or pass "

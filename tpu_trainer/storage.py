@@ -1,8 +1,9 @@
 """Paths that are local or gs://: listing, reading, atomic publishing, checksums.
 
-Reads of gs:// go through tf.io.gfile (what the input pipeline uses on a TPU VM).
-Writes to Cloud Storage go through google-cloud-storage, which checks each
-upload's crc32c and talks to an emulator when STORAGE_EMULATOR_HOST is set.
+Our own reads and writes of gs:// go through google-cloud-storage, which checks
+each upload's crc32c, offers generation preconditions (the workdir lock) and
+talks to an emulator when STORAGE_EMULATOR_HOST is set. TensorFlow's own GCS
+filesystem does the rest (tf.data, checkpoints, summaries, tf.io.gfile).
 Local files need no TensorFlow: the converter never imports it (its import is
 most of a conversion's time on small datasets).
 """
@@ -38,7 +39,12 @@ def gcs_client():
   if os.environ.get("STORAGE_EMULATOR_HOST"):
     from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
     return storage.Client(project="emulator", credentials=AnonymousCredentials())
-  return storage.Client()
+  from google.auth import exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    return storage.Client()
+  except exceptions.DefaultCredentialsError as e:
+    raise ValueError(f"No credentials for Cloud Storage: {str(e).splitlines()[0][:300]} (run "
+                     "`gcloud auth application-default login`).") from None
 
 
 def file_crc32c(path: str) -> str:
@@ -113,16 +119,30 @@ def write_text(path: str, text: str, client=None) -> None:
 
 
 def read_text(path: str, client=None) -> str:
-  if is_gcs(path) and os.environ.get("STORAGE_EMULATOR_HOST"):
-    # TensorFlow's gs:// filesystem cannot be pointed at an emulator.
+  """A small text file: metadata, configs. Fails within about a minute, never
+  retrying for long, when a bucket cannot be reached."""
+  if is_gcs(path):
+    from google.cloud.storage.retry import DEFAULT_RETRY  # pylint: disable=g-import-not-at-top
     bucket_name, name = split_gcs(path)
-    return (client or gcs_client()).bucket(bucket_name).blob(name).download_as_text()
-  if not is_gcs(path):
-    with open(path) as f:
-      return f.read()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with tf.io.gfile.GFile(path) as f:
+    try:
+      return (client or gcs_client()).bucket(bucket_name).blob(name).download_as_text(
+          timeout=20, retry=DEFAULT_RETRY.with_deadline(30))
+    except Exception as e:  # pylint: disable=broad-except
+      if is_not_found(e):
+        raise
+      raise access_error(path, e) from None
+  with open(path) as f:
     return f.read()
+
+
+def access_error(path: str, error: Exception) -> ValueError:
+  """One line for a gs:// path that cannot be reached: credentials, permissions,
+  network."""
+  bucket, _ = split_gcs(path)
+  return ValueError(f"Cannot read {path}: {type(error).__name__}: "
+                    f"{(str(error).splitlines() or [''])[0][:300]} (run `gcloud auth "
+                    f"application-default login`, or check that gs://{bucket} exists and "
+                    "that you may read it).")
 
 
 def list_files(directory: str, client=None, fail_fast: bool = False) -> dict:

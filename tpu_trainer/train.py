@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -68,10 +69,12 @@ def _strict_json(value):
 def check_resumable(workdir: str, resolved: dict) -> None:
   """Refuses, before anything in the workdir changes, to resume a run whose
   model or data differ from this one's."""
-  path = storage.join(workdir, "config.json")
-  if not tf.io.gfile.exists(path):
-    return
-  saved = config_lib.load(path).to_dict()
+  try:
+    saved = config_lib.load(storage.join(workdir, "config.json")).to_dict()
+  except Exception as e:  # pylint: disable=broad-except
+    if storage.is_not_found(e):
+      return
+    raise
   changed = [f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in RESUME_KEYS
              if k in saved and saved.get(k) != resolved.get(k)]
   if changed:
@@ -81,7 +84,7 @@ def check_resumable(workdir: str, resolved: dict) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
+  if not storage.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"workdir={workdir} is a file, not a directory: pass another --workdir.")
 
 
