@@ -3,8 +3,10 @@
 Every tool: `--help` shows what it does, examples and its own flags (exit 0);
 `-v` / `--verbosity=1` adds TensorFlow's own logs, hidden by default.
 """
+import errno
 import logging as std_logging
 import os
+import re
 import sys
 
 
@@ -28,6 +30,15 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 
 # What bad input raises in the library; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def disk_full_path(error: Exception) -> str | None:
+  """The path being written when `error` is a full disk (Python's OSError or
+  TensorFlow's ResourceExhaustedError), else None."""
+  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    return error.filename or "(a file)"
+  match = re.search(r"(\S+); No space left on device", str(error))
+  return match.group(1) if match else None
 
 
 def expand_path(path: str) -> str:
@@ -122,6 +133,13 @@ def run(main) -> None:
       return main(argv)
     except USER_ERRORS as e:
       print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except Exception as e:  # pylint: disable=broad-except
+      full = disk_full_path(e)
+      if full is None:
+        raise
+      print(f"error: no space left on the device writing {full}: free some space there, or "
+            "write somewhere else.", file=sys.stderr)
       sys.exit(2)
 
   def parse(argv):
