@@ -37,10 +37,29 @@ def test_cli_passes_on_good_data(digits_dir):
                    "--accelerator=v4-8", "--input_seconds=0.5")
   assert result.returncode == 0, result.stdout + result.stderr
   lines = result.stdout.splitlines()
-  for name in ("data reachable", "metadata matches shards", "shards >= hosts", "shard sizes",
-               "batch per replica", "model compiles (bf16, XLA)", "input rate vs step rate"):
-    assert any(name in l and l.split()[0] in ("OK", "WARN") for l in lines), name
+  status = {name: next(l.split()[0] for l in lines if name in l)
+            for name in ("data reachable", "metadata matches shards", "shards >= hosts",
+                         "shard sizes", "batch per replica", "model compiles (bf16, XLA)",
+                         "input rate vs step rate", "bucket region")}
+  # digits: 16 shards, batch 32 (auto) over 8 replicas: 4 each, fine but not 128-wide.
+  assert status == {"data reachable": "OK", "metadata matches shards": "OK",
+                    "shards >= hosts": "OK", "shard sizes": "OK", "batch per replica": "WARN",
+                    "model compiles (bf16, XLA)": "OK", "input rate vs step rate": "OK",
+                    "bucket region": "SKIP"}, result.stdout
   assert "Ready to launch." in result.stdout
+
+
+def test_cli_exits_1_and_names_what_failed(digits_dir, tmp_path):
+  data = str(tmp_path / "d")
+  shutil.copytree(digits_dir, data)
+  from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
+  os.remove(manifest.read(data).splits["train"].files[0])
+  result = run_cli("doctor", "--config=configs/mlp.py", f"--config.data_dir={data}",
+                   "--accelerator=v4-8", "--input_seconds=0.2")
+  assert result.returncode == 1, result.stdout + result.stderr
+  failed = [l for l in result.stdout.splitlines() if l.startswith("FAIL")]
+  assert len(failed) == 1 and "metadata matches shards" in failed[0] and "is missing" in failed[0]
+  assert "Ready to launch." not in result.stdout
 
 
 def test_bad_manifest_shard_count_and_batch_fail(digits_dir, tmp_path):
@@ -89,14 +108,23 @@ def test_bucket_checks_against_the_emulator(gcs_bucket, gcs_emulator):
   from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
   data = f"gs://{gcs_bucket}/digits"
   convert.convert(sources.digits(), data, min_shards=2)
-  checks = _by_name(doctor.run_checks(_config(data, tpu_zone="europe-west4-a"), "v4-8"))
-  assert checks["data reachable"].status == "OK"
-  assert checks["metadata matches shards"].status == "OK"
-  region = checks["bucket region"]
-  assert region.status in ("FAIL", "WARN") and "europe-west4" in region.detail
-  assert checks["input rate vs step rate"].status == "SKIP"
+  # The emulator puts every bucket in us-central1.
+  for zone, status in (("us-central1-b", "OK"), ("europe-west4-a", "FAIL")):
+    checks = _by_name(doctor.run_checks(_config(data, tpu_zone=zone), "v4-8"))
+    assert checks["data reachable"].status == "OK"
+    assert checks["metadata matches shards"].status == "OK"
+    region = checks["bucket region"]
+    assert region.status == status and "bucket in us-central1" in region.detail, region
+    assert checks["input rate vs step rate"].status == "SKIP"
 
   start = time.perf_counter()
   checks = _by_name(doctor.run_checks(_config("gs://no-such-bucket/x"), "v4-8"))
   assert checks["data reachable"].status == "FAIL"
   assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("location,status", [("europe-west4", "OK"), ("eu", "WARN"),
+                                             ("europe", "WARN"), ("us", "WARN"),
+                                             ("us-central1", "FAIL"), ("", "FAIL")])
+def test_region_check(location, status):
+  assert doctor.region_check(location, "europe-west4").status == status

@@ -32,11 +32,24 @@ def test_multiworker_needs_tf_config(monkeypatch):
     strategy_lib.get_strategy("multiworker")
 
 
-def test_precision_follows_platform():
+@pytest.mark.parametrize("bf16,expected", [(True, "mixed_bfloat16"), (False, "float32")])
+def test_precision_follows_platform(monkeypatch, bf16, expected):
+  monkeypatch.setattr(strategy_lib, "cpu_has_bf16", lambda: bf16)
   strategy = strategy_lib.get_strategy("cpu")
-  expected = "mixed_bfloat16" if strategy_lib.cpu_has_bf16() else "float32"
   assert strategy_lib.resolve_precision("auto", strategy) == expected
   assert strategy_lib.resolve_precision("float32", strategy) == "float32"
+
+
+@pytest.mark.parametrize("cpuinfo,expected", [("flags : fpu avx2 avx512_bf16 amx_tile", True),
+                                              ("flags : fpu avx2 amx_bf16", True),
+                                              ("flags : fpu avx2 avx512f", False)])
+def test_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path, cpuinfo, expected):
+  fake = tmp_path / "cpuinfo"
+  fake.write_text(cpuinfo + "\n")
+  real_open = open
+  monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+      fake if path == "/proc/cpuinfo" else path, *a, **k))
+  assert strategy_lib.cpu_has_bf16() is expected
 
 
 def test_cpu_split_after_init_is_explained():

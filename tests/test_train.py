@@ -2,6 +2,7 @@ import glob
 import json
 import os
 import shutil
+import time
 
 import pytest
 import tensorflow as tf
@@ -9,6 +10,7 @@ import tensorflow as tf
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
 from tpu_trainer import evaluate
+from tpu_trainer import loop
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import train
@@ -56,7 +58,9 @@ def test_two_replicas_train_evaluate_and_export(digits_dir, tmp_path):
       os.path.join(workdir, "train"))
   assert {"epoch_loss", "epoch_accuracy"} == _scalar_tags(os.path.join(workdir, "validation"))
   assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-  assert os.path.getsize(os.path.join(workdir, "learning_curves.png")) > 1000
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(os.path.join(workdir, "learning_curves.png")) as image:
+    assert image.format == "PNG" and len(image.convert("RGB").getcolors(1 << 20)) > 20
 
   # The exported models give the same answer as the final evaluation.
   for model_path in ("", os.path.join(workdir, "saved_model")):
@@ -83,17 +87,76 @@ def test_saved_model_serves_uint8_images(digits_dir, tmp_path):
   assert [n.decode() for n in out["class_name"].numpy()] == [str(i) for i in class_id.numpy()]
 
 
+def _count_training_steps(monkeypatch):
+  """A list that gets the step count of every training execution (and a hook
+  run before each one)."""
+  executed, before = [], []
+  real = loop.compile_steps
+
+  def counting(strategy, step_fn, signals=None):
+    run_steps = real(strategy, step_fn, signals)
+    if signals is None:  # evaluation
+      return run_steps
+
+    def run(iterator, steps, *args):
+      for hook in before:
+        hook(len(executed))
+      result = run_steps(iterator, steps, *args)
+      executed.append(int(steps))
+      return result
+
+    return run
+
+  monkeypatch.setattr(loop, "compile_steps", counting)
+  return executed, before
+
+
 @pytest.mark.core
-def test_resume_continues_from_checkpoint(digits_dir, tmp_path):
+def test_resume_runs_exactly_the_remaining_steps_from_the_restored_state(
+    digits_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path / "w")
   strategy = strategy_lib.get_strategy("cpu")
+  executed, _ = _count_training_steps(monkeypatch)
   first = train.run(_digits_config(mlp_config, digits_dir, steps=10), workdir, strategy)
-  assert first["step"] == 10
+  assert first["step"] == 10 and sum(executed) == 10
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  saved = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+           if k.startswith("optimizer/_trainable_variables/")]  # the model's weights
+  assert len(saved) == 4 and reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 10
+
+  executed.clear()
+  restored = []
+  real_restore = train.Checkpoints.restore
+
+  def restore_and_look(self):
+    real_restore(self)
+    # What the second run starts from: the first run's weights, its optimizer step.
+    restored.append((int(self._checkpoint.optimizer.iterations.numpy()),  # pylint: disable=protected-access
+                     [v.numpy() for v in self._checkpoint.model.weights]))  # pylint: disable=protected-access
+
+  monkeypatch.setattr(train.Checkpoints, "restore", restore_and_look)
   second = train.run(_digits_config(mlp_config, digits_dir, steps=25), workdir, strategy)
   assert second["step"] == 25
+  assert sum(executed) == 15  # exactly the steps that remained
+  (iterations, weights), = restored
+  assert iterations == 10
+  assert sorted(float(w.sum()) for w in weights) == pytest.approx(
+      sorted(float(v.sum()) for v in saved))
   with open(os.path.join(workdir, "history.json")) as f:
     train_steps = [h["step"] for h in json.load(f) if h["kind"] == "train"]
   assert train_steps == sorted(train_steps) and train_steps[-1] == 25
+
+
+def test_the_first_execution_is_not_part_of_the_speed(digits_dir, tmp_path, monkeypatch):
+  # The first execution is made 3 s slower (as a slow compilation would be).
+  executed, before = _count_training_steps(monkeypatch)
+  before.append(lambda calls: time.sleep(3) if calls == 0 else None)
+  config = _digits_config(mlp_config, digits_dir, steps=30, steps_per_execution=10)
+  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  assert executed == [10, 10, 10]
+  # 1920 examples in all; counting the first execution would mean < 640 examples/s.
+  assert metrics["examples_per_second"] > 3 * 640
+  assert metrics["examples_per_second_includes_compilation"] is False
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -154,9 +217,15 @@ def test_learning_rate_scales_with_batch_warms_up_then_decays(kind):
 @pytest.mark.parametrize("name,cls", [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD")])
 def test_optimizers(name, cls):
   config = cnn_config.get_config()
-  config.update({"optimizer": name, "weight_decay": 1e-4})
+  config.update({"optimizer": name, "weight_decay": 3e-3, "momentum": 0.8})
   optimizer = optimizer_lib.make_optimizer(config, 0.01, "float32")
-  assert type(optimizer).__name__ == cls and optimizer.weight_decay == pytest.approx(1e-4)
+  assert type(optimizer).__name__ == cls and optimizer.weight_decay == pytest.approx(3e-3)
+  if name == "sgd":
+    assert optimizer.momentum == pytest.approx(0.8) and optimizer.nesterov is True
+  config.weight_decay = 0.0
+  optimizer = optimizer_lib.make_optimizer(config, 0.01, "float32")
+  # AdamW without a weight decay given keeps its own default, 1e-4; the others none.
+  assert optimizer.weight_decay == (pytest.approx(1e-4) if name == "adamw" else None)
   assert type(optimizer_lib.make_optimizer(config, 0.01, "mixed_float16")).__name__ == (
       "LossScaleOptimizer")
   config.optimizer = "lamb"
@@ -244,7 +313,8 @@ def test_a_run_killed_during_export_leaves_no_half_files_and_the_rerun_finishes(
   monkeypatch.undo()
   (workdir / "checkpoints" / "ckpt-7_temp").mkdir()  # what a kill mid-save leaves
   metrics = train.run(config, str(workdir), strategy)  # resumes at step 10: exports
-  assert metrics["step"] == 10 and (workdir / "metrics.json").exists()
+  assert metrics["step"] == 10
+  assert json.loads((workdir / "metrics.json").read_text())["step"] == 10
   import zipfile  # pylint: disable=g-import-not-at-top
   assert zipfile.is_zipfile(workdir / "model.keras")
   assert (workdir / "saved_model" / "saved_model.pb").exists()

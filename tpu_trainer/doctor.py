@@ -129,22 +129,24 @@ def _data_checks(config, tpu_slice, client):
     try:
       bucket = (client or storage.gcs_client()).get_bucket(
           storage.split_gcs(data_dir)[0], timeout=15, retry=None)
-      location = (bucket.location or "").lower()
-      if location == region:
-        checks.append(Check("bucket region", "OK", f"bucket in {location}, TPU in {region}"))
-      elif location and region.startswith(location + "-") or location in ("us", "eu", "asia"):
-        checks.append(Check("bucket region", "WARN", f"multi-region bucket ({location}) for "
-                            f"a TPU in {region}: a {region} bucket is faster and cheaper."))
-      else:
-        checks.append(Check("bucket region", "FAIL", f"bucket in {location}, TPU in {region}: "
-                            f"copy the data to a bucket in {region} (cross-region reads cost "
-                            "money and speed)."))
+      checks.append(region_check((bucket.location or "").lower(), region))
     except Exception as e:  # pylint: disable=broad-except
       checks.append(Check("bucket region", "WARN", f"could not read the bucket's location "
                           f"({type(e).__name__}); keep it in {region}."))
   else:
     checks.append(Check("bucket region", "SKIP", "local data_dir or no config.tpu_zone"))
   return checks, dataset
+
+
+def region_check(location: str, region: str) -> Check:
+  """A bucket's location (lower case, as Cloud Storage reports it) vs the TPU's region."""
+  if location == region:
+    return Check("bucket region", "OK", f"bucket in {location}, TPU in {region}")
+  if location and region.startswith(location + "-") or location in ("us", "eu", "asia"):
+    return Check("bucket region", "WARN", f"multi-region bucket ({location}) for a TPU in "
+                 f"{region}: a {region} bucket is faster and cheaper.")
+  return Check("bucket region", "FAIL", f"bucket in {location}, TPU in {region}: copy the data "
+               f"to a bucket in {region} (cross-region reads cost money and speed).")
 
 
 def _batch_check(config, tpu_slice):
