@@ -9,7 +9,20 @@ def test_input_benchmark_cli_reports_a_rate(digits_dir):
                    f"--config.data_dir={digits_dir}", "--config.batch_size=64",
                    "--seconds=1", "--nomodel_rate")
   assert result.returncode == 0, result.stderr
-  assert json.loads(result.stdout.splitlines()[-1])["input_examples_per_second"] > 1000
+  rates = json.loads(result.stdout.splitlines()[-1])
+  assert rates["input_examples_per_second"] > 1000 and rates["input_cached"] is True
+  assert rates["input_first_pass_examples_per_second"] > 100
+  assert "reading the files" in result.stdout and "(from the cache)" in result.stdout
+
+
+def test_input_rates_cached_and_uncached(digits_dir):
+  from configs import cnn as cnn_config  # pylint: disable=g-import-not-at-top
+  config = cnn_config.get_config()
+  config.data_dir, config.batch_size = digits_dir, 64
+  assert benchmark.input_rates(config, 0.5)["cached"] is True
+  config.input.cache = False
+  rates = benchmark.input_rates(config, 0.5)
+  assert rates["cached"] is False and rates["first_pass"] > 0 and rates["steady"] > 0
 
 
 def test_verdict_says_which_side_waits():

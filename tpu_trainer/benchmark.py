@@ -10,21 +10,35 @@ from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
 
 
-def input_rate(config, seconds: float = 5.0) -> float:
-  """Examples/s one host's training input pipeline delivers (after warm-up)."""
+def input_rates(config, seconds: float = 5.0) -> dict:
+  """Examples/s one host's training input pipeline delivers, alone.
+
+  `first_pass`: while it reads the files (for at most `seconds`): every epoch
+  of an uncached split, the first one of a cached split. `steady`: after a
+  whole first pass, for `seconds`: from memory when the split is cached (then
+  `cached` is True), from the files again otherwise.
+  """
   dataset = manifest.read(config.data_dir)
   examples = dataset.split(config.input.train_split).num_examples
   batch = scaling.resolve(config, examples, 1)[0]
   dataset_fn = pipeline.train_input_fn(dataset, batch, config.input, seed=config.seed)
   iterator = iter(dataset_fn(tf.distribute.InputContext()))
-  # Warm-up: a full pass fills the cache when the split is cached.
-  for _ in range(max(1, examples // batch) + 2):
+  next(iterator)  # start-up: threads, the first files opened
+  per_epoch = max(1, examples // batch)
+
+  def rate(max_batches, max_seconds):
+    batches, start = 0, time.perf_counter()
+    while batches < max_batches and time.perf_counter() - start < max_seconds:
+      next(iterator)
+      batches += 1
+    return batches * batch / (time.perf_counter() - start), batches
+
+  first_pass, read = rate(per_epoch - 1, seconds)
+  for _ in range(per_epoch + 1 - read):  # the rest of the first pass: fills a cache
     next(iterator)
-  batches, start = 0, time.perf_counter()
-  while time.perf_counter() - start < seconds:
-    next(iterator)
-    batches += 1
-  return batches * batch / (time.perf_counter() - start)
+  steady, _ = rate(float("inf"), seconds)
+  return {"first_pass": first_pass, "steady": steady,
+          "cached": pipeline.fits_cache(dataset, config.input.train_split, 1, config.input)}
 
 
 def training_rate(config, steps: int = 0) -> dict:

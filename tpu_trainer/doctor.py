@@ -220,8 +220,12 @@ def _input_check(config, tpu_slice, forward, input_seconds):
                  f"the TPU would consume ~{need:,.0f} examples/s per host; measure on the "
                  "TPU VM: tpu-trainer-benchmark input --config=...")
   from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
-  have = benchmark.input_rate(config, input_seconds)
-  detail = (f"one host's pipeline here {have:,.0f} ex/s; {tpu_slice.accelerator} would consume "
+  rates = benchmark.input_rates(config, input_seconds)
+  # Every epoch of an uncached split reads the files; the steady rate is that of epochs 2+.
+  have = rates["steady"]
+  detail = (f"one host's pipeline here {have:,.0f} ex/s "
+            f"({'cached; first pass ' + format(rates['first_pass'], ',.0f') if rates['cached'] else 'uncached'}); "
+            f"{tpu_slice.accelerator} would consume "
             f"~{need:,.0f} ex/s per host ({step_seconds * 1e3:.1f} ms per step: "
             f"{forward / 1e6:.1f} MFLOP forward per example at {_ASSUMED_UTILISATION:.0%} of "
             f"peak bf16, at least {_MIN_STEP_SECONDS * 1e3:.0f} ms)")

@@ -28,7 +28,7 @@ def num_input_pipelines(strategy) -> int:
   return 1
 
 
-def _fits_cache(dataset: Dataset, split: str, pipelines: int, input_config) -> bool:
+def fits_cache(dataset: Dataset, split: str, pipelines: int, input_config) -> bool:
   """Whether one pipeline's share of a split's records is cached: input.cache on and
   the share (decoded size, what the cache holds) within input.cache_max_bytes."""
   split_bytes = dataset.split(split).num_examples * (math.prod(dataset.image_shape) + 64)
@@ -100,7 +100,7 @@ def train_input_fn(dataset: Dataset, global_batch: int, input_config, seed: int 
   def dataset_fn(ctx: tf.distribute.InputContext):
     pipelines, index = ctx.num_input_pipelines, ctx.input_pipeline_id
     batch = ctx.get_per_replica_batch_size(global_batch)
-    cached = _fits_cache(dataset, split, pipelines, input_config)
+    cached = fits_cache(dataset, split, pipelines, input_config)
     buffer = input_config.shuffle_buffer
     if cached:
       # Records read once, then served from memory; a buffer as large as the
@@ -157,7 +157,7 @@ def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, split: st
     batch = ctx.get_per_replica_batch_size(global_batch)
     replicas_here = global_batch // pipelines // batch
     ds = _records(files, pipelines, ctx.input_pipeline_id, deterministic=True)
-    if _fits_cache(dataset, split, pipelines, input_config):
+    if fits_cache(dataset, split, pipelines, input_config):
       ds = ds.cache()
 
     def decode_and_pad(serialized):
