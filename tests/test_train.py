@@ -4,12 +4,14 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
 from tpu_trainer import evaluate
+from tpu_trainer import export as export_lib
 from tpu_trainer import loop
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import strategy as strategy_lib
@@ -85,6 +87,15 @@ def test_saved_model_serves_uint8_images(digits_dir, tmp_path):
   assert out["class_id"].numpy().tolist() == class_id.numpy().tolist()
   # digits' class names are "0".."9"
   assert [n.decode() for n in out["class_name"].numpy()] == [str(i) for i in class_id.numpy()]
+  # A float image is refused, never scored as garbage: by the signature itself,
+  # and with what to do by our loaders.
+  with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+    signature(image=tf.zeros([3, 8, 8, 1], tf.float32))
+  for path in (os.path.join(workdir, "saved_model"), os.path.join(workdir, "model.keras")):
+    predict = export_lib.load_serving_fn(path)
+    assert predict(tf.zeros([2, 8, 8, 1], tf.uint8)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"uint8 images \(0-255\); got float32.*x \* 255"):
+      predict(np.zeros([2, 8, 8, 1], np.float32))
 
 
 def _count_training_steps(monkeypatch):

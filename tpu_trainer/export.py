@@ -80,12 +80,33 @@ def save_serving_model(model: keras.Model, class_names: list[str], path: str) ->
     archive.write_out(path)
 
 
+def check_images(images) -> None:
+  """The exported model takes uint8 images, 0-255, as the pipeline feeds them. A
+  float image (0-1, say) would be scored as a near-black one: refused, saying how
+  to convert it."""
+  dtype = tf.as_dtype(images.dtype)
+  if dtype != tf.uint8:
+    raise ValueError(f"The model takes uint8 images (0-255); got {dtype.name}. Convert "
+                     "first: images in [0, 1] with np.round(x * 255).astype(np.uint8), "
+                     "images in [0, 255] with x.astype(np.uint8).")
+
+
 def load_serving_fn(path: str):
   """A .keras file or an exported SavedModel -> fn(uint8 images) -> probabilities."""
   if path.endswith(".keras"):
     model = keras.models.load_model(path)
-    return lambda images: model(images, training=False)
+
+    def predict(images):
+      check_images(images)
+      return model(images, training=False)
+
+    return predict
   loaded = tf.saved_model.load(path)
-  # `loaded` is bound into the function: it keeps the variables alive.
-  return lambda images, loaded=loaded: loaded.signatures["serving_default"](
-      image=images)["probabilities"]
+  serve = loaded.signatures["serving_default"]
+
+  def predict(images, loaded=loaded):  # `loaded` bound in: it keeps the variables alive
+    del loaded
+    check_images(images)
+    return serve(image=images)["probabilities"]
+
+  return predict
