@@ -19,6 +19,7 @@ Dry run done in $(( $(date +%s) - start )) s.
   TensorBoard logs:   $OUT/workdir/train, $OUT/workdir/validation
   checkpoints:        $OUT/workdir/checkpoints
   exported model:     $OUT/workdir/model.keras, $OUT/workdir/saved_model
-  metrics:            $OUT/workdir/metrics.json, learning_curves.png
+  metrics:            $OUT/workdir/metrics.json, eval_test.json
+  pictures:           $OUT/workdir/learning_curves.png, eval_test_confusion.png, eval_test_predictions.png
 Open TensorBoard:     scripts/tensorboard.sh $OUT/workdir
 MSG

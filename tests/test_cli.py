@@ -51,7 +51,8 @@ def test_convert_train_eval_end_to_end(tmp_path):
   assert sum(map(sum, confusion)) == 360
   assert sum(confusion[i][i] for i in range(10)) / 360 == pytest.approx(again["accuracy"])
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  for name, min_size in (("eval_test_confusion.png", 300), ("eval_test_predictions.png", 300)):
+  for name, min_size in (("eval_test_confusion.png", 300), ("eval_test_predictions.png", 300),
+                         ("learning_curves.png", 300)):
     with Image.open(os.path.join(workdir, name)) as image:
       assert image.format == "PNG" and min(image.size) >= min_size
       assert len(image.convert("RGB").getcolors(1 << 20)) > 20  # a picture, not a blank

@@ -93,9 +93,11 @@ def test_eval_sees_every_example_once(tmp_path_factory, num_shards, pipelines, b
   keys, steps_seen = [], set()
   for p in range(pipelines):
     fn, steps = pipeline.eval_input_fn(dataset, batch, pipelines, "test", _input())
-    batches = list(fn(_ctx(pipelines, p)))
-    steps_seen.add(len(batches))
-    for images, labels, weights in batches:
+    batches = list(fn(_ctx(pipelines, p)).take(2 * steps))
+    steps_seen.add(len(batches) // 2)
+    first, second = batches[:steps], batches[steps:]
+    assert [_keys(*b) for b in first] == [_keys(*b) for b in second]  # each pass the same
+    for images, labels, weights in first:
       assert images.shape[0] == batch // pipelines
       keys += _keys(images, labels, weights)
   assert steps_seen == {steps}  # every pipeline runs the same number of steps

@@ -60,9 +60,7 @@ def test_two_replicas_train_evaluate_and_export(digits_dir, tmp_path):
       os.path.join(workdir, "train"))
   assert {"epoch_loss", "epoch_accuracy"} == _scalar_tags(os.path.join(workdir, "validation"))
   assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(os.path.join(workdir, "learning_curves.png")) as image:
-    assert image.format == "PNG" and len(image.convert("RGB").getcolors(1 << 20)) > 20
+  assert not os.path.exists(os.path.join(workdir, "learning_curves.png"))  # eval draws it
 
   # The exported models give the same answer as the final evaluation.
   for model_path in ("", os.path.join(workdir, "saved_model")):

@@ -22,14 +22,17 @@ class Evaluator:
                global_batch: int, input_config):
     dataset_fn, self.steps = pipeline.eval_input_fn(
         dataset, global_batch, pipeline.num_input_pipelines(strategy), split, input_config)
-    self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    self._dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    self._iterator = None  # made at the first call, then kept: each call reads one pass
     self.totals = metrics.Totals(strategy, "eval", dataset.num_classes)
     self._run_steps = loop.compile_steps(
         strategy, loop.eval_step(predict, dataset.num_classes, self.totals))
 
   def __call__(self) -> dict:
     self.totals.reset()
-    self._run_steps(iter(self.dataset), tf.constant(self.steps))
+    if self._iterator is None:
+      self._iterator = iter(self._dataset)
+    self._run_steps(self._iterator, tf.constant(self.steps))
     return self.totals.result()
 
 
@@ -38,8 +41,10 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   """Re-evaluates a training run's exported model (or model_path) on a split.
 
   With `report`, also writes beside the model: eval_SPLIT.json (loss, accuracy,
-  per-class accuracy and the confusion matrix), eval_SPLIT_confusion.png and
-  eval_SPLIT_predictions.png (test images, predicted vs true).
+  per-class accuracy and the confusion matrix), eval_SPLIT_confusion.png,
+  eval_SPLIT_predictions.png (test images, predicted vs true) and
+  learning_curves.png (from the run's history.json). Training itself draws
+  nothing: matplotlib is no part of a run's time.
   """
   versions.check()
   try:
@@ -78,6 +83,13 @@ def _write_report(workdir, split, result, confusion, predict, dataset):
       indent=1) + "\n")
   plots.confusion_matrix(confusion, dataset.class_names,
                          storage.join(workdir, f"eval_{split}_confusion.png"))
+  try:
+    history = json.loads(storage.read_text(storage.join(workdir, "history.json")))
+  except Exception as e:  # pylint: disable=broad-except
+    if not storage.is_not_found(e):
+      raise
+  else:
+    plots.learning_curves(history, storage.join(workdir, "learning_curves.png"))
   images, labels = pipeline.sample(dataset, split, 25)
   plots.predictions(images, labels, tf.cast(predict(images), tf.float32).numpy(),
                     dataset.class_names, storage.join(workdir, f"eval_{split}_predictions.png"))

@@ -28,7 +28,6 @@ from tpu_trainer import lock as lock_lib
 from tpu_trainer import loop
 from tpu_trainer import metrics
 from tpu_trainer import optimizer as optimizer_lib
-from tpu_trainer import plots
 from tpu_trainer import scaling
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
@@ -488,7 +487,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     if chief:
       report.save_history()
       export_lib.export(model, workdir, dataset.class_names)
-      plots.learning_curves(report.history, storage.join(workdir, "learning_curves.png"))
       # Last: its presence means the run and its export are complete. A run killed
       # before it (SIGTERM during export, say) finishes the export when rerun.
       storage.write_text(storage.join(workdir, "metrics.json"),

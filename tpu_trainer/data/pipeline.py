@@ -139,11 +139,14 @@ def eval_steps(dataset: Dataset, split: str, global_batch: int, pipelines: int) 
 
 def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, split: str,
                   input_config):
-  """Returns (fn(input_context) -> dataset of (images, labels, weights), steps).
+  """Returns (fn(input_context) -> endless dataset of (images, labels, weights),
+  steps): every `steps` batches are one pass over the split.
 
-  Every example is seen exactly once: the last batches are padded with
+  Every example is seen exactly once a pass: the last batches are padded with
   weight-0 examples, so every replica runs the same number of steps with
-  static shapes and metrics count only real examples. Of input_config, only
+  static shapes and metrics count only real examples. Endless, so that one
+  iterator serves every evaluation of a run (making one costs more than
+  evaluating a small split). Of input_config, only
   cache and cache_max_bytes apply: evaluation reads in order, unaugmented.
   """
   files = dataset.split(split).files
@@ -174,7 +177,7 @@ def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, split: st
     padding = tf.data.Dataset.from_tensors((
         tf.zeros((batch,) + shape, tf.uint8), tf.zeros([batch], tf.int32),
         tf.zeros([batch], tf.float32))).repeat()
-    return ds.concatenate(padding).take(steps * replicas_here).prefetch(AUTOTUNE)
+    return ds.concatenate(padding).take(steps * replicas_here).repeat().prefetch(AUTOTUNE)
 
   return dataset_fn, steps
 
