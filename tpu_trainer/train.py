@@ -377,26 +377,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     if chief:  # one live run per workdir; the other workers share the chief's
       workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
       cleanup.callback(workdir_lock.release)
-      tf.io.gfile.makedirs(workdir)
       config_lib.save(_resolved(config, plan, dataset, strategy, stack),
                       storage.join(workdir, "config.json"))
-    logging.info("%s: %d train examples, batch %d over %d replicas, %d steps (%d per epoch), "
-                 "%d steps per execution, %s, peak learning rate %.4g.", config.model,
-                 train_examples, plan.batch_size, strategy.num_replicas_in_sync,
-                 plan.total_steps, plan.steps_per_epoch, plan.steps_per_execution,
-                 plan.precision, plan.peak_lr)
+    _log_plan(config, plan, train_examples, strategy)
 
-    # The model and its optimizer. Same seed, same initial weights: reruns, and
-    # runs on another replica count, compare.
-    keras.mixed_precision.set_global_policy(plan.precision)
-    keras.utils.set_random_seed(config.seed)
-    schedule = optimizer_lib.learning_rate_schedule(config, plan.peak_lr, plan.steps_per_epoch,
-                                                    plan.total_steps)
-    with strategy.scope():
-      model = build_model(config, dataset.image_shape, dataset.num_classes)
-      optimizer = optimizer_lib.make_optimizer(config, schedule, plan.precision)
-      # Without this, MirroredStrategy fails at the first step (placeholder error).
-      optimizer.build(model.trainable_variables)
+    model, optimizer, schedule = build(config, plan, dataset, strategy)
     checkpoints = Checkpoints(model, optimizer, workdir, chief, config.keep_checkpoints)
     cleanup.callback(checkpoints.close)
     checkpoints.restore()
@@ -434,8 +419,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         if nonfinite:
           raise Diverged(f"The loss became NaN or infinite between steps {step - n + 1} and "
                          f"{step}; nothing was exported. Last good checkpoint: "
-                         f"{checkpoints.latest() or 'none (no checkpoint was saved yet)'}. "
-                         f"Lower the learning rate (peak {plan.peak_lr:.3g}) or check the data.")
+                         f"{checkpoints.latest() or 'none (none saved yet)'}. Lower the "
+                         f"learning rate (peak {plan.peak_lr:.3g}) or check the data.")
         done = step >= plan.total_steps
         if step % plan.log_every == 0 or done or line_due:
           report.train(step, {**totals.result(), "examples_per_second": speed.interval_rate(),
@@ -466,24 +451,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     report.scalars("validation", final, step)
     report.close()
 
-    # The results, and on the chief the export.
-    rate, includes_compilation = speed.overall()
-    result = {"accuracy": final["accuracy"], "loss": final["loss"],
-              "eval_examples": final["examples"], "step": step,
-              "examples_per_second": rate,
-              "examples_per_second_includes_compilation": includes_compilation,
-              "replicas": strategy.num_replicas_in_sync, "precision": plan.precision,
-              "model": config.model,
-              # Equal on every host of a healthy multi-host run.
-              "weights_fingerprint": float(sum(
-                  tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in model.weights))}
-    if includes_compilation:
-      logging.warning("The run was one execution (%d steps): too short to time without "
-                      "compilation; examples_per_second %.0f includes it. Raise config.steps "
-                      "or lower config.steps_per_execution for a steady rate.", step, rate)
-    logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
-                 config.input.eval_split, final["examples"], final["loss"], final["accuracy"])
-    sigterm.raise_from_now_on()
+    result = _results(config, plan, strategy, model, speed, final, step)
+    sigterm.raise_from_now_on()  # The export, on the chief.
     if chief:
       report.save_history()
       export_lib.export(model, workdir, dataset.class_names)
@@ -492,6 +461,48 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       storage.write_text(storage.join(workdir, "metrics.json"),
                          json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
     return result
+
+
+def build(config, plan: Plan, dataset, strategy):
+  """(model, optimizer, learning-rate schedule), the variables on the strategy. Same
+  seed, same initial weights: reruns, and runs on another replica count, compare."""
+  keras.mixed_precision.set_global_policy(plan.precision)
+  keras.utils.set_random_seed(config.seed)
+  schedule = optimizer_lib.learning_rate_schedule(config, plan.peak_lr, plan.steps_per_epoch,
+                                                  plan.total_steps)
+  with strategy.scope():
+    model = build_model(config, dataset.image_shape, dataset.num_classes)
+    optimizer = optimizer_lib.make_optimizer(config, schedule, plan.precision)
+    # Without this, MirroredStrategy fails at the first step (placeholder error).
+    optimizer.build(model.trainable_variables)
+  return model, optimizer, schedule
+
+
+def _log_plan(config, plan: Plan, train_examples: int, strategy) -> None:
+  logging.info("%s: %d train examples, batch %d over %d replicas, %d steps (%d per epoch), "
+               "%d steps per execution, %s, peak learning rate %.4g.", config.model,
+               train_examples, plan.batch_size, strategy.num_replicas_in_sync,
+               plan.total_steps, plan.steps_per_epoch, plan.steps_per_execution,
+               plan.precision, plan.peak_lr)
+
+
+def _results(config, plan: Plan, strategy, model, speed: Speed, final: dict, step: int) -> dict:
+  """metrics.json: the final evaluation and the training speed."""
+  rate, includes_compilation = speed.overall()
+  if includes_compilation:
+    logging.warning("The run was one execution (%d steps): too short to time without "
+                    "compilation; examples_per_second %.0f includes it. Raise config.steps "
+                    "or lower config.steps_per_execution for a steady rate.", step, rate)
+  logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
+               config.input.eval_split, final["examples"], final["loss"], final["accuracy"])
+  return {"accuracy": final["accuracy"], "loss": final["loss"],
+          "eval_examples": final["examples"], "step": step, "examples_per_second": rate,
+          "examples_per_second_includes_compilation": includes_compilation,
+          "replicas": strategy.num_replicas_in_sync, "precision": plan.precision,
+          "model": config.model,
+          # Equal on every host of a healthy multi-host run.
+          "weights_fingerprint": float(sum(
+              tf.reduce_sum(tf.square(tf.cast(v, tf.float64))) for v in model.weights))}
 
 
 def _resolved(config, plan: Plan, dataset, strategy, stack) -> ml_collections.ConfigDict:
