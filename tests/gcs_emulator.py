@@ -57,6 +57,14 @@ class Emulator:
     self.log.close()
 
 
+def _shut(*sockets):
+  for s in sockets:
+    try:
+      s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+      pass
+
+
 class TensorFlowProxy:
   """Puts TensorFlow's own gs:// filesystem in front of the emulator.
 
@@ -174,11 +182,7 @@ class TensorFlowProxy:
     except OSError:
       pass
     finally:
-      for s in (source, sink):
-        try:
-          s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-          pass
+      _shut(source, sink)
 
   def _requests(self, source, sink, buffer=b""):
     """Passes HTTP/1.1 requests on, in origin form (`PUT /path`, also when sent to
@@ -187,21 +191,20 @@ class TensorFlowProxy:
     server (the emulator's) answers 501."""
     pending = [buffer]
 
-    def read_until(marker):
-      while marker not in pending[0]:
+    def fill(enough):
+      while not enough():
         data = source.recv(65536)
         if not data:
           raise EOFError
         pending[0] += data
+
+    def read_until(marker):
+      fill(lambda: marker in pending[0])
       head, pending[0] = pending[0].split(marker, 1)
       return head + marker
 
     def read_exactly(count):
-      while len(pending[0]) < count:
-        data = source.recv(65536)
-        if not data:
-          raise EOFError
-        pending[0] += data
+      fill(lambda: len(pending[0]) >= count)
       data, pending[0] = pending[0][:count], pending[0][count:]
       return data
 
@@ -238,11 +241,7 @@ class TensorFlowProxy:
     except (OSError, EOFError):
       pass
     finally:
-      for s in (source, sink):
-        try:
-          s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-          pass
+      _shut(source, sink)
 
   def __exit__(self, *exc):
     self._server.close()

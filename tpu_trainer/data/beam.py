@@ -10,6 +10,7 @@ whole shards and no new metadata: the same command completes it.
 
 On Dataflow, workers install this package: pass --setup_file=./setup.py.
 """
+import os
 import time
 
 from absl import logging
@@ -80,13 +81,18 @@ def convert_with_beam(spec: str, output_dir: str, *, runner: str = "DirectRunner
     with beam.Pipeline(options=pipeline_options(runner, pipeline_args)) as pipeline:
       build_pipeline(pipeline, conversion.todo, spec, load_args, output_dir,
                      conversion.encoding, jpeg_quality)
-  # What the workers wrote, as it now stands in output_dir: one listing.
-  sizes = storage.list_sizes(output_dir, client)
+  # What the workers wrote, as it now stands in output_dir: one listing, which on
+  # gs:// carries every object's crc32c (local shards are read back for theirs).
+  if storage.is_gcs(output_dir):
+    written = storage.list_files(output_dir, client)
+  else:
+    written = {name: (size, None) for name, size in storage.list_sizes(output_dir).items()}
   results = list(conversion.done)
   for split_name, name, indices in conversion.todo:
-    if name in sizes:
-      crc = storage.remote_crc32c(storage.join(output_dir, name), client)
-      results.append((split_name, name, len(indices), crc, sizes[name]))
+    if name in written:
+      size, crc = written[name]
+      crc = crc or storage.file_crc32c(os.path.join(output_dir, name))
+      results.append((split_name, name, len(indices), crc, size))
   dataset = convert.publish(conversion, results, client)
   examples = sum(s.num_examples for s in dataset.splits.values())
   logging.info("Wrote %d examples in %d shards to %s in %.1f s with Beam (%s).", examples,
