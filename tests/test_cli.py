@@ -92,6 +92,12 @@ def test_train_errors(digits_dir, tmp_path, flags, fragments):
   assert not os.path.exists(tmp_path / "w")  # nothing written, not even config.json
 
 
+def test_a_missing_config_file_is_one_error_line(tmp_path):
+  result = run_cli("train", "--config=configs/nope.py", f"--workdir={tmp_path / 'w'}")
+  _assert_one_line_error(result, "--config could not be loaded", "configs/nope.py",
+                         "configs/cnn.py")
+
+
 def test_a_workdir_that_is_a_file_is_refused(digits_dir, tmp_path):
   (tmp_path / "w").write_text("notes")
   result = run_cli("train", "--config=configs/cnn.py:smoke", f"--workdir={tmp_path / 'w'}",
@@ -136,3 +142,17 @@ def test_paths_expand_the_home_directory(tmp_path):
   assert result.returncode == 0, result.stderr
   from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
   assert manifest.read(str(tmp_path / "digits")).splits["train"].num_examples == 1437
+
+
+def test_a_diverging_run_exits_3_with_one_line_and_exports_nothing(digits_dir, tmp_path):
+  # The issue's own example: SGD at a learning rate of 1e6 trains on NaN.
+  workdir = tmp_path / "w"
+  result = run_cli("train", "--config=configs/mlp.py", f"--workdir={workdir}",
+                   f"--config.data_dir={digits_dir}", "--config.optimizer=sgd",
+                   "--config.base_lr=1e6", "--config.steps=100")
+  assert result.returncode == 3, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: The loss became NaN or infinite between steps"), last
+  assert "Last good checkpoint:" in last and "Traceback" not in result.stderr
+  assert not (workdir / "metrics.json").exists() and not (workdir / "model.keras").exists()
+  assert not (workdir / "saved_model").exists()

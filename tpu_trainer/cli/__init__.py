@@ -60,9 +60,16 @@ def define_config_flags(default: str | None = None) -> None:
 
 def config_from_flags(flag_values):
   """--config with ~ expanded in data_dir; None after printing it for --show_config."""
-  if flag_values.config is None:
+  try:
+    config = flag_values.config
+    if config is not None:
+      config.get("data_dir")  # a config file that failed to load raises only on use
+  except OSError as e:  # ml_collections reports a config file it could not load lazily
+    cause = " ".join(str(e).split()[-8:])
+    raise ValueError(f"--config could not be loaded ({cause}): pass a config file such as "
+                     "configs/cnn.py, or configs/cnn.py:smoke.") from None
+  if config is None:
     raise ValueError("--config is required, e.g. --config=configs/cnn.py.")
-  config = flag_values.config
   if "show_config" in flag_values and flag_values.show_config:
     from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
     print(config_lib.describe(config))
