@@ -195,7 +195,7 @@ def _model_checks(config, dataset, tpu_slice):
     step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
     loss = totals.result()["loss"]
     if not math.isfinite(loss) or signals.read()[0]:
-      raise ValueError(f"loss is {loss}")
+      raise ValueError(f"loss is {loss} on zero images: diverged at the first step")
     flops = forward_flops(model, shape)
   except Exception as e:  # pylint: disable=broad-except
     return [Check("model compiles (bf16, XLA)", "FAIL",

@@ -5,6 +5,8 @@ lever (Keras 3's fit cannot do that under MirroredStrategy, nor run under
 MultiWorkerMirroredStrategy). The Python loop around it (train.py, evaluate.py)
 runs between calls.
 """
+import math
+
 import keras
 import tensorflow as tf
 
@@ -25,8 +27,8 @@ def compile_steps(strategy, step_fn, signals=None):
 
 
 class Signals:
-  """What every host must agree on after an execution: a loss was NaN or
-  infinite, a host got SIGTERM, a host wants a progress line.
+  """What every host must agree on after an execution: the loss diverged, a host
+  got SIGTERM, a host wants a progress line.
 
   Sync-on-read counters: every replica adds to its own copy, and one read sums
   them over all replicas and hosts (a single small collective per execution).
@@ -42,20 +44,30 @@ class Signals:
                                  aggregation=tf.VariableAggregation.SUM)
     self._lines_seen = 0.0
 
-  def add_nonfinite(self, loss):
-    """In a step (replica context): counts a NaN or infinite loss."""
-    self._counts.assign_add(tf.stack([tf.cast(~tf.math.is_finite(loss), tf.float32), 0., 0.]))
+  def add_diverged(self, loss, mean_example_loss, limit: float):
+    """In a step (replica context): counts a loss that is NaN, infinite, or whose
+    mean over the examples is above `limit`."""
+    diverged = tf.logical_or(~tf.math.is_finite(loss), mean_example_loss > limit)
+    self._counts.assign_add(tf.stack([tf.cast(diverged, tf.float32), 0., 0.]))
 
   def add_host_flags(self, host_flags):
     """host_flags: float32 [got SIGTERM, wants a progress line] of this host."""
     self._counts.assign_add(tf.concat([[0.0], tf.cast(host_flags, tf.float32)], 0))
 
   def read(self) -> tuple[bool, bool, bool]:
-    """(a loss was non-finite, a host got SIGTERM, a host wants a line since the
-    last read), over the whole job."""
-    nonfinite, stop, lines = self._counts.numpy()
+    """(the loss diverged, a host got SIGTERM, a host wants a line since the last
+    read), over the whole job."""
+    diverged, stop, lines = self._counts.numpy()
     line, self._lines_seen = lines > self._lines_seen, lines
-    return bool(nonfinite), bool(stop), bool(line)
+    return bool(diverged), bool(stop), bool(line)
+
+
+def divergence_limit(num_classes: int) -> float:
+  """A mean cross-entropy above this is a diverged run: 100 times that of a uniform
+  guess (ln K). Softmax outputs carry their logits, so Keras's loss is not capped
+  and an exploding run can stay finite (SGD at a learning rate of 1e6 reaches
+  1e30 while every number is finite)."""
+  return 100 * max(1.0, math.log(num_classes))
 
 
 def train_step(model, optimizer, config, num_classes: int, totals, signals):
@@ -64,6 +76,7 @@ def train_step(model, optimizer, config, num_classes: int, totals, signals):
   The loss is averaged over the global batch (config.batch_size), so summing the
   replicas' gradients gives the gradient of the whole batch.
   """
+  limit = divergence_limit(num_classes)
   loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
                                                  reduction=None)
 
@@ -78,7 +91,7 @@ def train_step(model, optimizer, config, num_classes: int, totals, signals):
     grads = tape.gradient(scaled_loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     totals.update(per_example, probabilities, labels)
-    signals.add_nonfinite(loss)
+    signals.add_diverged(loss, tf.reduce_mean(tf.cast(per_example, tf.float32)), limit)
 
   return step
 

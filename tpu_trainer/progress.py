@@ -4,6 +4,7 @@ On a terminal, a live tqdm bar that our log lines print above. Otherwise (logs
 of unattended jobs, pipes), a log line at least every `every` seconds of work.
 No TensorFlow here: the converter uses it too.
 """
+import os
 import sys
 import time
 
@@ -16,16 +17,24 @@ def format_duration(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _terminal_columns() -> int:
+  """Columns of the terminal stderr is on; 0 when it is not one (or has no size)."""
+  try:
+    return os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
+  except (OSError, ValueError):
+    return 0
+
+
 class Progress:
   """`total` units of work; update() as they are done, log() for a line."""
 
   def __init__(self, total: int, unit: str, initial: int = 0, every: float = 10.0,
                live: bool | None = None):
     self.total, self.done, self.every = total, initial, every
-    self.live = sys.stderr.isatty() if live is None else live
+    self.live = _terminal_columns() > 0 if live is None else live
     self.start = self.last_line = time.perf_counter()
     self._bar = (tqdm.tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True,
-                           file=sys.stderr, leave=False) if self.live else None)
+                           file=sys.stderr) if self.live else None)
 
   def update(self, count: int, **postfix) -> None:
     self.done += count

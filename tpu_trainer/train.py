@@ -45,7 +45,8 @@ class Preempted(Exception):
 
 
 class Diverged(Exception):
-  """The loss became NaN or infinite: training stopped, nothing was exported."""
+  """The loss diverged (NaN, infinite or exploding): training stopped, nothing was
+  exported."""
 
 
 # What decides the model's variables or the data: a workdir's checkpoints only
@@ -415,10 +416,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         speed.executed(n, time.perf_counter() - start)
         report.progress.update(n)
         profiler.after(step)
-        nonfinite, stop, line_due = signals.read()  # the same on every host
-        if nonfinite:
-          raise Diverged(f"The loss became NaN or infinite between steps {step - n + 1} and "
-                         f"{step}; nothing was exported. Last good checkpoint: "
+        diverged, stop, line_due = signals.read()  # the same on every host
+        if diverged:
+          raise Diverged(f"The loss diverged (NaN, infinite or above "
+                         f"{loop.divergence_limit(dataset.num_classes):.0f}, 100x a uniform "
+                         f"guess's) between steps {step - n + 1} and {step}; nothing was "
+                         "exported. Last good checkpoint: "
                          f"{checkpoints.latest() or 'none (none saved yet)'}. Lower the "
                          f"learning rate (peak {plan.peak_lr:.3g}) or check the data.")
         done = step >= plan.total_steps
