@@ -41,4 +41,5 @@ def test_saved_config_round_trips(tmp_path):
   config.model = "conv_bn"
   path = str(tmp_path / "config.json")
   config_lib.save(config, path)
-  assert config_lib.load(path).to_dict() == config.to_dict()
+  assert config_lib.load_if_exists(path).to_dict() == config.to_dict()
+  assert config_lib.load_if_exists(str(tmp_path / "none.json")) is None

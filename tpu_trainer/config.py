@@ -151,5 +151,7 @@ def save(config: ml_collections.ConfigDict, path: str) -> None:
   storage.write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def load(path: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
+def load_if_exists(path: str) -> ml_collections.ConfigDict | None:
+  """A saved config.json, or None when there is none."""
+  text = storage.read_text_if_exists(path)
+  return None if text is None else ml_collections.ConfigDict(json.loads(text))

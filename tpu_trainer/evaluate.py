@@ -47,13 +47,10 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   nothing: matplotlib is no part of a run's time.
   """
   versions.check()
-  try:
-    config = config_lib.load(storage.join(workdir, "config.json"))
-  except Exception as e:  # pylint: disable=broad-except
-    if not storage.is_not_found(e):
-      raise
+  config = config_lib.load_if_exists(storage.join(workdir, "config.json"))
+  if config is None:
     raise FileNotFoundError(f"No config.json in workdir={workdir!r}: is it a finished "
-                            "tpu-trainer-train workdir?") from None
+                            "tpu-trainer-train workdir?")
   model_path = model_path or storage.join(workdir, "model.keras")
   if not tf.io.gfile.exists(model_path):
     raise FileNotFoundError(f"No model at {model_path}: train to the end first, or pass "
@@ -83,13 +80,9 @@ def _write_report(workdir, split, result, confusion, predict, dataset):
       indent=1) + "\n")
   plots.confusion_matrix(confusion, dataset.class_names,
                          storage.join(workdir, f"eval_{split}_confusion.png"))
-  try:
-    history = json.loads(storage.read_text(storage.join(workdir, "history.json")))
-  except Exception as e:  # pylint: disable=broad-except
-    if not storage.is_not_found(e):
-      raise
-  else:
-    plots.learning_curves(history, storage.join(workdir, "learning_curves.png"))
+  history = storage.read_text_if_exists(storage.join(workdir, "history.json"))
+  if history is not None:
+    plots.learning_curves(json.loads(history), storage.join(workdir, "learning_curves.png"))
   images, labels = pipeline.sample(dataset, split, 25)
   plots.predictions(images, labels, tf.cast(predict(images), tf.float32).numpy(),
                     dataset.class_names, storage.join(workdir, f"eval_{split}_predictions.png"))

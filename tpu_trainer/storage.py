@@ -135,6 +135,16 @@ def read_text(path: str, client=None) -> str:
     return f.read()
 
 
+def read_text_if_exists(path: str, client=None) -> str | None:
+  """read_text, or None for a file or object that is not there."""
+  try:
+    return read_text(path, client)
+  except Exception as e:  # pylint: disable=broad-except
+    if is_not_found(e):
+      return None
+    raise
+
+
 def access_error(path: str, error: Exception) -> ValueError:
   """One line for a gs:// path that cannot be reached: credentials, permissions,
   network."""

@@ -69,12 +69,10 @@ def _strict_json(value):
 def check_resumable(workdir: str, resolved: dict) -> None:
   """Refuses, before anything in the workdir changes, to resume a run whose
   model or data differ from this one's."""
-  try:
-    saved = config_lib.load(storage.join(workdir, "config.json")).to_dict()
-  except Exception as e:  # pylint: disable=broad-except
-    if storage.is_not_found(e):
-      return
-    raise
+  saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
+  if saved is None:
+    return
+  saved = saved.to_dict()
   changed = [f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in RESUME_KEYS
              if k in saved and saved.get(k) != resolved.get(k)]
   if changed:

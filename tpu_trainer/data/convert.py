@@ -97,17 +97,12 @@ def _our_shard_pattern(name: str) -> re.Pattern:
 def _existing(output_dir: str, client) -> dict | None:
   """The tpu_trainer.json of a dataset already in output_dir, {} for none; refuses
   to overwrite a dataset something else wrote."""
-  try:
-    info_text = storage.read_text(storage.join(output_dir, manifest.INFO_FILE), client)
-  except Exception as e:  # pylint: disable=broad-except
-    if storage.is_not_found(e):
-      return {}
-    raise
-  try:
-    return json.loads(storage.read_text(storage.join(output_dir, manifest.OURS_FILE), client))
-  except Exception as e:  # pylint: disable=broad-except
-    if not storage.is_not_found(e):
-      raise
+  info_text = storage.read_text_if_exists(storage.join(output_dir, manifest.INFO_FILE), client)
+  if info_text is None:
+    return {}
+  ours = storage.read_text_if_exists(storage.join(output_dir, manifest.OURS_FILE), client)
+  if ours is not None:
+    return json.loads(ours)
   if '"format_version"' in info_text:  # our own format 1: replaced like any conversion
     return {"shards": {s["file"]: s for split in json.loads(info_text)["splits"].values()
                        for s in split["shards"]}}

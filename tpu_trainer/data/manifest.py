@@ -234,26 +234,21 @@ def read(data_dir: str, client=None) -> Dataset:
   """The dataset in data_dir (local or gs://): ours or any TFDS-prepared one."""
   tfds = _tfds()
   info_path = storage.join(data_dir, INFO_FILE)
-  try:
-    info_text = storage.read_text(info_path, client)
-  except Exception as e:  # pylint: disable=broad-except
-    if not storage.is_not_found(e):
-      raise
+  info_text = storage.read_text_if_exists(info_path, client)
+  if info_text is None:
     raise FileNotFoundError(
         f"No {INFO_FILE} in data_dir={data_dir!r}: convert a dataset there first "
         f"(tpu-trainer-convert --source=digits --output_dir={data_dir}), or point it at a "
-        "TFDS dataset directory (e.g. ~/tensorflow_datasets/mnist/3.0.1).") from None
+        "TFDS dataset directory (e.g. ~/tensorflow_datasets/mnist/3.0.1).")
   info = _parse_info(info_text, info_path)
   if info.file_format not in ("", "tfrecord"):
     raise ValueError(f"{data_dir} stores its shards as {info.file_format}; only tfrecord "
                      "datasets can be read (prepare it with file_format='tfrecord').")
-  try:
-    features_json = json.loads(storage.read_text(storage.join(data_dir, FEATURES_FILE), client))
-  except Exception as e:  # pylint: disable=broad-except
-    if not storage.is_not_found(e):
-      raise
+  features_text = storage.read_text_if_exists(storage.join(data_dir, FEATURES_FILE), client)
+  if features_text is None:
     raise FileNotFoundError(f"No {FEATURES_FILE} in data_dir={data_dir!r}: TFDS writes it "
-                            "beside dataset_info.json; prepare the dataset again.") from None
+                            "beside dataset_info.json; prepare the dataset again.")
+  features_json = json.loads(features_text)
   features = tfds.features.FeatureConnector.from_json(features_json)
   supervised = [info.supervised_keys.tuple.items[i].feature_key
                 for i in range(len(info.supervised_keys.tuple.items))]
@@ -277,27 +272,21 @@ def read(data_dir: str, client=None) -> Dataset:
 
 def _class_names(data_dir, label_key, label, client) -> list:
   """ClassLabel names live in <key>.labels.txt beside features.json."""
-  try:
-    text = storage.read_text(storage.join(data_dir, f"{label_key}.labels.txt"), client)
-    names = [n for n in text.splitlines() if n]
-    if len(names) == label.num_classes:
-      return names
-  except Exception as e:  # pylint: disable=broad-except
-    if not storage.is_not_found(e):
-      raise
+  text = storage.read_text_if_exists(storage.join(data_dir, f"{label_key}.labels.txt"), client)
+  names = [n for n in (text or "").splitlines() if n]
+  if len(names) == label.num_classes:
+    return names
   return [str(i) for i in range(label.num_classes)]
 
 
 def _read_ours(data_dir, splits, client):
-  try:
-    ours = json.loads(storage.read_text(storage.join(data_dir, OURS_FILE), client))
-  except Exception as e:  # pylint: disable=broad-except
-    if not storage.is_not_found(e):
-      raise
+  text = storage.read_text_if_exists(storage.join(data_dir, OURS_FILE), client)
+  if text is None:
     logging.warning("%s has no %s (not converted by tpu_trainer): shard checksums are not "
                     "checked; shard lengths and sizes from TFDS's metadata are.", data_dir,
                     OURS_FILE)
     return None
+  ours = json.loads(text)
   files = {os.path.basename(f) for s in splits.values() for f in s.files}
   if not files <= set(ours.get("shards", {})):
     logging.warning("%s/%s does not describe the shards dataset_info.json names; ignoring it "
