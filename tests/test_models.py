@@ -78,3 +78,13 @@ def test_mobilenet_pretrained_base_is_frozen_but_top_layers_fine_tune(tmp_path):
   assert [l.trainable for l in base.layers[-10:]] == [True] * 10
   assert not any(l.trainable and l.weights for l in base.layers[:-10])
   assert len(tuned.trainable_variables) > len(frozen.trainable_variables)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet50"])
+def test_bases_trained_from_scratch_use_a_fast_batch_norm_momentum(name):
+  config = default_config()
+  config.model, config.weights = name, "none"
+  model = build_model(config, (32, 32, 3), 5)
+  momenta = {l.momentum for l in model._flatten_layers()  # pylint: disable=protected-access
+             if isinstance(l, keras.layers.BatchNormalization)}
+  assert momenta == {0.9}
