@@ -22,6 +22,7 @@ setuptools.setup(
         "tensorflow-datasets",
         "importlib_resources",  # TFDS's download_and_prepare imports it on any Python
         "tensorboard",
+        "tqdm",  # progress bars on terminals (TFDS depends on it too)
         "matplotlib",
         "pillow",
     ],
