@@ -98,19 +98,17 @@ def _data_checks(config, tpu_slice, client):
                         + ("sizes and crc32c as recorded" if dataset.ours is not None else
                            "sizes as TFDS recorded (no checksums: not converted here)")))
 
-  train_files = dataset.splits[config.input.train_split].files if config.input.train_split in \
-      dataset.splits else []
+  split = config.input.train_split
+  train_files = dataset.splits[split].files if split in dataset.splits else []
   if len(train_files) < tpu_slice.hosts:
     checks.append(Check("shards >= hosts", "FAIL",
-                        f"{len(train_files)} {config.input.train_split} shards for {tpu_slice.hosts} "
+                        f"{len(train_files)} {split} shards for {tpu_slice.hosts} "
                         f"hosts: convert with --min_shards={tpu_slice.hosts * 4}."))
   else:
-    checks.append(Check("shards >= hosts", "OK", f"{len(train_files)} {config.input.train_split} "
+    checks.append(Check("shards >= hosts", "OK", f"{len(train_files)} {split} "
                         f"shards for {tpu_slice.hosts} host(s)"))
-  sizes = {config.input.train_split: [files[os.path.basename(f)][0] for f in train_files
-                                if os.path.basename(f) in files]}
-
-  train_sizes = sizes.get(config.input.train_split, [])
+  train_sizes = [files[os.path.basename(f)][0] for f in train_files
+                 if os.path.basename(f) in files]
   if train_sizes:
     mean, total = sum(train_sizes) / len(train_sizes), sum(train_sizes)
     if max(train_sizes) > 1 << 30:
