@@ -145,6 +145,19 @@ def read_text_if_exists(path: str, client=None) -> str | None:
     raise
 
 
+def bucket_exists(bucket_name: str, client=None) -> tuple[object, bool]:
+  """(the client, whether the bucket exists), asked once with a short timeout: an
+  unreachable bucket (credentials, network) is an error in seconds, not minutes of
+  retries. Without a client, one is made (and its failure reported the same way)."""
+  try:
+    client = client or gcs_client()
+    return client, client.bucket(bucket_name).exists(timeout=15, retry=None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "
+                     f"{str(e).splitlines()[0]} (run `gcloud auth application-default "
+                     "login` or check the bucket name).") from None
+
+
 def access_error(path: str, error: Exception) -> ValueError:
   """One line for a gs:// path that cannot be reached: credentials, permissions,
   network."""

@@ -35,13 +35,7 @@ def _check_output_dir(output_dir: str, client):
   Returns the Cloud Storage client for gs:// paths."""
   if storage.is_gcs(output_dir):
     bucket_name, _ = storage.split_gcs(output_dir)
-    try:
-      client = client or storage.gcs_client()
-      exists = client.bucket(bucket_name).exists(timeout=15, retry=None)
-    except Exception as e:  # credentials missing, network, permissions
-      raise ValueError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "
-                       f"{str(e).splitlines()[0]} (run `gcloud auth application-default "
-                       "login` or check the bucket name).") from None
+    client, exists = storage.bucket_exists(bucket_name, client)
     if not exists:
       raise ValueError(f"Bucket gs://{bucket_name} does not exist; create it "
                        f"(gcloud storage buckets create gs://{bucket_name} --location=REGION).")

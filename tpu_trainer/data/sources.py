@@ -124,8 +124,7 @@ def _download(path: str, workdir: str) -> tuple[str, list] | None:
   try:
     blob = client.bucket(bucket_name).get_blob(name, timeout=30, retry=None)
   except Exception as e:  # pylint: disable=broad-except  (no bucket, no credentials)
-    raise ValueError(f"Cannot read {path}: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0]}") from None
+    raise storage.access_error(path, e) from None
   if blob is None:
     return None
   local = os.path.join(workdir, os.path.basename(name))
@@ -319,13 +318,7 @@ def _gcs_folder_items(directory: str):
   """The same for gs://bucket/prefix: one listing; classes are the first-level
   prefixes. A missing bucket is a fast error, not minutes of retries."""
   bucket_name, prefix = storage.split_gcs(directory.rstrip("/") + "/")
-  client = storage.gcs_client()
-  try:
-    exists = client.bucket(bucket_name).exists(timeout=15, retry=None)
-  except Exception as e:  # pylint: disable=broad-except  (credentials, network)
-    raise ValueError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0]} (run `gcloud auth application-default "
-                     "login` or check the bucket name).") from None
+  client, exists = storage.bucket_exists(bucket_name, storage.gcs_client())
   if not exists:
     raise ValueError(f"folder source: bucket gs://{bucket_name} does not exist.")
   items = []
