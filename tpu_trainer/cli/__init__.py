@@ -4,6 +4,7 @@ Every tool: `--help` shows what it does, examples and its own flags (exit 0);
 `-v` / `--verbosity=1` adds TensorFlow's own logs, hidden by default.
 """
 import errno
+import json
 import logging as std_logging
 import os
 import re
@@ -39,6 +40,13 @@ def disk_full_path(error: Exception) -> str | None:
     return error.filename or "(a file)"
   match = re.search(r"(\S+); No space left on device", str(error))
   return match.group(1) if match else None
+
+
+def print_written(dataset, output_dir: str) -> None:
+  """The result line of a conversion: examples and shards per split, as JSON."""
+  summary = {name: {"examples": s.num_examples, "shards": len(s.files)}
+             for name, s in dataset.splits.items()}
+  print(f"Wrote {dataset.name} to {output_dir}: {json.dumps(summary)}")
 
 
 def expand_path(path: str) -> str:

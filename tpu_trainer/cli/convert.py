@@ -12,8 +12,6 @@ Examples:
 
 Beam pipeline options (--direct_num_workers=2, --project=...) go after `--`.
 """
-import json
-
 from absl import flags
 
 from tpu_trainer import cli
@@ -80,9 +78,7 @@ def main(argv):
   else:
     dataset = convert.convert(sources.load(spec, **load_args), output_dir,
                               workers=FLAGS.workers, **shards)
-  summary = {name: {"examples": s.num_examples, "shards": len(s.files)}
-             for name, s in dataset.splits.items()}
-  print(f"Wrote {dataset.name} to {output_dir}: {json.dumps(summary)}")
+  cli.print_written(dataset, output_dir)
 
 
 def run():

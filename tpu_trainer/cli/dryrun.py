@@ -40,9 +40,7 @@ def main(argv):
   shutil.rmtree(workdir, ignore_errors=True)
   # One writer process: TensorFlow is loaded here, and forking after that is unsafe.
   dataset = convert.convert(sources.digits(), data, workers=1)
-  print(f"Wrote {dataset.name} to {data}: " + json.dumps(
-      {name: {"examples": s.num_examples, "shards": len(s.files)}
-       for name, s in dataset.splits.items()}))
+  cli.print_written(dataset, data)
   with config.unlocked():
     config.data_dir = data
     if not config.cpu_devices:
