@@ -66,3 +66,35 @@ def test_multi_host_slices_need_gcs_paths():
   with pytest.raises(ValueError, match="workdir='/tmp/w'"):
     strategy_lib.check_shared_paths(2, {"config.data_dir": "gs://b/d", "workdir": "/tmp/w"})
   assert strategy_lib.num_hosts(strategy_lib.get_strategy("cpu")) == 1
+
+
+def _pci_bus(root, vendors):
+  for i, vendor in enumerate(vendors):
+    device = root / f"0000:00:0{i}.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text(vendor + "\n")
+  return str(root)
+
+
+def test_local_tpu_is_possible_only_with_a_google_pci_device(tmp_path):
+  assert not strategy_lib.may_have_local_tpu(_pci_bus(tmp_path / "laptop", ["0x8086", "0x1af4"]))
+  assert strategy_lib.may_have_local_tpu(_pci_bus(tmp_path / "tpu_vm", ["0x8086", "0x1ae0"]))
+  assert strategy_lib.may_have_local_tpu(str(tmp_path / "no_sysfs"))  # cannot tell: probe
+
+
+@pytest.mark.parametrize("kind,tpu,google_device,probed", [
+    ("auto", "", False, False),       # a laptop: no probe
+    ("auto", "", True, True),         # a TPU VM
+    ("auto", "my-tpu", False, True),  # a named (remote) TPU is always asked
+    ("tpu", "", False, True),         # strategy=tpu always asks, to say why not
+])
+def test_which_runs_probe_for_a_tpu(monkeypatch, kind, tpu, google_device, probed):
+  calls = []
+  monkeypatch.setattr(strategy_lib, "may_have_local_tpu", lambda: google_device)
+  monkeypatch.setattr(strategy_lib, "_probe_tpu",
+                      lambda *args: calls.append(args) or (None, "NotFoundError: none"))
+  try:
+    strategy_lib.get_strategy(kind, tpu)
+  except ValueError:
+    assert kind == "tpu"
+  assert bool(calls) == probed
