@@ -156,6 +156,20 @@ def test_resume_runs_exactly_the_remaining_steps_from_the_restored_state(
   assert train_steps == sorted(train_steps) and train_steps[-1] == 25
 
 
+@pytest.mark.parametrize("overrides,saved_steps", [
+    ({}, [66]),  # a run shorter than checkpoint_min_secs: only its end
+    ({"checkpoint_min_secs": 0.0}, [25, 50, 66]),  # every epoch (22 steps, rounded to 5)
+    ({"checkpoint_every_steps": 20}, [20, 40, 60, 66]),  # explicit: obeyed
+])
+def test_checkpoints_per_epoch_at_most_every_checkpoint_min_secs(
+    digits_dir, tmp_path, overrides, saved_steps):
+  workdir = tmp_path / "w"
+  config = _digits_config(mlp_config, digits_dir, epochs=3, keep_checkpoints=10, **overrides)
+  train.run(config, str(workdir), strategy_lib.get_strategy("cpu"))
+  state = tf.train.get_checkpoint_state(str(workdir / "checkpoints"))
+  assert [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] == saved_steps
+
+
 def test_the_first_execution_is_not_part_of_the_speed(digits_dir, tmp_path, monkeypatch):
   # The first execution is made 3 s slower (as a slow compilation would be).
   executed, before = _count_training_steps(monkeypatch)

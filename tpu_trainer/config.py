@@ -62,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.precision = "auto"           # auto (bf16 on TPU/bf16 CPUs, fp16 on GPU) | float32 | mixed_*
   c.steps_per_execution = 20     # training steps per tf.function call
   c.log_every_steps = 0          # 0: once per epoch (rounded to executions)
-  c.checkpoint_every_steps = 0   # 0: once per epoch
+  c.checkpoint_every_steps = 0   # 0: once per epoch, at most every checkpoint_min_secs
+  c.checkpoint_min_secs = 60.0   # between per-epoch checkpoints (the end and SIGTERM always save)
   c.eval_every_epochs = 1        # evaluate the eval split this often
   c.keep_checkpoints = 3         # the newest checkpoints kept
   c.profile_steps = ""           # "START,END": record a TensorBoard profile
@@ -104,7 +105,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}={config[key]} must be in [{low}, {high}).")
   for key in ("weight_decay", "warmup_epochs", "epochs", "steps", "cpu_devices",
               "early_stopping_patience", "log_every_steps", "checkpoint_every_steps",
-              "input.threads", "input.cache_max_bytes"):
+              "checkpoint_min_secs", "input.threads", "input.cache_max_bytes"):
     if config[key] < 0:
       raise ValueError(f"config.{key}={config[key]} must not be negative.")
   if config.input.shuffle_buffer < 1:

@@ -192,7 +192,7 @@ def _model_checks(config, dataset, tpu_slice):
     start = time.perf_counter()
     step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
     loss = totals.result()["loss"]
-    if not math.isfinite(loss) or signals.read()[0]:
+    if not math.isfinite(loss) or signals.read().diverged:
       raise ValueError(f"loss is {loss} on zero images: diverged at the first step")
     flops = forward_flops(model, shape)
   except Exception as e:  # pylint: disable=broad-except

@@ -6,8 +6,10 @@ MultiWorkerMirroredStrategy). The Python loop around it (train.py, evaluate.py)
 runs between calls.
 """
 import math
+from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -26,40 +28,50 @@ def compile_steps(strategy, step_fn, signals=None):
   return run
 
 
+class Agreed(NamedTuple):
+  """What the whole job agrees on after an execution (see Signals)."""
+  diverged: bool        # a replica's loss diverged
+  stop: bool            # a host got SIGTERM
+  line_due: bool        # a host wants a progress line (since the last read)
+  checkpoint_due: bool  # a host's last checkpoint is older than it should be
+
+
 class Signals:
   """What every host must agree on after an execution: the loss diverged, a host
-  got SIGTERM, a host wants a progress line.
+  got SIGTERM, a host wants a progress line or a checkpoint.
 
   Sync-on-read counters: every replica adds to its own copy, and one read sums
   them over all replicas and hosts (a single small collective per execution).
   Every worker of a multi-worker job reads the same values after the same
   execution, so all of them log, stop and save at the same step; a decision
-  taken by one host alone would leave the others waiting in a collective.
+  taken by one host alone (on its own clock, say) would leave the others
+  waiting in a collective.
   """
 
   def __init__(self, strategy):
     with strategy.scope():
-      self._counts = tf.Variable([0.0, 0.0, 0.0], trainable=False, name="signals",
+      self._counts = tf.Variable([0.0] * 4, trainable=False, name="signals",
                                  synchronization=tf.VariableSynchronization.ON_READ,
                                  aggregation=tf.VariableAggregation.SUM)
-    self._lines_seen = 0.0
+    self._seen = np.zeros(4)
 
   def add_diverged(self, loss, mean_example_loss, limit: float):
     """In a step (replica context): counts a loss that is NaN, infinite, or whose
     mean over the examples is above `limit`."""
     diverged = tf.logical_or(~tf.math.is_finite(loss), mean_example_loss > limit)
-    self._counts.assign_add(tf.stack([tf.cast(diverged, tf.float32), 0., 0.]))
+    self._counts.assign_add(tf.stack([tf.cast(diverged, tf.float32), 0., 0., 0.]))
 
   def add_host_flags(self, host_flags):
-    """host_flags: float32 [got SIGTERM, wants a progress line] of this host."""
+    """host_flags: float32 [got SIGTERM, wants a progress line, wants a
+    checkpoint] of this host."""
     self._counts.assign_add(tf.concat([[0.0], tf.cast(host_flags, tf.float32)], 0))
 
-  def read(self) -> tuple[bool, bool, bool]:
-    """(the loss diverged, a host got SIGTERM, a host wants a line since the last
-    read), over the whole job."""
-    diverged, stop, lines = self._counts.numpy()
-    line, self._lines_seen = lines > self._lines_seen, lines
-    return bool(diverged), bool(stop), bool(line)
+  def read(self) -> Agreed:
+    """Over the whole job; line_due and checkpoint_due since the last read."""
+    counts = self._counts.numpy()
+    new, self._seen = counts > self._seen, counts
+    return Agreed(diverged=bool(counts[0]), stop=bool(counts[1]), line_due=bool(new[2]),
+                  checkpoint_due=bool(new[3]))
 
 
 def divergence_limit(num_classes: int) -> float:

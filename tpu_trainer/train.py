@@ -106,6 +106,7 @@ class Plan:
   steps_per_execution: int
   log_every: int
   checkpoint_every: int
+  checkpoint_min_secs: float  # 0: every checkpoint_every steps
   eval_every: int
   precision: str
   decisions: dict  # why, for what config.batch_size etc. left open (saved in config.json)
@@ -130,6 +131,7 @@ def plan_run(config, train_examples: int, strategy) -> Plan:
   return Plan(batch_size, peak_lr, steps_per_epoch, total_steps, spe,
               log_every=_round_up(config.log_every_steps or steps_per_epoch, spe),
               checkpoint_every=_round_up(config.checkpoint_every_steps or steps_per_epoch, spe),
+              checkpoint_min_secs=0.0 if config.checkpoint_every_steps else config.checkpoint_min_secs,
               eval_every=_round_up(config.eval_every_epochs * steps_per_epoch, spe),
               precision=strategy_lib.resolve_precision(config.precision, strategy),
               decisions=decisions)
@@ -158,7 +160,9 @@ class Checkpoints:
   their own that close() removes: they leave nothing in the workdir.
   """
 
-  def __init__(self, model, optimizer, workdir: str, chief: bool, keep: int):
+  def __init__(self, model, optimizer, workdir: str, chief: bool, keep: int,
+               min_secs: float = 0.0):
+    self._min_secs, self._last_save = min_secs, time.monotonic()
     self.directory = storage.join(workdir, "checkpoints")
     self._chief = chief
     self._own = self.directory if chief else tempfile.mkdtemp(prefix="tpu_trainer_worker_ckpt_")
@@ -177,8 +181,13 @@ class Checkpoints:
       self._checkpoint.restore(latest).assert_existing_objects_matched()
       logging.info("Resumed from %s.", latest)
 
+  def due(self) -> bool:
+    """This host's wish; the job saves when any host's is agreed (loop.Signals)."""
+    return time.monotonic() - self._last_save >= self._min_secs
+
   def save(self, step: int) -> None:
     self._manager.save(checkpoint_number=step)
+    self._last_save = time.monotonic()
 
   def close(self) -> None:
     if not self._chief:
@@ -381,7 +390,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     _log_plan(config, plan, train_examples, strategy)
 
     model, optimizer, schedule = build(config, plan, dataset, strategy)
-    checkpoints = Checkpoints(model, optimizer, workdir, chief, config.keep_checkpoints)
+    checkpoints = Checkpoints(model, optimizer, workdir, chief, config.keep_checkpoints,
+                              plan.checkpoint_min_secs)
     cleanup.callback(checkpoints.close)
     checkpoints.restore()
     step = int(optimizer.iterations.numpy())
@@ -408,14 +418,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         n = min(plan.steps_per_execution, plan.total_steps - step)
         profiler.before(step)
         start = time.perf_counter()
-        train_steps(iterator, tf.constant(n),
-                    tf.constant([float(sigterm.received), float(report.progress.line_due())]))
+        train_steps(iterator, tf.constant(n), tf.constant(
+            [sigterm.received, report.progress.line_due(), checkpoints.due()], tf.float32))
         step = int(optimizer.iterations.numpy())  # also waits for the devices
         speed.executed(n, time.perf_counter() - start)
         report.progress.update(n)
         profiler.after(step)
-        diverged, stop, line_due = signals.read()  # the same on every host
-        if diverged:
+        agreed = signals.read()  # the same on every host
+        if agreed.diverged:
           raise Diverged(f"The loss diverged (NaN, infinite or above "
                          f"{loop.divergence_limit(dataset.num_classes):.0f}, 100x a uniform "
                          f"guess's) between steps {step - n + 1} and {step}; nothing was "
@@ -423,7 +433,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                          f"{checkpoints.latest() or 'none (none saved yet)'}. Lower the "
                          f"learning rate (peak {plan.peak_lr:.3g}) or check the data.")
         done = step >= plan.total_steps
-        if step % plan.log_every == 0 or done or line_due:
+        if step % plan.log_every == 0 or done or agreed.line_due:
           report.train(step, {**totals.result(), "examples_per_second": speed.interval_rate(),
                               "learning_rate": float(schedule(step))})
           totals.reset()
@@ -436,10 +446,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
           report.validation(step, values)
           stop_early = early_stopping.stop(values["accuracy"])
           speed.exclude(time.perf_counter() - eval_start)
-        if step % plan.checkpoint_every == 0 or done or stop or stop_early:
+        if ((step % plan.checkpoint_every == 0 and agreed.checkpoint_due) or done
+            or agreed.stop or stop_early):
           checkpoints.save(step)
           report.save_history()
-        if stop:
+        if agreed.stop:
           where = "here" if sigterm.received else "on another worker"
           raise Preempted(f"SIGTERM {where} at step {step}/{plan.total_steps}; every worker "
                           f"saved checkpoint {step} in {checkpoints.directory}. Run the same "
