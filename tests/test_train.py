@@ -85,6 +85,13 @@ def test_saved_model_serves_uint8_images(digits_dir, tmp_path):
   assert out["class_id"].numpy().tolist() == class_id.numpy().tolist()
   # digits' class names are "0".."9"
   assert [n.decode() for n in out["class_name"].numpy()] == [str(i) for i in class_id.numpy()]
+  # As TF Serving and the README's saved_model_cli load it: a TF1 session over the graph.
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    meta = tf.compat.v1.saved_model.load(session, ["serve"], os.path.join(workdir, "saved_model"))
+    served_def = meta.signature_def["serving_default"]
+    probabilities = session.run(served_def.outputs["probabilities"].name,
+                                {served_def.inputs["image"].name: np.zeros([3, 8, 8, 1], np.uint8)})
+  assert np.allclose(probabilities, out["probabilities"].numpy(), atol=1e-6)
   # A float image is refused, never scored as garbage: by the signature itself,
   # and with what to do by our loaders.
   with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):

@@ -8,9 +8,7 @@ uploaded file by file; there metrics.json, written after the export, is the
 mark of a complete one). A kill during export leaves the previous files or
 none, never a half-written one.
 """
-import contextlib
 import glob
-import io
 import os
 import shutil
 import tempfile
@@ -62,22 +60,26 @@ def publish_directory(local_dir: str, final: str) -> None:
 
 
 def save_serving_model(model: keras.Model, class_names: list[str], path: str) -> None:
+  """The serving signature alone, over the model's variables. Saved with
+  tf.saved_model.save directly: keras.export.ExportArchive writes the same
+  signature in twice the time (0.25 vs 0.12 s for the seed CNN), most of it
+  walking the model's objects for resources a plain Keras model does not have."""
   names = tf.constant(class_names)
   image_spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.uint8, name="image")
 
+  @tf.function(input_signature=[image_spec])
   def serve(image):
     probabilities = tf.cast(model(image, training=False), tf.float32)
     class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     return {"probabilities": probabilities, "class_id": class_id,
             "class_name": tf.gather(names, class_id)}
 
-  archive = keras.export.ExportArchive()
-  archive.track(model)
-  archive.add_endpoint("serve", serve, input_signature=[image_spec])
-  # Keras (3.6 at least) prints every endpoint's signature to stdout, which
-  # belongs to our results; the saved signature is in the README.
-  with contextlib.redirect_stdout(io.StringIO()):
-    archive.write_out(path)
+  module = tf.Module()
+  # The tf.Variables the graph reads (not Keras's wrappers of them): TF1-style
+  # loaders such as saved_model_cli create exactly these.
+  module.model_variables = list(serve.get_concrete_function().variables)
+  module.serve = serve
+  tf.saved_model.save(module, path, signatures={"serving_default": serve})
 
 
 def check_images(images) -> None:
