@@ -67,7 +67,7 @@ def save_serving_model(model: keras.Model, class_names: list[str], path: str) ->
   names = tf.constant(class_names)
   image_spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.uint8, name="image")
 
-  @tf.function(input_signature=[image_spec])
+  @tf.function(input_signature=[image_spec], autograph=False)
   def serve(image):
     probabilities = tf.cast(model(image, training=False), tf.float32)
     class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)

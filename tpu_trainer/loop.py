@@ -18,10 +18,15 @@ def compile_steps(strategy, step_fn, signals=None):
   step_fn(*next(iterator)) on every replica, in one execution. With signals,
   this host's flags (see Signals.add_host_flags) are added after the steps."""
 
-  @tf.function
+  # No autograph (as Keras's own train step): converting the loop, the step and
+  # everything they call costs the first run of a process 1-2 s of Python.
+  @tf.function(autograph=False)
   def run(iterator, steps, host_flags=None):
-    for _ in tf.range(steps):
+    def step(i):
       strategy.run(step_fn, args=next(iterator))
+      return i + 1
+
+    tf.while_loop(lambda i: i < steps, step, [tf.constant(0)])
     if signals is not None:
       strategy.run(signals.add_host_flags, args=(host_flags,))
 

@@ -15,6 +15,9 @@ from tpu_trainer.data import records
 from tpu_trainer.data.manifest import Dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
+# tf.data converts every function it is given with autograph, 0.5-1 s of Python
+# the first time in a process; ours have no Python control flow on tensors.
+plain = tf.autograph.experimental.do_not_convert
 
 
 def num_input_pipelines(strategy) -> int:
@@ -50,7 +53,7 @@ def _records(files, pipelines, index, deterministic, shuffle_seed=None):
   ds = file_dataset(files, pipelines, index, shuffle_seed)
   if len(files) >= pipelines:
     return ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+        plain(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20)),
         cycle_length=min(math.ceil(len(files) / pipelines), 16), block_length=1,
         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
   logging.warning("%d files for %d input pipelines: every pipeline reads every file "
@@ -111,10 +114,10 @@ def train_input_fn(dataset: Dataset, global_batch: int, input_config, seed: int 
       ds = _records(files, pipelines, index, deterministic, shuffle_seed=seed)
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.map(lambda b: records.decode_batch(b, dataset),
+    ds = ds.map(plain(lambda b: records.decode_batch(b, dataset)),
                 num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if input_config.augment:
-      ds = ds.map(lambda x, y: (augment_batch(x), y), num_parallel_calls=AUTOTUNE,
+      ds = ds.map(plain(lambda x, y: (augment_batch(x), y)), num_parallel_calls=AUTOTUNE,
                   deterministic=deterministic)
     return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, input_config.threads))
 
@@ -173,7 +176,7 @@ def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, split: st
       return (tf.ensure_shape(images, (batch,) + shape), tf.ensure_shape(labels, [batch]),
               tf.ensure_shape(weights, [batch]))
 
-    ds = ds.batch(batch).map(decode_and_pad, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch).map(plain(decode_and_pad), num_parallel_calls=AUTOTUNE)
     padding = tf.data.Dataset.from_tensors((
         tf.zeros((batch,) + shape, tf.uint8), tf.zeros([batch], tf.int32),
         tf.zeros([batch], tf.float32))).repeat()
@@ -186,5 +189,5 @@ def sample(dataset: Dataset, split: str, count: int):
   """The first `count` examples of a split, as (uint8 images, int32 labels) numpy
   arrays: for pictures of predictions."""
   ds = _records(dataset.split(split).files, 1, 0, deterministic=True).take(count)
-  images, labels = next(iter(ds.batch(count).map(lambda b: records.decode_batch(b, dataset))))
+  images, labels = next(iter(ds.batch(count).map(plain(lambda b: records.decode_batch(b, dataset)))))
   return images.numpy(), labels.numpy()
