@@ -8,8 +8,10 @@ For each recipe, on digits and on any npz/idx dataset given, in the same run:
 Wall time is the whole call each: setup, training and the final evaluation.
 
   python benchmarks/accuracy.py [--datasets=digits,npz:fashion_mnist.npz] \
-      [--recipes=mlp,cnn,cnn_deep,conv_bn,mobilenet_v2] [--epochs=10] [--seeds=3]
+      [--recipes=mlp,cnn,cnn_deep,conv_bn,mobilenet_v2] [--epochs=10] [--seeds=3] \
+      [--override=input.augment=False,precision=float32]
 """
+import ast
 import os
 import tempfile
 import time
@@ -27,6 +29,8 @@ flags.DEFINE_list("recipes", ["mlp", "cnn", "cnn_deep", "conv_bn"],
 flags.DEFINE_integer("epochs", 10, "Epochs for both (the seed tutorials' 10).")
 flags.DEFINE_integer("seeds", 3, "Runs per side, averaged: one digits test example is "
                      "0.28 points.")
+flags.DEFINE_list("override", [], "KEY=VALUE config settings for our side, e.g. "
+                  "input.augment=False (the photo recipes' crops and flips on digits).")
 FLAGS = flags.FLAGS
 
 
@@ -72,6 +76,17 @@ def _recipe(spec, data_dir):
   config.data_dir = data_dir
   if config.weights != "none":
     config.weights = "none"  # nothing downloads here: both sides train from scratch
+  return config
+
+
+def _override(config, settings):
+  for setting in settings:
+    key, _, value = setting.partition("=")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # a string, e.g. precision=float32
+    config.update_from_flattened_dict({key: value})
   return config
 
 
@@ -126,7 +141,8 @@ def main(_):
         plain, our = [], []
         for seed in range(FLAGS.seeds):
           plain.append(plain_keras(_recipe(recipe, data_dir), source, FLAGS.epochs, seed))
-          our.append(ours(_recipe(recipe, data_dir), FLAGS.epochs, seed))
+          our.append(ours(_override(_recipe(recipe, data_dir), FLAGS.override), FLAGS.epochs,
+                          seed))
         plain_acc, plain_s = np.mean([p[0] for p in plain]), np.mean([p[1] for p in plain])
         our_acc, our_s = np.mean([o[0] for o in our]), np.mean([o[1] for o in our])
         resolved = our[0][2]

@@ -33,7 +33,7 @@ def test_accuracy_compares_each_recipe_on_digits_and_a_given_npz(tmp_path):
     arrays[f"x_{key}"], arrays[f"y_{key}"] = np.stack(images)[..., 0], np.array(labels)
   np.savez(tmp_path / "small.npz", **arrays)
   out = _run("accuracy.py", f"--datasets=digits,npz:{tmp_path / 'small.npz'}", "--recipes=mlp",
-             "--epochs=1", "--seeds=1")
+             "--epochs=1", "--seeds=1", "--override=precision=float32,input.augment=False")
   rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
           if line.startswith("| digits") or line.startswith("| small")]
   assert [(r[0], r[1]) for r in rows] == [("digits (1437 train)", "mlp"), ("small (300 train)", "mlp")]
@@ -41,6 +41,7 @@ def test_accuracy_compares_each_recipe_on_digits_and_a_given_npz(tmp_path):
     plain, plain_s, ours, ours_s = float(row[2]), row[3], float(row[4]), row[5]
     assert 0 <= plain <= 1 and 0 <= ours <= 1 and plain_s.endswith(" s") and ours_s.endswith(" s")
     assert row[6].startswith("32, ")  # ours: the batch the rule chose for that dataset
+    assert row[6].endswith(", float32")  # and --override reached our config
 
 
 def test_convert_throughput_compares_with_a_bare_writer():
