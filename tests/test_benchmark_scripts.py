@@ -36,7 +36,8 @@ def test_accuracy_compares_each_recipe_on_digits_and_a_given_npz(tmp_path):
              "--epochs=1", "--seeds=1", "--override=precision=float32,input.augment=False")
   rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
           if line.startswith("| digits") or line.startswith("| small")]
-  assert [(r[0], r[1]) for r in rows] == [("digits (1437 train)", "mlp"), ("small (300 train)", "mlp")]
+  assert [(r[0], r[1]) for r in rows] == [("digits (1437 train)", "mlp"),
+                                          ("small (300 train)", "mlp")]
   for row in rows:  # both sides' accuracy and time, from the same run
     plain, plain_s, ours, ours_s = float(row[2]), row[3], float(row[4]), row[5]
     assert 0 <= plain <= 1 and 0 <= ours <= 1 and plain_s.endswith(" s") and ours_s.endswith(" s")

@@ -131,7 +131,8 @@ def plan_run(config, train_examples: int, strategy) -> Plan:
   return Plan(batch_size, peak_lr, steps_per_epoch, total_steps, spe,
               log_every=_round_up(config.log_every_steps or steps_per_epoch, spe),
               checkpoint_every=_round_up(config.checkpoint_every_steps or steps_per_epoch, spe),
-              checkpoint_min_secs=0.0 if config.checkpoint_every_steps else config.checkpoint_min_secs,
+              checkpoint_min_secs=(0.0 if config.checkpoint_every_steps
+                                   else config.checkpoint_min_secs),
               eval_every=_round_up(config.eval_every_epochs * steps_per_epoch, spe),
               precision=strategy_lib.resolve_precision(config.precision, strategy),
               decisions=decisions)

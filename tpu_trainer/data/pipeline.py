@@ -189,5 +189,6 @@ def sample(dataset: Dataset, split: str, count: int):
   """The first `count` examples of a split, as (uint8 images, int32 labels) numpy
   arrays: for pictures of predictions."""
   ds = _records(dataset.split(split).files, 1, 0, deterministic=True).take(count)
-  images, labels = next(iter(ds.batch(count).map(plain(lambda b: records.decode_batch(b, dataset)))))
+  ds = ds.batch(count).map(plain(lambda b: records.decode_batch(b, dataset)))
+  images, labels = next(iter(ds))
   return images.numpy(), labels.numpy()
