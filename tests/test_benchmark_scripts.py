@@ -27,10 +27,10 @@ def test_train_throughput_reports_four_columns_and_the_gains():
 def test_accuracy_compares_each_recipe_on_digits_and_a_given_npz(tmp_path):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
-  arrays = {}
-  for split, key in (("train", "train"), ("test", "test")):
-    images, labels = zip(*sources.digits().splits[split].read(range(300)))
-    arrays[f"x_{key}"], arrays[f"y_{key}"] = np.stack(images)[..., 0], np.array(labels)
+  digits, arrays = sources.digits(), {}
+  for split in ("train", "test"):
+    images, labels = zip(*digits.splits[split].read(range(300)))
+    arrays[f"x_{split}"], arrays[f"y_{split}"] = np.stack(images)[..., 0], np.array(labels)
   np.savez(tmp_path / "small.npz", **arrays)
   out = _run("accuracy.py", f"--datasets=digits,npz:{tmp_path / 'small.npz'}", "--recipes=mlp",
              "--epochs=1", "--seeds=1", "--override=precision=float32,input.augment=False")
