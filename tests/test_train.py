@@ -16,6 +16,7 @@ from tpu_trainer import loop
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import train
+from tpu_trainer.backends import tensorflow as tf_backend
 
 
 def _scalar_tags(logdir):
@@ -142,7 +143,7 @@ def test_resume_runs_exactly_the_remaining_steps_from_the_restored_state(
 
   executed.clear()
   restored = []
-  real_restore = train.Checkpoints.restore
+  real_restore = tf_backend.Checkpoints.restore
 
   def restore_and_look(self):
     real_restore(self)
@@ -150,7 +151,7 @@ def test_resume_runs_exactly_the_remaining_steps_from_the_restored_state(
     restored.append((int(self._checkpoint.optimizer.iterations.numpy()),  # pylint: disable=protected-access
                      [v.numpy() for v in self._checkpoint.model.weights]))  # pylint: disable=protected-access
 
-  monkeypatch.setattr(train.Checkpoints, "restore", restore_and_look)
+  monkeypatch.setattr(tf_backend.Checkpoints, "restore", restore_and_look)
   second = train.run(_digits_config(mlp_config, digits_dir, steps=25), workdir, strategy)
   assert second["step"] == 25
   assert sum(executed) == 15  # exactly the steps that remained

@@ -12,6 +12,7 @@ from tpu_trainer import storage
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "tpu", "gpu", "cpu", "multiworker")
+BACKENDS = ("tensorflow", "jax")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -53,7 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.lr_schedule = "constant"     # cosine | constant
   c.label_smoothing = 0.0        # of the one-hot targets
   c.early_stopping_patience = 0  # evaluations without improvement; 0 = off
+  c.init_from = ""               # a model.keras whose weights start the run (same model and data)
   # Execution.
+  c.backend = "tensorflow"       # tensorflow (TPU v2-v5p, GPUs, CPU) | jax (every TPU, TPU7x too)
   c.strategy = "auto"            # auto (TPU > GPUs > GPU > CPU) | tpu | gpu | cpu | multiworker
   c.tpu = ""                     # TPU name, or "local" on a TPU VM
   c.tpu_zone = ""                # for a named TPU, and the doctor's bucket-region check
@@ -83,6 +86,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad key and what to do."""
   if config.precision not in PRECISIONS:
     raise ValueError(f"config.precision={config.precision!r} is not one of {PRECISIONS}.")
+  if config.backend not in BACKENDS:
+    raise ValueError(f"config.backend={config.backend!r} is not one of {BACKENDS}.")
   if config.strategy not in STRATEGIES:
     raise ValueError(f"config.strategy={config.strategy!r} is not one of {STRATEGIES}.")
   for key in ("steps_per_execution", "base_batch_size", "max_batch_size",

@@ -186,7 +186,8 @@ def _model_checks(config, dataset, tpu_slice):
     optimizer = optimizer_lib.make_optimizer(config, config.base_lr, "mixed_bfloat16")
     optimizer.build(model.trainable_variables)
     totals, signals = metrics.Totals(strategy, "doctor"), loop.Signals(strategy)
-    step = tf.function(loop.train_step(model, optimizer, config, num_classes, totals, signals),
+    step = tf.function(loop.train_step(model, optimizer, config.batch_size,
+                                       config.label_smoothing, num_classes, totals, signals),
                        jit_compile=True)
     per_replica = max(1, config.batch_size // tpu_slice.replicas)
     start = time.perf_counter()

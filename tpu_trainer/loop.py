@@ -5,12 +5,12 @@ lever (Keras 3's fit cannot do that under MirroredStrategy, nor run under
 MultiWorkerMirroredStrategy). The Python loop around it (train.py, evaluate.py)
 runs between calls.
 """
-import math
-from typing import NamedTuple
-
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tpu_trainer.controller import Agreed
+from tpu_trainer.controller import divergence_limit
 
 
 def compile_steps(strategy, step_fn, signals=None):
@@ -31,14 +31,6 @@ def compile_steps(strategy, step_fn, signals=None):
       strategy.run(signals.add_host_flags, args=(host_flags,))
 
   return run
-
-
-class Agreed(NamedTuple):
-  """What the whole job agrees on after an execution (see Signals)."""
-  diverged: bool        # a replica's loss diverged
-  stop: bool            # a host got SIGTERM
-  line_due: bool        # a host wants a progress line (since the last read)
-  checkpoint_due: bool  # a host's last checkpoint is older than it should be
 
 
 class Signals:
@@ -79,29 +71,22 @@ class Signals:
                   checkpoint_due=bool(new[3]))
 
 
-def divergence_limit(num_classes: int) -> float:
-  """A mean cross-entropy above this is a diverged run: 100 times that of a uniform
-  guess (ln K). Softmax outputs carry their logits, so Keras's loss is not capped
-  and an exploding run can stay finite (SGD at a learning rate of 1e6 reaches
-  1e30 while every number is finite)."""
-  return 100 * max(1.0, math.log(num_classes))
-
-
-def train_step(model, optimizer, config, num_classes: int, totals, signals):
+def train_step(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int,
+               totals, signals):
   """One optimizer step on one replica's batch of (uint8 images, int labels).
 
-  The loss is averaged over the global batch (config.batch_size), so summing the
-  replicas' gradients gives the gradient of the whole batch.
+  The loss is averaged over the global batch, so summing the replicas'
+  gradients gives the gradient of the whole batch.
   """
   limit = divergence_limit(num_classes)
-  loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing,
+  loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
                                                  reduction=None)
 
   def step(images, labels):
     with tf.GradientTape() as tape:
       probabilities = model(images, training=True)
       per_example = loss_fn(tf.one_hot(labels, num_classes), probabilities)
-      loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
       scaled_loss = optimizer.scale_loss(loss)
@@ -114,12 +99,15 @@ def train_step(model, optimizer, config, num_classes: int, totals, signals):
 
 
 def eval_step(predict, num_classes: int, totals):
-  """One replica's batch of (images, labels, weights): weight-0 rows are padding."""
-  loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
+  """One replica's batch of (images, labels, weights): weight-0 rows are padding.
+
+  The loss in TensorFlow ops (Keras's cross-entropy, clipped the same way): a
+  SavedModel is evaluated here whichever backend Keras is on."""
 
   def step(images, labels, weights):
     probabilities = tf.cast(predict(images), tf.float32)
-    per_example = loss_fn(tf.one_hot(labels, num_classes), probabilities)
+    clipped = tf.clip_by_value(probabilities, keras.config.epsilon(), 1 - keras.config.epsilon())
+    per_example = -tf.reduce_sum(tf.one_hot(labels, num_classes) * tf.math.log(clipped), -1)
     totals.update(per_example, probabilities, labels, weights)
 
   return step

@@ -22,6 +22,10 @@ def _verbose(argv) -> bool:
 
 
 VERBOSE = _verbose(sys.argv)
+# Keras takes its backend from the environment when it is first imported (by
+# TensorFlow's import, too): --config.backend decides it, tensorflow by default.
+from tpu_trainer import backends  # pylint: disable=g-import-not-at-top
+backends.select(backends.backend_from_argv(sys.argv) or "tensorflow")
 # Before TensorFlow loads: its C++ start-up lines only when asked for.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if VERBOSE else "2")
 

@@ -43,8 +43,8 @@ def main(argv):
   cli.print_written(dataset, data)
   with config.unlocked():
     config.data_dir = data
-    if not config.cpu_devices:
-      config.cpu_devices = 2
+    if not config.cpu_devices and config.backend == "tensorflow":
+      config.cpu_devices = 2  # the multi-replica path; JAX runs one process per device
   print(json.dumps(train.run(config, workdir)))
   print(json.dumps(evaluate.evaluate(workdir, model_path=os.path.join(workdir, "saved_model"))))
 

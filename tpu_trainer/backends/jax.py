@@ -1,0 +1,362 @@
+"""The JAX runner: Keras's JAX backend over every device of every host, for TPU
+generations without TensorFlow (TPU7x) or with little of it (v6e).
+
+The data path is the TensorFlow one: our tf.data pipeline, one per host (tf.data
+on the host CPU), whose per-host batches become global arrays over the mesh of
+all devices (`jax.make_array_from_process_local_data`). The variables are
+replicated by `keras.distribution.DataParallel`, so XLA's SPMD partitioner
+turns the jitted step's gradient into one all-reduce. One jitted call runs a
+whole execution (`jax.lax.fori_loop` over `steps_per_execution` batches sent
+to the devices as one uint8 array) and returns the sums the controller reads;
+nothing in it waits for the host. Several hosts: `jax.distributed` from the
+TPU environment, or from TF_CONFIG (worker 0's address is the coordinator),
+so one launch recipe serves both backends.
+"""
+import io
+import json
+import os
+import re
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tpu_trainer import controller
+from tpu_trainer import storage
+from tpu_trainer import strategy as strategy_lib
+from tpu_trainer.data import pipeline
+
+
+def cluster_from_tf_config(tf_config: str) -> tuple[str, int, int]:
+  """(comma-separated addresses, process count, this process's id) from TF_CONFIG:
+  the chief (if any) then the workers, in order; the first is the coordinator."""
+  try:
+    spec = json.loads(tf_config)
+    cluster, task = spec["cluster"], spec["task"]
+    order = [(job, i) for job in ("chief", "worker") for i in range(len(cluster.get(job, [])))]
+    addresses = [cluster[job][i] for job, i in order]
+    process_id = order.index((task["type"], int(task.get("index", 0))))
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"TF_CONFIG={tf_config!r} is not a cluster description with this "
+                     f"task in it ({type(e).__name__}: {e}): see the README's multi-worker "
+                     "section.") from None
+  return ",".join(addresses), len(addresses), process_id
+
+
+def join_processes(kind: str) -> str:
+  """Starts jax.distributed when the job has several processes; says how."""
+  if jax.distributed.is_initialized():
+    return "already joined"
+  if kind == "multiworker":
+    if not os.environ.get("TF_CONFIG"):
+      raise ValueError("strategy=multiworker needs the TF_CONFIG environment variable "
+                       "(cluster and task of this worker).")
+    addresses, count, index = cluster_from_tf_config(os.environ["TF_CONFIG"])
+    # CPU collectives between processes (a GPU or TPU job has its own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize(addresses, count, index)
+    return f"process {index} of {count}, coordinator {addresses.split(',')[0]} (TF_CONFIG)"
+  if kind == "tpu" or (kind == "auto" and strategy_lib.may_have_local_tpu()):
+    try:  # a Cloud TPU VM describes its slice itself
+      keras.distribution.initialize()
+      return f"process {jax.process_index()} of {jax.process_count()} (Cloud TPU)"
+    except (ValueError, RuntimeError) as e:
+      if kind == "tpu":
+        raise ValueError(f"strategy=tpu but JAX found no TPU slice ({e}).") from None
+      return f"one process ({str(e).splitlines()[0][:120]})"
+  return "one process"
+
+
+def local_value(array) -> np.ndarray:
+  """A replicated global array's value, read from this host's copy (a
+  multi-host array is not addressable as a whole)."""
+  if isinstance(array, jax.Array) and not array.is_fully_addressable:
+    array = array.addressable_data(0)
+  return np.asarray(array)
+
+
+class Checkpoints:
+  """workdir/checkpoints/ckpt-STEP.npz: the model's and the optimizer's variables
+  (the step is the optimizer's). Replicated values: the chief writes them, every
+  host reads them. Written whole (temp file, then rename or one upload)."""
+
+  NAME = re.compile(r"ckpt-(\d+)\.npz")
+
+  def __init__(self, variables: list, workdir: str, chief: bool, keep: int):
+    self.directory = storage.join(workdir, "checkpoints")
+    self._variables, self._chief, self._keep = variables, chief, keep
+
+  def _steps(self) -> list[int]:
+    if not storage.is_gcs(self.directory) and not os.path.isdir(self.directory):
+      return []
+    names = storage.list_sizes(self.directory)
+    return sorted(int(m.group(1)) for m in map(self.NAME.fullmatch, names) if m)
+
+  def _path(self, step: int) -> str:
+    return storage.join(self.directory, f"ckpt-{step}.npz")
+
+  def latest(self) -> str | None:
+    steps = self._steps()
+    return self._path(steps[-1]) if steps else None
+
+  def restore(self) -> None:
+    latest = self.latest()
+    if not latest:
+      return
+    with storage.open_read(latest) as f:
+      saved = np.load(io.BytesIO(f.read()))
+    names = [v.path for v in self._variables]
+    if list(saved["names"]) != names:
+      raise ValueError(f"{latest} holds other variables than this model and optimizer: "
+                       "use another --workdir, or delete that one.")
+    for i, variable in enumerate(self._variables):
+      variable.assign(saved[f"v{i}"])
+    logging.info("Resumed from %s.", latest)
+
+  def save(self, step: int) -> None:
+    values = {f"v{i}": local_value(v.value) for i, v in enumerate(self._variables)}
+    if not self._chief:
+      return
+    if not storage.is_gcs(self.directory):
+      os.makedirs(self.directory, exist_ok=True)
+    final = self._path(step)
+    tmp = storage.local_temp_path(final)
+    try:
+      with open(tmp, "wb") as f:
+        np.savez(f, names=np.array([v.path for v in self._variables]), **values)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+    storage.publish(tmp, final)
+    for old in self._steps()[:-self._keep]:
+      storage.delete(self._path(old))
+
+  def close(self) -> None:
+    pass
+
+
+class Runner:
+  """Runs a run's executions on every JAX device of every host."""
+
+  name = "jax"
+
+  def __init__(self, config):
+    joined = join_processes(config.strategy)
+    if config.strategy in ("gpu", "cpu") and jax.default_backend() != config.strategy:
+      raise ValueError(f"strategy={config.strategy} but JAX runs on {jax.default_backend()}.")
+    if config.cpu_devices > 1 and jax.default_backend() == "cpu":
+      # XLA's in-process CPU all-reduce deadlocks on small machines (see the README).
+      raise ValueError("config.cpu_devices is for backend=tensorflow; with backend=jax, "
+                       "run one process per device (strategy=multiworker with TF_CONFIG).")
+    self.distribution = keras.distribution.DataParallel()
+    keras.distribution.set_distribution(self.distribution)
+    self.replicas, self.hosts = jax.device_count(), jax.process_count()
+    self.chief = jax.process_index() == 0
+    self.platform = jax.default_backend()
+    self.description = f"DataParallel over {self.replicas} {self.platform} devices"
+    logging.info("JAX backend: %s, %d process(es) [%s].", self.description, self.hosts,
+                 joined)
+    mesh = self.distribution.device_mesh.backend_mesh
+    axis = self.distribution.batch_dim_name
+    spec = jax.sharding.PartitionSpec
+    self._by_batch = jax.sharding.NamedSharding(mesh, spec(axis))
+    self._steps_by_batch = jax.sharding.NamedSharding(mesh, spec(None, axis))
+    self._replicated = jax.sharding.NamedSharding(mesh, spec())
+
+  def precision(self, requested: str) -> tuple[str, str]:
+    if requested != "auto":
+      return requested, "as given (config.precision)"
+    if self.platform == "tpu":
+      return "mixed_bfloat16", "auto on TPU"
+    if self.platform == "gpu":
+      return "mixed_float16", "auto on GPU"
+    return "float32", ("auto on the CPU under JAX: XLA's CPU backend runs bfloat16 slower "
+                       "than float32")
+
+  def scope(self):
+    return self.distribution.scope()
+
+  def _input_context(self) -> tf.distribute.InputContext:
+    """One pipeline per host; its 'replica' batch is the host's share."""
+    hosts = jax.process_count()
+    return tf.distribute.InputContext(hosts, jax.process_index(), hosts)
+
+  def start(self, model, optimizer, schedule, plan: controller.Plan, dataset, input_config,
+            seed: int, label_smoothing: float) -> None:
+    """The jitted execution; the input starts at the first one."""
+    self.model, self.optimizer, self.schedule = model, optimizer, schedule
+    self._state_variables = (model.trainable_variables, model.non_trainable_variables,
+                             optimizer.variables)
+    spe = plan.steps_per_execution
+
+    def make_input(step):
+      ds = pipeline.train_input_fn(dataset, plan.batch_size, input_config,
+                                   seed=seed + step)(self._input_context())
+      return ds.batch(spe, drop_remainder=True).prefetch(1).as_numpy_iterator()
+
+    self._input, self._iterator = make_input, None
+    self._execute = self._compile_execution(plan.batch_size, label_smoothing,
+                                            dataset.num_classes)
+    self._sums = None
+
+  def _state(self):
+    return jax.tree_util.tree_map(lambda v: v.value, self._state_variables)
+
+  def _compile_execution(self, global_batch: int, label_smoothing: float, num_classes: int):
+    model, optimizer = self.model, self.optimizer
+    loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
+                                                   reduction=None)
+    limit = controller.divergence_limit(num_classes)
+
+    def train_step(state, images, labels):
+      trainable, non_trainable, optimizer_variables = state
+
+      def loss_and_outputs(trainable, non_trainable):
+        probabilities, non_trainable, losses = model.stateless_call(
+            trainable, non_trainable, images, training=True, return_losses=True)
+        per_example = loss_fn(jax.nn.one_hot(labels, num_classes), probabilities)
+        loss = jnp.sum(per_example.astype(jnp.float32)) / global_batch
+        if losses:
+          loss += sum(losses)
+        return optimizer.scale_loss(loss), (loss, per_example, probabilities, non_trainable)
+
+      grads, (loss, per_example, probabilities, non_trainable) = jax.grad(
+          loss_and_outputs, has_aux=True)(trainable, non_trainable)
+      trainable, optimizer_variables = optimizer.stateless_apply(
+          optimizer_variables, grads, trainable)
+      correct = jnp.argmax(probabilities, -1) == labels
+      mean_loss = jnp.mean(per_example.astype(jnp.float32))
+      diverged = ~jnp.isfinite(loss) | (mean_loss > limit)
+      sums = jnp.stack([jnp.sum(per_example.astype(jnp.float32)),
+                        jnp.sum(correct.astype(jnp.float32)),
+                        jnp.float32(labels.shape[0]), diverged.astype(jnp.float32)])
+      return (trainable, non_trainable, optimizer_variables), sums
+
+    def execution(state, images, labels, steps, host_flags):
+      def body(i, carry):
+        state, sums = carry
+        state, step_sums = train_step(state, images[i], labels[i])
+        return state, sums + step_sums
+
+      state, sums = jax.lax.fori_loop(0, steps, body, (state, jnp.zeros(4, jnp.float32)))
+      # [diverged steps, a host got SIGTERM, wants a line, wants a checkpoint]
+      agreed = jnp.concatenate([sums[3:], jnp.max(host_flags, axis=0)])
+      return state, sums[:3], agreed
+
+    state_shardings = jax.tree_util.tree_map(lambda v: v.value.sharding,
+                                             self._state_variables)
+    return jax.jit(execution, donate_argnums=0,
+                   out_shardings=(state_shardings, self._replicated, self._replicated))
+
+  def _global(self, sharding, local: np.ndarray):
+    return jax.make_array_from_process_local_data(sharding, local)
+
+  def step(self) -> int:
+    """The optimizer's step (reading it waits for the devices)."""
+    return int(local_value(self.optimizer.iterations.value))
+
+  def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
+    if self._iterator is None:  # a resumed run reads in another order (seed + step)
+      self._iterator = self._input(self.step())
+    images, labels = next(self._iterator)
+    flags = np.tile(np.asarray(host_flags, np.float32), (jax.local_device_count(), 1))
+    state, sums, agreed = self._execute(
+        self._state(), self._global(self._steps_by_batch, images),
+        self._global(self._steps_by_batch, labels), jnp.int32(steps),
+        self._global(self._by_batch, flags))
+    # The variables hold the new state: checkpoints, evaluation and export read them.
+    for variables, values in zip(self._state_variables, state):
+      for variable, value in zip(variables, values):
+        variable.assign(value)
+    self._sums = sums if self._sums is None else self._sums + sums
+    agreed = local_value(agreed)
+    return controller.Agreed(diverged=bool(agreed[0]), stop=bool(agreed[1]),
+                             line_due=bool(agreed[2]), checkpoint_due=bool(agreed[3]))
+
+  def train_totals(self) -> dict:
+    """Loss and accuracy since the last call."""
+    loss, correct, examples = local_value(self._sums) if self._sums is not None else (0, 0, 0)
+    self._sums = None
+    n = max(float(examples), 1.0)
+    return {"loss": float(loss) / n, "accuracy": float(correct) / n,
+            "examples": int(examples)}
+
+  def learning_rate(self, step: int) -> float:
+    return float(self.schedule(step))
+
+  def evaluator(self, dataset, split: str, batch_size: int, input_config):
+    """fn() -> loss, accuracy and count over every example of `split` once."""
+    dataset_fn, steps = pipeline.eval_input_fn(dataset, batch_size, jax.process_count(),
+                                               split, input_config)
+    iterator = dataset_fn(self._input_context()).as_numpy_iterator()
+    model, num_classes = self.model, dataset.num_classes
+    loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
+
+    @jax.jit
+    def eval_step(trainable, non_trainable, sums, images, labels, weights):
+      probabilities, _ = model.stateless_call(trainable, non_trainable, images,
+                                              training=False)
+      probabilities = probabilities.astype(jnp.float32)
+      per_example = loss_fn(jax.nn.one_hot(labels, num_classes), probabilities)
+      correct = (jnp.argmax(probabilities, -1) == labels).astype(jnp.float32)
+      return sums + jnp.stack([jnp.sum(per_example * weights), jnp.sum(correct * weights),
+                               jnp.sum(weights)])
+
+    def evaluate() -> dict:
+      trainable = [v.value for v in model.trainable_variables]
+      non_trainable = [v.value for v in model.non_trainable_variables]
+      sums = jnp.zeros(3, jnp.float32)
+      for _ in range(steps):
+        images, labels, weights = (self._global(self._by_batch, x) for x in next(iterator))
+        sums = eval_step(trainable, non_trainable, sums, images, labels, weights)
+      loss, correct, examples = local_value(sums)
+      n = max(float(examples), 1.0)
+      return {"loss": float(loss) / n, "accuracy": float(correct) / n,
+              "examples": int(round(float(examples)))}
+
+    return evaluate
+
+  def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
+    return Checkpoints(self.model.variables + self.optimizer.variables, workdir, self.chief,
+                       keep)
+
+  def start_profile(self, logdir: str) -> None:
+    jax.profiler.start_trace(logdir)  # plugins/profile/RUN/*.xplane.pb, as TensorFlow's
+
+  def stop_profile(self) -> None:
+    jax.profiler.stop_trace()
+
+  def weights(self) -> list[np.ndarray]:
+    return [local_value(v.value) for v in self.model.weights]
+
+  def save_serving_model(self, model, class_names: list[str], path: str) -> None:
+    """The same signature as the TensorFlow backend's (export.save_serving_model):
+    `image` uint8 -> probabilities, class_id, class_name. The model's function is
+    converted by Keras's export archive (jax2tf); the names are added in TF."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    image_shape = (None,) + tuple(model.input_shape[1:])
+
+    def probabilities(image):
+      return model(image, training=False)
+
+    model_fn = archive.add_endpoint(
+        "probabilities", probabilities,
+        input_signature=[keras.InputSpec(shape=image_shape, dtype="uint8")])
+    names = tf.constant(class_names)
+
+    @tf.function(input_signature=[tf.TensorSpec(image_shape, tf.uint8, name="image")],
+                 autograph=False)
+    def serve(image):
+      probabilities = tf.cast(model_fn(image), tf.float32)
+      class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+      return {"probabilities": probabilities, "class_id": class_id,
+              "class_name": tf.gather(names, class_id)}
+
+    serve.get_concrete_function()
+    archive.add_endpoint("serving_default", serve)
+    archive.write_out(path, verbose=False)

@@ -1,0 +1,137 @@
+"""The TensorFlow runner: tf.distribute strategies (TPUStrategy on TPU v2-v5p,
+MirroredStrategy on GPUs and logical CPUs, MultiWorkerMirroredStrategy), the
+compiled execution of loop.py, tf.train checkpoints and a SavedModel traced
+from the model itself."""
+import shutil
+import tempfile
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tpu_trainer import controller
+from tpu_trainer import export as export_lib
+from tpu_trainer import loop
+from tpu_trainer import metrics
+from tpu_trainer import storage
+from tpu_trainer import strategy as strategy_lib
+from tpu_trainer.data import pipeline
+from tpu_trainer.evaluate import Evaluator
+
+
+def is_chief(strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+class Checkpoints:
+  """The chief's checkpoints, in workdir/checkpoints; every worker resumes from them.
+
+  Other workers must save too (a save runs collective ops), into a temp dir of
+  their own that close() removes: they leave nothing in the workdir.
+  """
+
+  def __init__(self, model, optimizer, workdir: str, chief: bool, keep: int):
+    self.directory = storage.join(workdir, "checkpoints")
+    self._chief = chief
+    self._own = self.directory if chief else tempfile.mkdtemp(prefix="tpu_trainer_worker_ckpt_")
+    self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    self._manager = tf.train.CheckpointManager(self._checkpoint, self._own, max_to_keep=keep)
+
+  def latest(self) -> str | None:
+    return tf.train.latest_checkpoint(self.directory)
+
+  def restore(self) -> None:
+    if self._chief:  # half-written checkpoints of killed runs (TF names them ckpt-N_temp)
+      for stale in tf.io.gfile.glob(storage.join(self.directory, "*_temp*")):
+        (tf.io.gfile.rmtree if tf.io.gfile.isdir(stale) else tf.io.gfile.remove)(stale)
+    latest = self.latest()
+    if latest:
+      self._checkpoint.restore(latest).assert_existing_objects_matched()
+      logging.info("Resumed from %s.", latest)
+
+  def save(self, step: int) -> None:
+    self._manager.save(checkpoint_number=step)
+
+  def close(self) -> None:
+    if not self._chief:
+      shutil.rmtree(self._own, ignore_errors=True)
+
+
+class Runner:
+  """Runs a run's executions on a tf.distribute strategy."""
+
+  name = "tensorflow"
+
+  def __init__(self, config, strategy=None):
+    self.strategy = strategy or strategy_lib.get_strategy(
+        config.strategy, config.tpu, config.cpu_devices, config.tpu_zone, config.tpu_project)
+    self.replicas = self.strategy.num_replicas_in_sync
+    self.hosts = strategy_lib.num_hosts(self.strategy)
+    self.chief = is_chief(self.strategy)
+    self.description = type(self.strategy).__name__
+
+  def precision(self, requested: str) -> tuple[str, str]:
+    resolved = strategy_lib.resolve_precision(requested, self.strategy)
+    if requested != "auto":
+      return resolved, "as given (config.precision)"
+    return resolved, f"auto on {strategy_lib.platform(self.strategy)}"
+
+  def scope(self):
+    return self.strategy.scope()
+
+  def start(self, model, optimizer, schedule, plan: controller.Plan, dataset, input_config,
+            seed: int, label_smoothing: float) -> None:
+    """The compiled execution; the input starts at the first one."""
+    self.model, self.optimizer, self.schedule = model, optimizer, schedule
+    self._totals = metrics.Totals(self.strategy, "train")
+    self._signals = loop.Signals(self.strategy)
+    self._run = loop.compile_steps(self.strategy, loop.train_step(
+        model, optimizer, plan.batch_size, label_smoothing, dataset.num_classes,
+        self._totals, self._signals), self._signals)
+    self._input = lambda step: iter(self.strategy.distribute_datasets_from_function(
+        pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed=seed + step)))
+    self._iterator = None
+
+  def step(self) -> int:
+    """The optimizer's step (reading it waits for the devices)."""
+    return int(self.optimizer.iterations.numpy())
+
+  def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
+    if self._iterator is None:  # a resumed run reads in another order (seed + step)
+      self._iterator = self._input(self.step())
+    self._run(self._iterator, tf.constant(steps), tf.constant(host_flags, tf.float32))
+    return self._signals.read()
+
+  def train_totals(self) -> dict:
+    """Loss and accuracy since the last call."""
+    values = self._totals.result()
+    self._totals.reset()
+    return values
+
+  def learning_rate(self, step: int) -> float:
+    return float(self.schedule(step))
+
+  def evaluator(self, dataset, split: str, batch_size: int, input_config):
+    return Evaluator(self.strategy, lambda x: self.model(x, training=False), dataset, split,
+                     batch_size, input_config)
+
+  def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
+    return Checkpoints(self.model, self.optimizer, workdir, self.chief, keep)
+
+  def start_profile(self, logdir: str) -> None:
+    tf.profiler.experimental.start(logdir)
+
+  def stop_profile(self) -> None:
+    tf.profiler.experimental.stop()
+
+  def weights(self) -> list[np.ndarray]:
+    return [np.asarray(v.numpy()) for v in self.model.weights]
+
+  def save_serving_model(self, model, class_names: list[str], path: str) -> None:
+    export_lib.save_serving_model(model, class_names, path)

@@ -1,0 +1,322 @@
+"""The cadence of a training run, written once for every backend.
+
+Orbit's split: the controller decides when to log, evaluate, checkpoint and
+stop; a runner (backends/tensorflow.py, backends/jax.py) runs one execution of
+`steps_per_execution` steps, evaluates, saves and restores. Both backends
+therefore log the same lines, write the same TensorBoard tags, save at the same
+steps and stop for the same reasons.
+"""
+import dataclasses
+import json
+import math
+import signal
+import time
+from typing import NamedTuple
+
+from absl import logging
+import tensorflow as tf
+
+from tpu_trainer import config as config_lib
+from tpu_trainer import scaling
+from tpu_trainer import storage
+from tpu_trainer.progress import Progress
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved. Rerun the same command to resume."""
+
+
+class Diverged(Exception):
+  """The loss diverged (NaN, infinite or exploding): training stopped, nothing was
+  exported."""
+
+
+class Agreed(NamedTuple):
+  """What the whole job agrees on after an execution: every host reads the same
+  values after the same execution, so all of them log, stop and save at the
+  same step. A decision taken by one host alone (on its own clock, say) would
+  leave the others waiting in a collective."""
+  diverged: bool        # a replica's loss diverged
+  stop: bool            # a host got SIGTERM
+  line_due: bool        # a host wants a progress line (since the last read)
+  checkpoint_due: bool  # a host's last checkpoint is older than it should be
+
+
+def divergence_limit(num_classes: int) -> float:
+  """A mean cross-entropy above this is a diverged run: 100 times that of a uniform
+  guess (ln K). Softmax outputs carry their logits, so Keras's loss is not capped
+  and an exploding run can stay finite (SGD at a learning rate of 1e6 reaches
+  1e30 while every number is finite)."""
+  return 100 * max(1.0, math.log(num_classes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a run does, resolved from the config, the data and the replicas."""
+  batch_size: int
+  peak_lr: float
+  steps_per_epoch: int
+  total_steps: int
+  steps_per_execution: int
+  log_every: int
+  checkpoint_every: int
+  checkpoint_min_secs: float  # 0: every checkpoint_every steps
+  eval_every: int
+  precision: str
+  decisions: dict  # why, for what config left open (saved in config.json)
+
+
+def _round_up(value: int, multiple: int) -> int:
+  return max(multiple, math.ceil(value / multiple) * multiple)
+
+
+def plan_run(config, train_examples: int, replicas: int, precision: tuple[str, str]) -> Plan:
+  """precision: (the resolved precision, why) from the runner."""
+  batch_size, peak_lr, decisions = scaling.resolve(config, train_examples, replicas)
+  if batch_size % replicas:
+    raise ValueError(f"config.batch_size={batch_size} does not divide over {replicas} "
+                     f"replicas; use a multiple of {replicas}.")
+  steps_per_epoch = max(1, train_examples // batch_size)
+  total_steps = config.steps or config.epochs * steps_per_epoch
+  too_few = scaling.warn_if_too_few_steps(total_steps, batch_size, train_examples)
+  if too_few:
+    decisions["steps"] = too_few
+  decisions["precision"] = precision[1]
+  spe = min(config.steps_per_execution, total_steps)
+  return Plan(batch_size, peak_lr, steps_per_epoch, total_steps, spe,
+              log_every=_round_up(config.log_every_steps or steps_per_epoch, spe),
+              checkpoint_every=_round_up(config.checkpoint_every_steps or steps_per_epoch, spe),
+              checkpoint_min_secs=(0.0 if config.checkpoint_every_steps
+                                   else config.checkpoint_min_secs),
+              eval_every=_round_up(config.eval_every_epochs * steps_per_epoch, spe),
+              precision=precision[0], decisions=decisions)
+
+
+class Speed:
+  """Training examples per second. The first execution (tracing and compilation)
+  is timed apart: it is the rate only of a run that has nothing else."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+    self.first_rate = 0.0
+    self._seconds = self._steps = 0
+    self._start_interval()
+
+  def _start_interval(self):
+    self._interval_start, self._interval_steps, self._excluded = time.perf_counter(), 0, 0.0
+
+  def executed(self, steps: int, seconds: float) -> None:
+    if not self.first_rate:
+      self.first_rate = steps * self.batch_size / seconds
+      self._start_interval()
+      return
+    self._seconds += seconds
+    self._steps += steps
+    self._interval_steps += steps
+
+  def exclude(self, seconds: float) -> None:
+    """Time in the interval that was not training (evaluation)."""
+    self._excluded += seconds
+
+  def interval_rate(self) -> float:
+    """Since the last call, wall time (checkpoints and logs included, evaluation
+    not); right after the first execution, that execution's rate."""
+    seconds = time.perf_counter() - self._interval_start - self._excluded
+    rate = (self._interval_steps * self.batch_size / seconds if self._interval_steps
+            else self.first_rate)
+    self._start_interval()
+    return rate
+
+  def overall(self) -> tuple[float, bool]:
+    """(examples/s over the executions after the first, whether there were none
+    and the first execution's rate, compilation included, is all there is)."""
+    if self._seconds:
+      return self._steps * self.batch_size / self._seconds, False
+    return self.first_rate, True
+
+
+class Report:
+  """What a run shows: TensorBoard scalars, history.json, and progress (a live bar
+  on a terminal, lines with ETA in logs). Only the chief writes files. tf.summary
+  writes the event files on both backends (TensorFlow is there for tf.data)."""
+
+  # The names Keras's TensorBoard callback writes: runs overlay plain-Keras ones.
+  TAGS = (("loss", "epoch_loss"), ("accuracy", "epoch_accuracy"),
+          ("learning_rate", "epoch_learning_rate"), ("examples_per_second", "examples_per_second"))
+
+  def __init__(self, workdir: str, chief: bool, total_steps: int, step: int,
+               batch_size: int):
+    self.chief, self.batch_size = chief, batch_size
+    self.writers = {kind: (tf.summary.create_file_writer(storage.join(workdir, kind)) if chief
+                           else tf.summary.create_noop_writer())
+                    for kind in ("train", "validation")}
+    self.history_path = storage.join(workdir, "history.json")
+    self.history = (json.loads(storage.read_text(self.history_path))
+                    if chief and step and tf.io.gfile.exists(self.history_path) else [])
+    self.progress = Progress(total_steps, "step", initial=step)
+
+  def scalars(self, kind: str, values: dict, step: int) -> None:
+    with self.writers[kind].as_default(step=step):
+      for key, tag in self.TAGS:
+        if key in values:
+          tf.summary.scalar(tag, values[key])
+    self.history.append({"kind": kind, "step": step,
+                         **{k: values[k] for k in ("loss", "accuracy")}})
+
+  def train(self, step: int, values: dict) -> None:
+    self.scalars("train", values, step)
+    rate = values["examples_per_second"]
+    self.progress.log(
+        "step %d/%d (%.0f%%): loss %.4f, accuracy %.4f, %.0f examples/s, lr %.3g, ETA %s",
+        step, self.progress.total, 100 * step / self.progress.total, values["loss"],
+        values["accuracy"], rate, values["learning_rate"],
+        self.progress.eta(rate / self.batch_size))
+
+  def validation(self, step: int, values: dict) -> None:
+    self.scalars("validation", values, step)
+    self.progress.log("step %d: validation loss %.4f, accuracy %.4f", step, values["loss"],
+                      values["accuracy"])
+
+  def save_history(self) -> None:
+    if self.chief:
+      storage.write_text(self.history_path, json.dumps(self.history))
+
+  def close(self) -> None:
+    self.progress.close()
+    for writer in self.writers.values():
+      writer.flush()
+
+
+class Profiler:
+  """A TensorBoard profile of steps [START, END) (config.profile_steps), on the
+  chief, through the runner's own profiler (both write plugins/profile/)."""
+
+  def __init__(self, runner, profile_steps: str, logdir: str, chief: bool):
+    self.steps = (config_lib.parse_profile_steps(profile_steps)
+                  if profile_steps and chief else None)
+    self.runner, self.logdir, self.active = runner, logdir, False
+
+  def before(self, step: int) -> None:
+    if self.steps and not self.active and self.steps[0] <= step < self.steps[1]:
+      self.runner.start_profile(self.logdir)
+      self.active = True
+
+  def after(self, step: int) -> None:
+    if self.active and step >= self.steps[1]:
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      self.runner.stop_profile()
+      self.active = False
+
+
+class EarlyStopping:
+  def __init__(self, patience: int):
+    self.patience, self.best, self.without_gain = patience, -1.0, 0
+
+  def stop(self, accuracy: float) -> bool:
+    """After an evaluation: whether `patience` evaluations in a row brought no gain."""
+    if accuracy > self.best:
+      self.best, self.without_gain = accuracy, 0
+      return False
+    self.without_gain += 1
+    if 0 < self.patience <= self.without_gain:
+      logging.info("Early stopping: no gain in %d evaluations.", self.without_gain)
+      return True
+    return False
+
+
+class CheckpointClock:
+  """Per-epoch checkpoints no closer than min_secs: this host's wish, which the
+  job acts on when any host's is agreed (Agreed.checkpoint_due)."""
+
+  def __init__(self, min_secs: float):
+    self._min_secs, self._last_save = min_secs, time.monotonic()
+
+  def due(self) -> bool:
+    return time.monotonic() - self._last_save >= self._min_secs
+
+  def saved(self) -> None:
+    self._last_save = time.monotonic()
+
+
+class Sigterm:
+  """SIGTERM while training: noted, and acted on after the current execution, when
+  every worker saves the same checkpoint. Once training and its final
+  evaluation are over (during the export), it raises Preempted at once:
+  metrics.json, written last, is then absent and the rerun exports."""
+
+  def __init__(self):
+    self.received, self.raise_at_once = False, False
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: the caller handles signals
+      self._previous = None
+
+  def _handle(self, *_):
+    self.received = True
+    if self.raise_at_once:
+      self.raise_at_once = False
+      raise Preempted("SIGTERM during the export; nothing half-written is left. Run the "
+                      "same command again to finish the export.")
+
+  def raise_from_now_on(self) -> None:
+    """Also for a SIGTERM that came during the final evaluation."""
+    self.raise_at_once = True
+    if self.received:
+      self._handle()
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: Profiler,
+          sigterm: Sigterm, early_stopping: EarlyStopping, num_classes: int,
+          step: int, renew_lock=lambda: None) -> tuple[int, Speed]:
+  """Runs executions from `step` to plan.total_steps (or an early stop), with the
+  logs, evaluations and checkpoints that fall due between them. Returns the
+  last step and the speed. Raises Diverged, or Preempted after saving."""
+  speed, clock = Speed(plan.batch_size), CheckpointClock(plan.checkpoint_min_secs)
+  while step < plan.total_steps:
+    n = min(plan.steps_per_execution, plan.total_steps - step)
+    profiler.before(step)
+    start = time.perf_counter()
+    agreed = runner.execute(n, [sigterm.received, report.progress.line_due(), clock.due()])
+    step = runner.step()
+    speed.executed(n, time.perf_counter() - start)
+    report.progress.update(n)
+    profiler.after(step)
+    if agreed.diverged:
+      raise Diverged(f"The loss diverged (NaN, infinite or above "
+                     f"{divergence_limit(num_classes):.0f}, 100x a uniform "
+                     f"guess's) between steps {step - n + 1} and {step}; nothing was "
+                     "exported. Last good checkpoint: "
+                     f"{checkpoints.latest() or 'none (none saved yet)'}. Lower the "
+                     f"learning rate (peak {plan.peak_lr:.3g}) or check the data.")
+    done = step >= plan.total_steps
+    if step % plan.log_every == 0 or done or agreed.line_due:
+      report.train(step, {**runner.train_totals(), "examples_per_second": speed.interval_rate(),
+                          "learning_rate": runner.learning_rate(step)})
+      renew_lock()
+    stop_early = False
+    if step % plan.eval_every == 0 and not done:
+      eval_start = time.perf_counter()
+      values = evaluate()
+      report.validation(step, values)
+      stop_early = early_stopping.stop(values["accuracy"])
+      speed.exclude(time.perf_counter() - eval_start)
+    if ((step % plan.checkpoint_every == 0 and agreed.checkpoint_due) or done
+        or agreed.stop or stop_early):
+      checkpoints.save(step)
+      clock.saved()
+      report.save_history()
+    if agreed.stop:
+      where = "here" if sigterm.received else "on another worker"
+      raise Preempted(f"SIGTERM {where} at step {step}/{plan.total_steps}; every worker "
+                      f"saved checkpoint {step} in {checkpoints.directory}. Run the same "
+                      "command again to resume.")
+    if stop_early:
+      break
+  return step, speed
