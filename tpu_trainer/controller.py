@@ -242,13 +242,14 @@ class CheckpointClock:
 
 
 class Sigterm:
-  """SIGTERM while training: noted, and acted on after the current execution, when
-  every worker saves the same checkpoint. Once training and its final
-  evaluation are over (during the export), it raises Preempted at once:
-  metrics.json, written last, is then absent and the rerun exports."""
+  """SIGTERM, recorded from the moment this is made and acted on at the run's own
+  safe points: after the current execution while training, when every worker
+  saves the same checkpoint, and between the steps of the export
+  (check_export). The handler itself never raises: an exception thrown from a
+  signal handler can be swallowed inside a TensorFlow or Keras call."""
 
   def __init__(self):
-    self.received, self.raise_at_once = False, False
+    self.received = False
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: the caller handles signals
@@ -256,16 +257,13 @@ class Sigterm:
 
   def _handle(self, *_):
     self.received = True
-    if self.raise_at_once:
-      self.raise_at_once = False
+
+  def check_export(self) -> None:
+    """Raises Preempted when SIGTERM came (also during the final evaluation):
+    metrics.json, written last, is then absent and the rerun exports."""
+    if self.received:
       raise Preempted("SIGTERM during the export; nothing half-written is left. Run the "
                       "same command again to finish the export.")
-
-  def raise_from_now_on(self) -> None:
-    """Also for a SIGTERM that came during the final evaluation."""
-    self.raise_at_once = True
-    if self.received:
-      self._handle()
 
   def close(self) -> None:
     if self._previous is not None:

@@ -21,19 +21,23 @@ import tensorflow as tf
 from tpu_trainer import storage
 
 
-def export(model: keras.Model, workdir: str, class_names: list[str],
-           save_serving=None) -> None:
+def export(model: keras.Model, workdir: str, class_names: list[str], save_serving=None,
+           safe_point=lambda: None) -> None:
   """save_serving(model, class_names, path): the backend's SavedModel writer
-  (save_serving_model here by default)."""
+  (save_serving_model here by default). safe_point() runs between the steps,
+  where a stop (SIGTERM) may raise: nothing is half published then."""
   logging.info("Exporting model.keras and saved_model/ to %s.", workdir)
   with tempfile.TemporaryDirectory(prefix="tpu_trainer_export_") as staging:
     local_keras = os.path.join(staging, "model.keras")
     model.save(local_keras)
+    safe_point()
     # Reloaded outside the strategy: the served graph holds plain variables.
     local_saved = os.path.join(staging, "saved_model")
     (save_serving or save_serving_model)(keras.models.load_model(local_keras), class_names,
                                          local_saved)
+    safe_point()
     storage.publish_copy(local_keras, storage.join(workdir, "model.keras"))
+    safe_point()
     publish_directory(local_saved, storage.join(workdir, "saved_model"))
 
 

@@ -147,14 +147,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     report.close()
 
     result = _results(config, plan, runner, speed, final, step)
-    sigterm.raise_from_now_on()  # The export, on the chief.
-    if runner.chief:
+    if runner.chief:  # the export; a SIGTERM stops it at a safe point, exit 143
+      sigterm.check_export()
       report.save_history()
-      export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model)
-      # Last: its presence means the run and its export are complete. A run killed
+      with runner.export_scope():
+        export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model,
+                          safe_point=sigterm.check_export)
+      sigterm.check_export()
+      # Last: its presence means the run and its export are complete. A run stopped
       # before it (SIGTERM during export, say) finishes the export when rerun.
       storage.write_text(storage.join(workdir, "metrics.json"),
                          json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
+    runner.finish()
     return result
 
 

@@ -12,6 +12,7 @@ nothing in it waits for the host. Several hosts: `jax.distributed` from the
 TPU environment, or from TF_CONFIG (worker 0's address is the coordinator),
 so one launch recipe serves both backends.
 """
+import contextlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import re
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import keras
 import numpy as np
@@ -78,6 +80,13 @@ def local_value(array) -> np.ndarray:
   return np.asarray(array)
 
 
+def wait_for_every_process(name: str) -> None:
+  """A barrier: a process that exits while another still works ends the other
+  (the coordination service takes it for a lost peer)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 class Checkpoints:
   """workdir/checkpoints/ckpt-STEP.npz: the model's and the optimizer's variables
   (the step is the optimizer's). Replicated values: the chief writes them, every
@@ -119,6 +128,7 @@ class Checkpoints:
   def save(self, step: int) -> None:
     values = {f"v{i}": local_value(v.value) for i, v in enumerate(self._variables)}
     if not self._chief:
+      wait_for_every_process(f"checkpoint {step}")
       return
     if not storage.is_gcs(self.directory):
       os.makedirs(self.directory, exist_ok=True)
@@ -134,6 +144,7 @@ class Checkpoints:
     storage.publish(tmp, final)
     for old in self._steps()[:-self._keep]:
       storage.delete(self._path(old))
+    wait_for_every_process(f"checkpoint {step}")
 
   def close(self) -> None:
     pass
@@ -154,7 +165,10 @@ class Runner:
                        "run one process per device (strategy=multiworker with TF_CONFIG).")
     self.distribution = keras.distribution.DataParallel()
     keras.distribution.set_distribution(self.distribution)
-    self.replicas, self.hosts = jax.device_count(), jax.process_count()
+    self.replicas = jax.device_count()
+    # Hosts that each need the data and workdir paths (a TPU slice's: a local
+    # path exists on one of them); processes on one machine share its disk.
+    self.hosts = jax.process_count() if jax.default_backend() == "tpu" else 1
     self.chief = jax.process_index() == 0
     self.platform = jax.default_backend()
     self.description = f"DataParallel over {self.replicas} {self.platform} devices"
@@ -332,6 +346,21 @@ class Runner:
 
   def weights(self) -> list[np.ndarray]:
     return [local_value(v.value) for v in self.model.weights]
+
+  @contextlib.contextmanager
+  def export_scope(self):
+    """The chief alone exports: the models it loads and traces there must live
+    on its own devices, not on the whole job's (creating a variable on every
+    host's devices is itself a collective, which the other hosts would not join)."""
+    keras.distribution.set_distribution(None)
+    try:
+      yield
+    finally:
+      keras.distribution.set_distribution(self.distribution)
+
+  def finish(self) -> None:
+    """Every process waits for the chief's export."""
+    wait_for_every_process("export")
 
   def save_serving_model(self, model, class_names: list[str], path: str) -> None:
     """The same signature as the TensorFlow backend's (export.save_serving_model):

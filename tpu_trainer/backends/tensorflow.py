@@ -2,6 +2,7 @@
 MirroredStrategy on GPUs and logical CPUs, MultiWorkerMirroredStrategy), the
 compiled execution of loop.py, tf.train checkpoints and a SavedModel traced
 from the model itself."""
+import contextlib
 import shutil
 import tempfile
 
@@ -132,6 +133,12 @@ class Runner:
 
   def weights(self) -> list[np.ndarray]:
     return [np.asarray(v.numpy()) for v in self.model.weights]
+
+  def export_scope(self):
+    return contextlib.nullcontext()
+
+  def finish(self) -> None:
+    """Nothing to wait for: a worker's exit does not end the others."""
 
   def save_serving_model(self, model, class_names: list[str], path: str) -> None:
     export_lib.save_serving_model(model, class_names, path)

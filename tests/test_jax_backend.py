@@ -1,0 +1,216 @@
+"""The JAX backend (config.backend=jax) against the TensorFlow one: the same
+recipe from the same weights on the same batches ends with the same weights;
+2 JAX processes (gloo collectives, as hosts of a slice) end with the weights of
+1; the dry run trains, exports and serves; SIGTERM saves and the rerun runs
+exactly the remaining steps. JAX runs in subprocesses: Keras's backend is fixed
+per process, and this one is on TensorFlow."""
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import cnn as cnn_config
+from conftest import REPO
+from conftest import run_cli
+from tpu_trainer import train
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                reason="JAX is not installed (the [jax] extra)")
+
+# fp32 SGD on a fixed input order: the same arithmetic on both backends.
+EQUAL_RUN = {"batch_size": 64, "steps": 10, "steps_per_execution": 5, "optimizer": "sgd",
+             "base_lr": 0.05, "precision": "float32", "seed": 3}
+EQUAL_INPUT = {"deterministic": True}
+
+
+def _flags(values: dict, prefix="--config.") -> list[str]:
+  return [f"{prefix}{k}={v}" for k, v in values.items()]
+
+
+def _weights(path):
+  import keras  # pylint: disable=g-import-not-at-top
+  return keras.models.load_model(path).get_weights()
+
+
+def _assert_same_weights(got, expected, initial):
+  for w, w_expected, w0 in zip(got, expected, initial):
+    moved = np.max(np.abs(w_expected - w0))
+    assert moved > 1e-3  # training did change the weights
+    # Far below what a wrong gradient (unsummed, doubled, another batch) gives.
+    np.testing.assert_allclose(w, w_expected, rtol=0, atol=max(1e-5, 1e-3 * moved))
+
+
+@pytest.fixture(scope="module")
+def initial_model(tmp_path_factory):
+  """The seed CNN's initial weights, saved: both backends start from them (their
+  random number generators differ)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.models import build_model  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("float32")
+  keras.utils.set_random_seed(3)
+  path = str(tmp_path_factory.mktemp("init") / "init.keras")
+  build_model(cnn_config.get_config(), (8, 8, 1), 10).save(path)
+  return path
+
+
+def test_tensorflow_and_jax_end_with_the_same_weights(digits_dir, initial_model, tmp_path):
+  config = cnn_config.get_config()
+  config.update(data_dir=digits_dir, init_from=initial_model, **EQUAL_RUN)
+  config.input.update(EQUAL_INPUT)
+  tf_metrics = train.run(config, str(tmp_path / "tf"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+
+  result = run_cli("train", "--config=configs/cnn.py", "--config.backend=jax",
+                   f"--workdir={tmp_path / 'jax'}", f"--config.data_dir={digits_dir}",
+                   f"--config.init_from={initial_model}", *_flags(EQUAL_RUN),
+                   *_flags(EQUAL_INPUT, "--config.input."))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Initial weights from {initial_model}" in result.stderr
+  jax_metrics = json.loads(result.stdout.splitlines()[0])
+  assert jax_metrics["backend"] == "jax" and tf_metrics["backend"] == "tensorflow"
+  assert set(jax_metrics) == set(tf_metrics)
+  assert jax_metrics["step"] == tf_metrics["step"] == 10
+
+  _assert_same_weights(_weights(str(tmp_path / "jax" / "model.keras")),
+                       _weights(str(tmp_path / "tf" / "model.keras")), _weights(initial_model))
+  assert jax_metrics["accuracy"] == pytest.approx(tf_metrics["accuracy"], abs=2 / 360)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_jax_processes_end_with_the_weights_of_one(tmp_path):
+  """Each process feeds half of every global batch (its own pipeline, as on a
+  slice's hosts); the gradient is all-reduced over both. One shard per split
+  and no shuffling: process 0 reads records 0, 2, 4..., process 1 records 1, 3,
+  5..., so both runs see the same examples in every batch."""
+  from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
+  data = str(tmp_path / "data")
+  convert.convert(sources.digits(), data, num_shards=1, min_shards=1, workers=1)
+  common = ["-m", "tpu_trainer.cli.train", "--config=configs/cnn.py", "--config.backend=jax",
+            f"--config.data_dir={data}", *_flags(EQUAL_RUN),
+            "--config.input.cache=False", "--config.input.shuffle_buffer=1",
+            "--config.input.deterministic=True"]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  one = subprocess.run([sys.executable, *common, f"--workdir={tmp_path / 'one'}"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-3000:]
+
+  workers = [f"127.0.0.1:{_free_port()}", "127.0.0.1:1"]  # only worker 0's port is used
+  procs = []
+  for index in range(2):
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    procs.append(subprocess.Popen(
+        [sys.executable, *common, "--config.strategy=multiworker",
+         f"--workdir={tmp_path / f'two{index}'}"], cwd=REPO,
+        env={**env, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  try:
+    outs = [proc.communicate(timeout=300) for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  for proc, (_, err) in zip(procs, outs):
+    assert proc.returncode == 0, err[-3000:]
+  assert "process 1 of 2, coordinator " + workers[0] in outs[1][1]
+  # (Gloo prints its own connection line on stdout.)
+  metrics = [json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+             for out, _ in outs]
+  assert [m["replicas"] for m in metrics] == [2, 2]
+  assert metrics[0]["weights_fingerprint"] == metrics[1]["weights_fingerprint"]
+  assert not os.path.exists(tmp_path / "two1")  # the chief alone writes
+
+  _assert_same_weights(_weights(str(tmp_path / "two0" / "model.keras")),
+                       _weights(str(tmp_path / "one" / "model.keras")),
+                       _initial_cnn_weights())
+
+
+def _initial_cnn_weights():
+  """What the JAX runs start from (seed 3 on JAX's generator): read back from
+  a run of no steps would cost a process; the weights moved check needs only
+  a start that is not the end, so the TensorFlow seed-3 weights stand in."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.models import build_model  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("float32")
+  keras.utils.set_random_seed(3)
+  return build_model(cnn_config.get_config(), (8, 8, 1), 10).get_weights()
+
+
+def test_dry_run_on_jax_trains_exports_and_serves(tmp_path):
+  result = run_cli("dryrun", f"--output_dir={tmp_path}", "--config.backend=jax",
+                   "--config.input.deterministic=True", timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics, evaluated = (json.loads(line) for line in result.stdout.splitlines()
+                        if line.startswith("{"))
+  workdir = tmp_path / "workdir"
+  assert metrics["backend"] == "jax" and metrics["precision"] == "float32"  # auto on CPU
+  assert metrics["accuracy"] >= 0.95  # the TensorFlow dry run's floor
+  assert evaluated["accuracy"] == pytest.approx(metrics["accuracy"], abs=1 / 360)
+  saved = json.loads((workdir / "metrics.json").read_text())
+  assert saved == json.loads(json.dumps(metrics))
+  assert json.loads((workdir / "config.json").read_text())["backend"] == "jax"
+  assert (workdir / "checkpoints" / f"ckpt-{metrics['step']}.npz").exists()
+  from test_train import _scalar_tags  # pylint: disable=g-import-not-at-top
+  assert _scalar_tags(str(workdir / "train")) == {
+      "epoch_loss", "epoch_accuracy", "epoch_learning_rate", "examples_per_second"}
+  assert _scalar_tags(str(workdir / "validation")) == {"epoch_loss", "epoch_accuracy"}
+
+  # The SavedModel (jax2tf) gives the probabilities model.keras gives through Keras.
+  from tpu_trainer.data import manifest, pipeline  # pylint: disable=g-import-not-at-top
+  images, _ = pipeline.sample(manifest.read(str(tmp_path / "data")), "test", 50)
+  import keras  # pylint: disable=g-import-not-at-top
+  expected = keras.models.load_model(str(workdir / "model.keras")).predict(images, verbose=0)
+  serve = tf.saved_model.load(str(workdir / "saved_model")).signatures["serving_default"]
+  assert list(serve.structured_input_signature[1]) == ["image"]
+  out = serve(image=tf.constant(images))
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+  assert out["class_id"].numpy().tolist() == expected.argmax(-1).tolist()
+  assert [n.decode() for n in out["class_name"].numpy()] == [
+      str(i) for i in expected.argmax(-1)]
+
+
+def test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps(digits_dir,
+                                                                            tmp_path):
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/mlp.py",
+         "--config.backend=jax", f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
+         "--config.batch_size=64", "--config.steps=600", "--config.steps_per_execution=10",
+         "--config.log_every_steps=10", "--config.checkpoint_every_steps=50"]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  log = tmp_path / "first.log"
+  with open(log, "w") as stderr:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+  deadline = time.time() + 180
+  while not list((workdir / "checkpoints").glob("ckpt-*.npz")):
+    assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+  stopped = int(re.search(r"SIGTERM here at step (\d+)/600", log.read_text()).group(1))
+  assert 0 < stopped < 600 and stopped % 10 == 0
+  saved = np.load(workdir / "checkpoints" / f"ckpt-{stopped}.npz")
+  names = list(saved["names"])
+  assert int(saved[f"v{names.index('adam/iteration')}"]) == stopped
+  assert not (workdir / "metrics.json").exists()
+
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"Resumed from {workdir / 'checkpoints' / f'ckpt-{stopped}.npz'}" in again.stderr
+  # One progress line per execution: exactly the steps that were left, from `stopped` on.
+  logged = [int(s) for s in re.findall(r"step (\d+)/600", again.stderr)]
+  assert logged == list(range(stopped + 10, 601, 10))
+  assert json.loads(again.stdout.splitlines()[0])["step"] == 600
+  final = np.load(workdir / "checkpoints" / "ckpt-600.npz")
+  assert int(final[f"v{names.index('adam/iteration')}"]) == 600
