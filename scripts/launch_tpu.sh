@@ -4,11 +4,15 @@
 #
 #   scripts/launch_tpu.sh --name=my-tpu --zone=us-central2-b --accelerator=v4-8 \
 #     --config=configs/resnet50.py --workdir=gs://my-bucket/runs/r1 \
-#     [--data_dir=gs://my-bucket/imagenet] [--runtime=tpu-vm-tf-2.16.1-pjrt] \
-#     [--project=P] [--spot] [--queued] [--no_create] [--delete_after] [--dry_run] \
-#     [-- --config.epochs=10 ...]
+#     [--data_dir=gs://my-bucket/imagenet] [--backend=tensorflow|jax] \
+#     [--runtime=IMAGE] [--project=P] [--spot] [--queued] [--no_create] [--delete_after] \
+#     [--dry_run] [-- --config.epochs=10 ...]
 #   scripts/launch_tpu.sh --name=my-tpu --zone=us-central2-b [--queued] --delete
 #
+# --backend=jax trains through Keras's JAX backend (v6e and newer: TensorFlow there is
+# experimental or absent) on a JAX runtime image with jax[tpu] and a CPU TensorFlow
+# for tf.data, every host running the job; the image per accelerator and backend
+# comes from tpu_trainer/tpus.py (the README's support table).
 # --queued creates the slice through a queued resource (Google's advice when
 # capacity is short) and waits for it to be ACTIVE. --dry_run prints every
 # command, quoted so that pasting it runs exactly that, instead of running it.
@@ -16,7 +20,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 launch_args=("$@")
 
-name="" zone="" accelerator="v4-8" runtime="" project="" config="" workdir="" data_dir=""
+name="" zone="" accelerator="v4-8" runtime="" backend="tensorflow" project="" config="" workdir="" data_dir=""
 spot=0 queued=0 dry_run=0 create=1 delete_only=0 delete_after=0 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,6 +28,7 @@ while [ $# -gt 0 ]; do
     --zone=*) zone="${1#*=}" ;;
     --accelerator=*) accelerator="${1#*=}" ;;
     --runtime=*) runtime="${1#*=}" ;;
+    --backend=*) backend="${1#*=}" ;;
     --project=*) project="${1#*=}" ;;
     --config=*) config="${1#*=}" ;;
     --workdir=*) workdir="${1#*=}" ;;
@@ -34,6 +39,7 @@ while [ $# -gt 0 ]; do
     --delete) delete_only=1 ;;
     --delete_after) delete_after=1 ;;
     --dry_run) dry_run=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -71,20 +77,14 @@ fi
 [ -f "$REPO/${config%%:*}" ] || die "--config=$config: no such file in the repo."
 case "$workdir" in gs://*) ;; *) die "--workdir must be gs://BUCKET/PATH: TPU VMs keep nothing after deletion." ;; esac
 
-# Hosts in the slice: v2/v3/v4/v5p-N have N/8 hosts, v5e/v6e (litepod) N/4 past 8 chips.
-size="${accelerator##*-}"
-[[ "$size" =~ ^[0-9]+$ ]] || die "--accelerator=$accelerator: expected TYPE-SIZE such as v4-8."
-case "$accelerator" in
-  v5litepod-*|v6e-*) hosts=$(( size > 8 ? size / 4 : 1 )) ;;
-  *) hosts=$(( size > 8 ? size / 8 : 1 )) ;;
-esac
-# The newest TensorFlow TPU runtime whose versions CI tests (scripts/env.sh, oldest stack).
-if [ -z "$runtime" ]; then
-  runtime="tpu-vm-tf-2.16.1-pjrt"
-  [ "$hosts" -gt 1 ] && runtime="tpu-vm-tf-2.16.1-pod-pjrt"
-fi
+case "$backend" in tensorflow|jax) ;; *) die "--backend=$backend: use tensorflow or jax." ;; esac
+# Hosts in the slice and the runtime image for the backend (tpu_trainer/tpus.py).
+slice_info="$(PYTHONPATH="$REPO" python3 -m tpu_trainer.tpus --accelerator="$accelerator" \
+              --backend="$backend")" || exit 2
+hosts="${slice_info%% *}"
+[ -n "$runtime" ] || runtime="${slice_info#* }"
 if [ "$hosts" -gt 1 ]; then
-  [[ "$runtime" == *-pod* ]] || die "--accelerator=$accelerator has $hosts hosts: use a -pod runtime (e.g. tpu-vm-tf-2.16.1-pod-pjrt)."
+  [ "$backend" = jax ] || [[ "$runtime" == *-pod* ]] || die "--accelerator=$accelerator has $hosts hosts: use a -pod runtime (e.g. tpu-vm-tf-2.16.1-pod-pjrt)."
   data_seen="$data_dir"
   for a in "${extra[@]}"; do
     case "$a" in --config.data_dir=*) data_seen="${a#*=}" ;; esac
@@ -125,25 +125,35 @@ fi
 tarball="${TMPDIR:-/tmp}/tpu_trainer-$name.tar.gz"
 run git -C "$REPO" archive --format=tar.gz --prefix=tpu_trainer/ -o "$tarball" HEAD
 run "${gc[@]}" scp "$tarball" "$name:tpu_trainer.tar.gz" "${where[@]}" --worker=all
+install="bash tpu_trainer/scripts/install_on_image.sh"
+# A JAX image has no TensorFlow: jax[tpu], and a CPU TensorFlow for tf.data.
+[ "$backend" = jax ] && install="python3 -m pip install -q -U 'jax[tpu]' 'tensorflow-cpu==2.21.*' && python3 -m pip install -q -e tpu_trainer"
 run "${gc[@]}" ssh "$name" "${where[@]}" --worker=all --command \
-  "rm -rf tpu_trainer && tar xzf tpu_trainer.tar.gz && bash tpu_trainer/scripts/install_on_image.sh"
+  "rm -rf tpu_trainer && tar xzf tpu_trainer.tar.gz && $install"
 
-# One TensorFlow client drives the slice: worker 0, with one input pipeline
-# per host. A single host talks to its own chips (tpu=local). PJRT runtimes
-# need TensorFlow's pluggable-device variables (Cloud TPU's TF PJRT guide).
-tpu_arg="local" env_vars=()
-if [ "$hosts" -gt 1 ]; then tpu_arg="$name"; env_vars+=(TPU_LOAD_LIBRARY=0); fi
-if [[ "$runtime" == *-pjrt ]]; then
-  env_vars+=(NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so)
+# TensorFlow: one client drives the slice, worker 0, with one input pipeline per
+# host; a single host talks to its own chips (tpu=local). PJRT runtimes need
+# TensorFlow's pluggable-device variables (Cloud TPU's TF PJRT guide). JAX: every
+# host runs the same program; jax.distributed finds the others by itself.
+tpu_arg="local" env_vars=() job_workers=0
+if [ "$backend" = jax ]; then
+  job_workers=all
+  train=(python3 -m tpu_trainer.cli.train "--config=$config" "--workdir=$workdir"
+         --config.backend=jax --config.strategy=tpu)
+else
+  if [ "$hosts" -gt 1 ]; then tpu_arg="$name"; env_vars+=(TPU_LOAD_LIBRARY=0); fi
+  if [[ "$runtime" == *-pjrt* ]]; then
+    env_vars+=(NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so)
+  fi
+  train=(python3 -m tpu_trainer.cli.train "--config=$config" "--workdir=$workdir"
+         --config.strategy=tpu "--config.tpu=$tpu_arg")
 fi
-train=(python3 -m tpu_trainer.cli.train "--config=$config" "--workdir=$workdir"
-       --config.strategy=tpu "--config.tpu=$tpu_arg")
 [ -n "$data_dir" ] && train+=("--config.data_dir=$data_dir")
 train+=("${extra[@]}")
-run "${gc[@]}" ssh "$name" "${where[@]}" --worker=0 --command \
+run "${gc[@]}" ssh "$name" "${where[@]}" --worker="$job_workers" --command \
   "cd tpu_trainer && bash scripts/tpu_job.sh ${env_vars[*]:+env ${env_vars[*]} }$(quoted "${train[@]}")"
 
-echo "Training on $name ($accelerator, $hosts host(s), $runtime). TensorBoard: scripts/tensorboard.sh $workdir"
+echo "Training on $name ($accelerator, $hosts host(s), $runtime, $backend). TensorBoard: scripts/tensorboard.sh $workdir"
 # Streams until training ends and exits with its status (255: the VM went away).
 # Ctrl-C detaches; training goes on.
 status=0

@@ -22,14 +22,34 @@ def _by_name(checks):
   return {c.name: c for c in checks}
 
 
+def _shape(accelerator):
+  tpu_slice = doctor.parse_accelerator(accelerator)
+  return tpu_slice.hosts, tpu_slice.replicas, tpu_slice.chips
+
+
 def test_slice_shapes():
-  assert doctor.parse_accelerator("v4-8") == doctor.Slice("v4-8", 1, 4, 4)
-  assert doctor.parse_accelerator("v4-32") == doctor.Slice("v4-32", 4, 16, 16)
-  assert doctor.parse_accelerator("v3-8") == doctor.Slice("v3-8", 1, 8, 4)
-  assert doctor.parse_accelerator("v3-32").hosts == 4
-  assert doctor.parse_accelerator("v5litepod-16") == doctor.Slice("v5litepod-16", 4, 16, 16)
+  assert _shape("v4-8") == (1, 4, 4)
+  assert _shape("v4-32") == (4, 16, 16)
+  assert _shape("v3-8") == (1, 8, 4)
+  assert _shape("v3-32")[0] == 4
+  assert _shape("v5litepod-16") == (4, 16, 16)
+  assert _shape("v6e-8") == (1, 8, 8)
+  assert _shape("v5p-16") == (2, 8, 8)
+  assert _shape("tpu7x-8") == (1, 8, 4)  # two devices per chip
   with pytest.raises(ValueError, match="v4-8"):
     doctor.parse_accelerator("tpu-8")
+
+
+@pytest.mark.parametrize("accelerator,backend,status,says", [
+    ("v4-8", "tensorflow", "OK", "tpu-vm-tf-2.16.1-pjrt"),
+    ("v6e-8", "tensorflow", "WARN", "experimental"),
+    ("v6e-8", "jax", "OK", "v2-alpha-tpuv6e + jax[tpu]"),
+    ("tpu7x-8", "tensorflow", "FAIL", "--config.backend=jax"),
+    ("tpu7x-8", "jax", "WARN", "GKE only"),
+])
+def test_backend_row_of_the_support_table(accelerator, backend, status, says):
+  check = doctor.backend_check(backend, doctor.parse_accelerator(accelerator))
+  assert check.status == status and says in check.detail
 
 
 def test_cli_passes_on_good_data(digits_dir):

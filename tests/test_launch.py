@@ -169,3 +169,51 @@ def test_tpu_job_detaches_and_records_pid_and_status(tmp_path):
                            "exit $(cat ~/train.status 2>/dev/null || echo 255)"],
                           env=env, capture_output=True, text=True, timeout=30)
   assert stream.returncode == 3 and "working" in stream.stdout
+
+
+def test_jax_backend_uses_the_generation_s_jax_image_and_runs_on_every_host():
+  cmds = _commands(_launch("--name=v6", "--zone=us-east5-b", "--accelerator=v6e-16",
+                           "--backend=jax", "--config=configs/cnn.py", "--workdir=gs://b/r",
+                           "--data_dir=gs://b/d"))
+  assert cmds[0] == ("gcloud compute tpus tpu-vm create v6 --zone=us-east5-b "
+                     "--accelerator-type=v6e-16 --version=v2-alpha-tpuv6e")
+  # No TensorFlow on a JAX image: jax[tpu] and a CPU TensorFlow for tf.data.
+  assert _remote(cmds[3]).endswith(
+      "python3 -m pip install -q -U 'jax[tpu]' 'tensorflow-cpu==2.21.*' && "
+      "python3 -m pip install -q -e tpu_trainer")
+  job = next(c for c in cmds if "tpu_job.sh" in c)
+  assert "--worker=all" in job  # JAX: every host runs the program
+  assert _remote(job) == (
+      "cd tpu_trainer && bash scripts/tpu_job.sh python3 -m tpu_trainer.cli.train "
+      "--config=configs/cnn.py --workdir=gs://b/r --config.backend=jax "
+      "--config.strategy=tpu --config.data_dir=gs://b/d")
+
+
+def test_images_come_from_the_support_table():
+  from tpu_trainer import tpus  # pylint: disable=g-import-not-at-top
+  for accelerator in ("v2-8", "v3-32", "v4-8", "v5litepod-8", "v5p-16", "v6e-8"):
+    for backend in ("tensorflow", "jax"):
+      cmds = _commands(_launch("--name=t", "--zone=z", f"--accelerator={accelerator}",
+                               f"--backend={backend}", "--config=configs/cnn.py",
+                               "--workdir=gs://b/r", "--data_dir=gs://b/d"))
+      image = tpus.runtime(tpus.parse_accelerator(accelerator), backend)
+      assert cmds[0].endswith(f"--version={image}"), (accelerator, backend, cmds[0])
+
+
+def test_tensorflow_on_tpu7x_is_refused_naming_the_jax_backend():
+  result = _launch("--name=t", "--zone=z", "--accelerator=tpu7x-8", "--config=configs/cnn.py",
+                   "--workdir=gs://b/r")
+  assert result.returncode == 2 and "+ gcloud" not in result.stdout
+  assert result.stderr.strip().splitlines() == [
+      'error: TensorFlow does not run on tpu7x (Cloud TPU: "TensorFlow is not supported"): '
+      "use --backend=jax."]
+  result = _launch("--name=t", "--zone=z", "--accelerator=tpu7x-8", "--backend=jax",
+                   "--config=configs/cnn.py", "--workdir=gs://b/r")
+  assert result.returncode == 2 and "GKE" in result.stderr
+
+
+def test_help():
+  result = subprocess.run(["bash", LAUNCH, "--help"], capture_output=True, text=True,
+                          timeout=30)
+  assert result.returncode == 0 and "--backend=tensorflow|jax" in result.stdout
+  assert not result.stdout.startswith("#")

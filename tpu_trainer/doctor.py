@@ -15,13 +15,12 @@ from tpu_trainer import metrics
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import scaling
 from tpu_trainer import storage
+from tpu_trainer import tpus
 from tpu_trainer import versions
 from tpu_trainer.data import manifest
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
 
-# Peak bf16 TFLOP/s per chip (Google's published figures).
-_PEAK_TFLOPS = {"v2": 45, "v3": 123, "v4": 275, "v5litepod": 197, "v5p": 459, "v6e": 918}
 _ASSUMED_UTILISATION = 0.4
 _MIN_STEP_SECONDS = 1e-3  # per-step overhead: small models do not reach peak FLOPs
 
@@ -33,31 +32,8 @@ class Check:
   detail: str
 
 
-@dataclasses.dataclass
-class Slice:
-  accelerator: str
-  hosts: int
-  replicas: int  # what TPUStrategy sees: TensorCores, or chips with megacore
-  chips: int
-
-
-def parse_accelerator(accelerator: str) -> Slice:
-  """v2-8 / v3-32 (cores), v4-8 / v5p-16 (TensorCores, 2 per megacore chip),
-  v5litepod-8 / v6e-16 (chips)."""
-  match = re.fullmatch(r"(v2|v3|v4|v5p|v5litepod|v6e)-(\d+)", accelerator)
-  if not match:
-    raise ValueError(f"--accelerator={accelerator!r}: expected e.g. v4-8, v3-32, v5litepod-16.")
-  kind, size = match.group(1), int(match.group(2))
-  if kind in ("v2", "v3"):
-    chips, replicas, per_host = size // 2, size, 8
-  elif kind in ("v4", "v5p"):
-    chips = replicas = size // 2
-    per_host = 4
-  else:
-    chips = replicas = size
-    per_host = 8 if size <= 8 else 4
-  return Slice(accelerator, max(1, math.ceil(chips / per_host) if kind not in ("v2", "v3")
-                                else math.ceil(size / per_host)), replicas, chips)
+Slice = tpus.Slice
+parse_accelerator = tpus.parse_accelerator
 
 
 def _data_checks(config, tpu_slice, client):
@@ -174,28 +150,50 @@ def forward_flops(model, input_shape) -> float:
   return float(model_analyzer.profile(fn.graph, options=options).total_float_ops)
 
 
+def _jax_step(config, model, optimizer, shape, num_classes: int, per_replica: int):
+  """(loss, diverged, forward FLOPs per example) from one step of the JAX backend's
+  own execution (backends/jax.py), compiled by XLA."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.backends import jax as jax_backend  # pylint: disable=g-import-not-at-top
+  execution = jax.jit(jax_backend.execution_fn(model, optimizer, config.batch_size,
+                                               config.label_smoothing, num_classes))
+  state = jax.tree_util.tree_map(lambda v: v.value, (
+      model.trainable_variables, model.non_trainable_variables, optimizer.variables))
+  _, sums, agreed = execution(state, jnp.zeros((1, per_replica) + tuple(shape), jnp.uint8),
+                              jnp.zeros((1, per_replica), jnp.int32), 1, jnp.zeros((1, 3)))
+  forward = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0]).lower(
+      state[0], state[1], jnp.zeros((1,) + tuple(shape), jnp.uint8)).compile().cost_analysis()
+  forward = forward[0] if isinstance(forward, list) else forward
+  return float(sums[0] / sums[2]), bool(agreed[0]), float(forward.get("flops", 0.0))
+
+
 def _model_checks(config, dataset, tpu_slice):
   """XLA-compiles, in bf16 with static shapes, the very step a training run uses
-  (loop.train_step), on one replica's batch."""
+  (loop.train_step, or the JAX backend's execution), on one replica's batch."""
   shape, num_classes = dataset.image_shape, dataset.num_classes
   policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
-    strategy = tf.distribute.get_strategy()
     model = build_model(config, shape, num_classes)
     optimizer = optimizer_lib.make_optimizer(config, config.base_lr, "mixed_bfloat16")
     optimizer.build(model.trainable_variables)
-    totals, signals = metrics.Totals(strategy, "doctor"), loop.Signals(strategy)
-    step = tf.function(loop.train_step(model, optimizer, config.batch_size,
-                                       config.label_smoothing, num_classes, totals, signals),
-                       jit_compile=True)
     per_replica = max(1, config.batch_size // tpu_slice.replicas)
     start = time.perf_counter()
-    step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
-    loss = totals.result()["loss"]
-    if not math.isfinite(loss) or signals.read().diverged:
+    if keras.backend.backend() == "jax":
+      loss, diverged, flops = _jax_step(config, model, optimizer, shape, num_classes,
+                                        per_replica)
+    else:
+      strategy = tf.distribute.get_strategy()
+      totals, signals = metrics.Totals(strategy, "doctor"), loop.Signals(strategy)
+      step = tf.function(loop.train_step(model, optimizer, config.batch_size,
+                                         config.label_smoothing, num_classes, totals, signals),
+                         jit_compile=True)
+      step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
+      loss, diverged = totals.result()["loss"], signals.read().diverged
+      flops = forward_flops(model, shape)
+    if not math.isfinite(loss) or diverged:
       raise ValueError(f"loss is {loss} on zero images: diverged at the first step")
-    flops = forward_flops(model, shape)
   except Exception as e:  # pylint: disable=broad-except
     return [Check("model compiles (bf16, XLA)", "FAIL",
                   f"{config.model}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")], None
@@ -208,10 +206,9 @@ def _model_checks(config, dataset, tpu_slice):
 
 
 def _input_check(config, tpu_slice, forward, input_seconds):
-  kind = tpu_slice.accelerator.split("-")[0]
   # Training costs ~3x the forward FLOPs.
   compute = 3 * forward * config.batch_size / (
-      _PEAK_TFLOPS[kind] * 1e12 * _ASSUMED_UTILISATION * tpu_slice.chips)
+      tpu_slice.generation.peak_bf16_tflops * 1e12 * _ASSUMED_UTILISATION * tpu_slice.chips)
   step_seconds = max(compute, _MIN_STEP_SECONDS)
   need = config.batch_size / step_seconds / tpu_slice.hosts
   if storage.is_gcs(config.data_dir):
@@ -234,6 +231,19 @@ def _input_check(config, tpu_slice, forward, input_seconds):
   return Check("input rate vs step rate", "OK", detail)
 
 
+def backend_check(backend: str, tpu_slice: tpus.Slice) -> Check:
+  """The support table's row for this accelerator and backend."""
+  generation = tpu_slice.generation
+  row = tpus.support(generation)
+  if backend == "tensorflow" and generation.tensorflow == "none":
+    return Check("backend", "FAIL", f"{row}: pass --config.backend=jax.")
+  if backend == "tensorflow" and generation.tensorflow == "experimental":
+    return Check("backend", "WARN", row)
+  if backend == "jax" and not generation.jax_runtime:
+    return Check("backend", "WARN", row)
+  return Check("backend", "OK", f"{backend} on {generation.name}. {row}")
+
+
 def _versions_check(found: dict) -> Check:
   message = versions.problem(found["tensorflow"], found["keras"])
   return Check("versions", "FAIL" if message else "OK", message or versions.describe(found))
@@ -242,7 +252,7 @@ def _versions_check(found: dict) -> Check:
 def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
                client=None) -> list[Check]:
   tpu_slice = parse_accelerator(accelerator)
-  checks = [_versions_check(versions.installed())]
+  checks = [_versions_check(versions.installed()), backend_check(config.backend, tpu_slice)]
   model_known = True
   try:
     check_model_name(config.model)

@@ -150,6 +150,54 @@ class Checkpoints:
     pass
 
 
+def execution_fn(model, optimizer, global_batch: int, label_smoothing: float,
+                 num_classes: int):
+  """fn(state, images[steps_max, batch...], labels, steps, host_flags) -> (state,
+  [loss sum, correct, examples], [diverged steps, SIGTERM, line, checkpoint]):
+  `steps` optimizer steps in one call. state: (trainable, non-trainable,
+  optimizer) variable values, as Keras's stateless API takes them."""
+  loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
+                                                 reduction=None)
+  limit = controller.divergence_limit(num_classes)
+
+  def train_step(state, images, labels):
+    trainable, non_trainable, optimizer_variables = state
+
+    def loss_and_outputs(trainable, non_trainable):
+      probabilities, non_trainable, losses = model.stateless_call(
+          trainable, non_trainable, images, training=True, return_losses=True)
+      per_example = loss_fn(jax.nn.one_hot(labels, num_classes), probabilities)
+      loss = jnp.sum(per_example.astype(jnp.float32)) / global_batch
+      if losses:
+        loss += sum(losses)
+      return optimizer.scale_loss(loss), (loss, per_example, probabilities, non_trainable)
+
+    grads, (loss, per_example, probabilities, non_trainable) = jax.grad(
+        loss_and_outputs, has_aux=True)(trainable, non_trainable)
+    trainable, optimizer_variables = optimizer.stateless_apply(
+        optimizer_variables, grads, trainable)
+    correct = jnp.argmax(probabilities, -1) == labels
+    mean_loss = jnp.mean(per_example.astype(jnp.float32))
+    diverged = ~jnp.isfinite(loss) | (mean_loss > limit)
+    sums = jnp.stack([jnp.sum(per_example.astype(jnp.float32)),
+                      jnp.sum(correct.astype(jnp.float32)),
+                      jnp.float32(labels.shape[0]), diverged.astype(jnp.float32)])
+    return (trainable, non_trainable, optimizer_variables), sums
+
+  def execution(state, images, labels, steps, host_flags):
+    def body(i, carry):
+      state, sums = carry
+      state, step_sums = train_step(state, images[i], labels[i])
+      return state, sums + step_sums
+
+    state, sums = jax.lax.fori_loop(0, steps, body, (state, jnp.zeros(4, jnp.float32)))
+    # [diverged steps, a host got SIGTERM, wants a line, wants a checkpoint]
+    agreed = jnp.concatenate([sums[3:], jnp.max(host_flags, axis=0)])
+    return state, sums[:3], agreed
+
+  return execution
+
+
 class Runner:
   """Runs a run's executions on every JAX device of every host."""
 
@@ -221,49 +269,10 @@ class Runner:
     return jax.tree_util.tree_map(lambda v: v.value, self._state_variables)
 
   def _compile_execution(self, global_batch: int, label_smoothing: float, num_classes: int):
-    model, optimizer = self.model, self.optimizer
-    loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
-                                                   reduction=None)
-    limit = controller.divergence_limit(num_classes)
-
-    def train_step(state, images, labels):
-      trainable, non_trainable, optimizer_variables = state
-
-      def loss_and_outputs(trainable, non_trainable):
-        probabilities, non_trainable, losses = model.stateless_call(
-            trainable, non_trainable, images, training=True, return_losses=True)
-        per_example = loss_fn(jax.nn.one_hot(labels, num_classes), probabilities)
-        loss = jnp.sum(per_example.astype(jnp.float32)) / global_batch
-        if losses:
-          loss += sum(losses)
-        return optimizer.scale_loss(loss), (loss, per_example, probabilities, non_trainable)
-
-      grads, (loss, per_example, probabilities, non_trainable) = jax.grad(
-          loss_and_outputs, has_aux=True)(trainable, non_trainable)
-      trainable, optimizer_variables = optimizer.stateless_apply(
-          optimizer_variables, grads, trainable)
-      correct = jnp.argmax(probabilities, -1) == labels
-      mean_loss = jnp.mean(per_example.astype(jnp.float32))
-      diverged = ~jnp.isfinite(loss) | (mean_loss > limit)
-      sums = jnp.stack([jnp.sum(per_example.astype(jnp.float32)),
-                        jnp.sum(correct.astype(jnp.float32)),
-                        jnp.float32(labels.shape[0]), diverged.astype(jnp.float32)])
-      return (trainable, non_trainable, optimizer_variables), sums
-
-    def execution(state, images, labels, steps, host_flags):
-      def body(i, carry):
-        state, sums = carry
-        state, step_sums = train_step(state, images[i], labels[i])
-        return state, sums + step_sums
-
-      state, sums = jax.lax.fori_loop(0, steps, body, (state, jnp.zeros(4, jnp.float32)))
-      # [diverged steps, a host got SIGTERM, wants a line, wants a checkpoint]
-      agreed = jnp.concatenate([sums[3:], jnp.max(host_flags, axis=0)])
-      return state, sums[:3], agreed
-
     state_shardings = jax.tree_util.tree_map(lambda v: v.value.sharding,
                                              self._state_variables)
-    return jax.jit(execution, donate_argnums=0,
+    return jax.jit(execution_fn(self.model, self.optimizer, global_batch, label_smoothing,
+                                num_classes), donate_argnums=0,
                    out_shardings=(state_shardings, self._replicated, self._replicated))
 
   def _global(self, sharding, local: np.ndarray):

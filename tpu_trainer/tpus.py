@@ -1,0 +1,123 @@
+"""Cloud TPU generations: slice sizes, peak FLOPs, and which backend runs on which
+runtime image. The one table the doctor, the launcher and the README read.
+
+Facts (2026) and where they come from:
+- Peak bf16 TFLOP/s per chip: Cloud TPU's system architecture pages (v2 45, v3
+  123, v4 275, v5e 197, v5p 459, v6e 918) and its TPU7x page (2307).
+- TensorFlow images: Cloud TPU's supported-versions page. TF TPU images stop at
+  2.19 (tensorflow-tpu 2.20 on PyPI is the last TPU build); v6e has one,
+  tpu-vm-tf-2.18.0-pjrt-v5e-and-v6, and no TF job in Google's own TF-on-TPU
+  tests; the TPU7x page: "You can use the JAX framework on TPU7x. TensorFlow is
+  not supported."
+- JAX images: the runtimes Cloud TPU's JAX quickstarts use (v2-alpha-tpuv6e,
+  v2-alpha-tpuv5, v2-alpha-tpuv5-lite, tpu-ubuntu2204-base), then
+  `pip install "jax[tpu]"`. TPU7x is offered through GKE only (its page).
+
+Runs here without TensorFlow or JAX: `python3 -m tpu_trainer.tpus --accelerator=v6e-8
+--backend=jax` prints the hosts and the runtime image (scripts/launch_tpu.sh asks it).
+"""
+import dataclasses
+import math
+import re
+import sys
+
+# The newest TF TPU image whose TensorFlow CI tests (scripts/env.sh, oldest stack).
+TF_RUNTIME = "tpu-vm-tf-2.16.1-pjrt"
+TF_POD_RUNTIME = "tpu-vm-tf-2.16.1-pod-pjrt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  name: str
+  peak_bf16_tflops: float
+  size_counts: str        # what the N of NAME-N counts: "cores" (2 per chip) or "chips"
+  chips_per_host: int     # of a multi-host slice
+  tensorflow: str         # "supported" | "experimental" | "none"
+  tensorflow_runtime: str  # "" where TensorFlow has no image
+  jax_runtime: str        # "" where TPU VMs are not offered (GKE only)
+  devices_per_chip: int = 1  # what a framework sees per chip (megacore: one)
+
+
+GENERATIONS = {g.name: g for g in (
+    Generation("v2", 45, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 2),
+    Generation("v3", 123, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 2),
+    Generation("v4", 275, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base"),
+    Generation("v5litepod", 197, "chips", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5-lite"),
+    Generation("v5p", 459, "cores", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5"),
+    Generation("v6e", 918, "chips", 4, "experimental", "tpu-vm-tf-2.18.0-pjrt-v5e-and-v6",
+               "v2-alpha-tpuv6e"),
+    # Two TensorCores per chip, seen as two devices ("dual-chiplet").
+    Generation("tpu7x", 2307, "cores", 4, "none", "", "", 2),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  accelerator: str
+  hosts: int
+  replicas: int  # devices a framework sees: TensorCores, or chips with megacore
+  chips: int
+  generation: Generation
+
+
+def parse_accelerator(accelerator: str) -> Slice:
+  """v2-8 / v3-32 (cores), v4-8 / v5p-16 / tpu7x-8 (TensorCores, 2 per chip),
+  v5litepod-8 / v6e-16 (chips)."""
+  match = re.fullmatch(r"([a-z0-9]+)-(\d+)", accelerator)
+  if not match or match.group(1) not in GENERATIONS:
+    raise ValueError(f"--accelerator={accelerator!r}: expected TYPE-SIZE with TYPE one of "
+                     f"{', '.join(GENERATIONS)}, e.g. v4-8, v3-32, v6e-16.")
+  generation, size = GENERATIONS[match.group(1)], int(match.group(2))
+  chips = size // 2 if generation.size_counts == "cores" else size
+  chips = max(chips, 1)
+  if generation.name in ("v2", "v3"):  # 4 chips (8 cores) a host
+    hosts = math.ceil(size / 8)
+  elif generation.size_counts == "chips":  # a host holds 8 chips up to v5e-8 / v6e-8
+    hosts = 1 if size <= 8 else math.ceil(size / generation.chips_per_host)
+  else:
+    hosts = math.ceil(chips / generation.chips_per_host)
+  return Slice(accelerator, hosts, chips * generation.devices_per_chip, chips, generation)
+
+
+def runtime(tpu_slice: Slice, backend: str) -> str:
+  """The TPU VM runtime image for a backend; ValueError saying what to do when none."""
+  generation = tpu_slice.generation
+  if backend == "jax":
+    if not generation.jax_runtime:
+      raise ValueError(f"{generation.name} is offered through GKE only, not as TPU VMs "
+                       "(Cloud TPU's TPU7x page): run `python3 -m tpu_trainer.cli.train "
+                       "--config.backend=jax ...` in a GKE TPU pod.")
+    return generation.jax_runtime
+  if generation.tensorflow == "none":
+    raise ValueError(f"TensorFlow does not run on {generation.name} (Cloud TPU: \"TensorFlow "
+                     "is not supported\"): use --backend=jax.")
+  if generation.tensorflow_runtime == TF_RUNTIME and tpu_slice.hosts > 1:
+    return TF_POD_RUNTIME
+  return generation.tensorflow_runtime
+
+
+def support(generation: Generation) -> str:
+  """The support table's row for a generation, in words."""
+  tf = {"supported": f"TensorFlow: {generation.tensorflow_runtime} (pod: {TF_POD_RUNTIME})",
+        "experimental": f"TensorFlow: experimental ({generation.tensorflow_runtime}; no TF "
+                        "job in Google's TF-on-TPU tests), prefer --config.backend=jax",
+        "none": "TensorFlow: not supported"}[generation.tensorflow]
+  jax = (f"JAX: {generation.jax_runtime} + jax[tpu]" if generation.jax_runtime
+         else "JAX: through GKE only")
+  return f"{tf}; {jax}"
+
+
+def main(argv: list[str]) -> int:
+  """--accelerator=A --backend=B: prints 'HOSTS RUNTIME', or one error line (exit 2)."""
+  args = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+  try:
+    tpu_slice = parse_accelerator(args.get("accelerator", ""))
+    print(tpu_slice.hosts, runtime(tpu_slice, args.get("backend", "tensorflow")))
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
