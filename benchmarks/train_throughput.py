@@ -11,6 +11,9 @@ and compilation) divided by the time they took.
   best Keras the same plus steps_per_execution (as ours): the best plain Keras
              one can write on one device.
   ours       tpu_trainer's loop on TFRecords written by its converter.
+  ours_jax   the same recipe and data through --config.backend=jax (Keras's JAX
+             backend, one jitted call per execution; its own process, as Keras's
+             backend is fixed per process; precision auto: float32 on a CPU).
 
 The gain of ours over the tutorial is the product of the columns' ratios:
 precision, steps per call, and the rest (our input and loop). The data:
@@ -21,6 +24,8 @@ scikit-learn's digits upscaled to 28x28 (Fashion-MNIST's size), repeated.
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -108,6 +113,23 @@ def ours(name, data_dir, workdir, epochs, batch, steps_per_execution):
   return metrics["examples_per_second"], metrics["accuracy"], metrics["precision"]
 
 
+def ours_jax(name, data_dir, workdir, epochs, batch, steps_per_execution):
+  """(examples/s, accuracy, precision) of the same run on the JAX backend."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/cnn.py",
+       "--config.backend=jax", f"--config.model={name}", f"--config.data_dir={data_dir}",
+       f"--workdir={workdir}", f"--config.batch_size={batch}", f"--config.epochs={epochs}",
+       f"--config.steps_per_execution={steps_per_execution}",
+       f"--config.eval_every_epochs={epochs}"],
+      cwd=repo, capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise SystemExit(f"the JAX run failed: {result.stderr[-2000:]}")
+  metrics = json.loads(next(line for line in result.stdout.splitlines()
+                            if line.startswith("{")))
+  return metrics["examples_per_second"], metrics["accuracy"], metrics["precision"]
+
+
 def main(_):
   logging.set_verbosity(logging.WARNING)
   train_xy, test_xy = digits28(FLAGS.repeat)
@@ -131,6 +153,10 @@ def main(_):
       rate, accuracy, _ = ours(name, os.path.join(tmp, "data"), os.path.join(tmp, name),
                                FLAGS.epochs, batch, spe)
       columns["ours"] = (rate, accuracy)
+      jax_rate, jax_accuracy, jax_precision = ours_jax(
+          name, os.path.join(tmp, "data"), os.path.join(tmp, f"{name}_jax"), FLAGS.epochs,
+          batch, spe)
+      columns["ours_jax"] = (jax_rate, jax_accuracy)
       row = {"model": name, "precision": precision,
              **{f"{k}_ex_s": round(r) for k, (r, _) in columns.items()},
              **{f"{k}_accuracy": round(a, 4) for k, (_, a) in columns.items()},
@@ -139,8 +165,10 @@ def main(_):
              "gain_input_and_loop": round(rate / columns["best_keras"][0], 2),
              # Against whichever plain-Keras column was faster in this run.
              "ours_vs_fastest_keras": round(rate / max(r for k, (r, _) in columns.items()
-                                                       if k != "ours"), 2),
-             "ours_vs_tutorial": round(rate / columns["tutorial"][0], 2)}
+                                                       if not k.startswith("ours")), 2),
+             "ours_vs_tutorial": round(rate / columns["tutorial"][0], 2),
+             "jax_precision": jax_precision,
+             "jax_vs_tensorflow": round(jax_rate / rate, 2)}
       rows.append(row)
       print(f"{name}: " + " | ".join(f"{k} {r:7.0f} ex/s (acc {a:.3f})"
                                      for k, (r, a) in columns.items()))
@@ -148,7 +176,8 @@ def main(_):
             f"plain-Keras column {row['ours_vs_fastest_keras']:.2f}x), ours / "
             f"tutorial {row['ours_vs_tutorial']:.2f}x = precision {row['gain_precision']:.2f}x"
             f" * steps per call {row['gain_steps_per_call']:.2f}x * input and loop "
-            f"{row['gain_input_and_loop']:.2f}x")
+            f"{row['gain_input_and_loop']:.2f}x; JAX backend ({jax_precision}) / ours "
+            f"{row['jax_vs_tensorflow']:.2f}x")
     print(json.dumps(rows))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -152,7 +152,8 @@ def test_a_diverging_run_exits_3_with_one_line_and_exports_nothing(digits_dir, t
                    "--config.base_lr=1e6", "--config.steps=100")
   assert result.returncode == 3, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: The loss diverged (NaN, infinite or above 230"), last
+  assert last.startswith("error: The loss diverged (NaN, infinite, or a mean cross-entropy "
+                         "above 12.1"), last
   assert "Last good checkpoint:" in last and "Traceback" not in result.stderr
   assert not (workdir / "metrics.json").exists() and not (workdir / "model.keras").exists()
   assert not (workdir / "saved_model").exists()

@@ -150,7 +150,8 @@ def _initial_cnn_weights():
 
 def test_dry_run_on_jax_trains_exports_and_serves(tmp_path):
   result = run_cli("dryrun", f"--output_dir={tmp_path}", "--config.backend=jax",
-                   "--config.input.deterministic=True", timeout=600)
+                   "--config.input.deterministic=True", "--config.profile_steps=40,60",
+                   timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   metrics, evaluated = (json.loads(line) for line in result.stdout.splitlines()
                         if line.startswith("{"))
@@ -166,6 +167,8 @@ def test_dry_run_on_jax_trains_exports_and_serves(tmp_path):
   assert _scalar_tags(str(workdir / "train")) == {
       "epoch_loss", "epoch_accuracy", "epoch_learning_rate", "examples_per_second"}
   assert _scalar_tags(str(workdir / "validation")) == {"epoch_loss", "epoch_accuracy"}
+  # jax.profiler's trace, where TensorBoard's profile plugin looks for TensorFlow's.
+  assert list((workdir / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
 
   # The SavedModel (jax2tf) gives the probabilities model.keras gives through Keras.
   from tpu_trainer.data import manifest, pipeline  # pylint: disable=g-import-not-at-top
@@ -214,3 +217,21 @@ def test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps(dig
   assert json.loads(again.stdout.splitlines()[0])["step"] == 600
   final = np.load(workdir / "checkpoints" / "ckpt-600.npz")
   assert int(final[f"v{names.index('adam/iteration')}"]) == 600
+
+
+def test_jax_divergence_exits_3_and_bad_settings_are_one_line(digits_dir, tmp_path):
+  common = ["--config=configs/mlp.py", "--config.backend=jax", f"--config.data_dir={digits_dir}",
+            "--config.batch_size=64", "--config.steps=40", "--config.steps_per_execution=10"]
+  diverging = run_cli("train", *common, f"--workdir={tmp_path / 'd'}", "--config.optimizer=sgd",
+                      "--config.base_lr=1e6")
+  assert diverging.returncode == 3, diverging.stderr[-3000:]
+  assert "error: The loss diverged" in diverging.stderr and "Traceback" not in diverging.stderr
+  assert not (tmp_path / "d" / "metrics.json").exists()
+
+  for flag, says in (("--config.cpu_devices=2", "one process per device"),
+                     ("--config.strategy=gpu", "JAX runs on cpu")):
+    bad = run_cli("train", *common, f"--workdir={tmp_path / 'b'}", flag)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0]
+    assert not (tmp_path / "b" / "config.json").exists()

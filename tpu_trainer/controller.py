@@ -43,11 +43,20 @@ class Agreed(NamedTuple):
 
 
 def divergence_limit(num_classes: int) -> float:
-  """A mean cross-entropy above this is a diverged run: 100 times that of a uniform
-  guess (ln K). Softmax outputs carry their logits, so Keras's loss is not capped
-  and an exploding run can stay finite (SGD at a learning rate of 1e6 reaches
-  1e30 while every number is finite)."""
-  return 100 * max(1.0, math.log(num_classes))
+  """A mean cross-entropy above this is a diverged run. Keras clips probabilities
+  to [eps, 1 - eps] on the JAX backend, so no loss there exceeds -ln(eps) (16.1)
+  however far a run has exploded; on TensorFlow it takes the softmax's logits
+  and is uncapped (SGD at 1e6 reaches 1e30 while finite). Three quarters of the
+  cap (12.1: the true class given 6e-6 on average, far worse than a uniform
+  guess's ln K) reads the same on both; with thousands of classes, 1.5 ln K
+  (past the cap there: only NaN and infinities count on JAX)."""
+  cap = -math.log(keras_epsilon())
+  return max(0.75 * cap, 1.5 * math.log(max(num_classes, 2)))
+
+
+def keras_epsilon() -> float:
+  import keras  # pylint: disable=g-import-not-at-top  (imported by then on every path)
+  return keras.config.epsilon()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,9 +296,10 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
     report.progress.update(n)
     profiler.after(step)
     if agreed.diverged:
-      raise Diverged(f"The loss diverged (NaN, infinite or above "
-                     f"{divergence_limit(num_classes):.0f}, 100x a uniform "
-                     f"guess's) between steps {step - n + 1} and {step}; nothing was "
+      limit = divergence_limit(num_classes)
+      raise Diverged(f"The loss diverged (NaN, infinite, or a mean cross-entropy above "
+                     f"{limit:.1f}: the true class given under {math.exp(-limit):.0e} on "
+                     f"average) between steps {step - n + 1} and {step}; nothing was "
                      "exported. Last good checkpoint: "
                      f"{checkpoints.latest() or 'none (none saved yet)'}. Lower the "
                      f"learning rate (peak {plan.peak_lr:.3g}) or check the data.")
