@@ -9,6 +9,7 @@ import json
 import ml_collections
 
 from tpu_trainer import storage
+from tpu_trainer.errors import UserError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "tpu", "gpu", "cpu", "multiworker")
@@ -42,27 +43,27 @@ def default_config() -> ml_collections.ConfigDict:
   c.min_steps_per_epoch = 200    # ... and at least this many steps per epoch
   c.epochs = 10                  # passes over the train split
   c.steps = 0                    # > 0 overrides epochs
-  c.optimizer = "adam"           # adam | sgd | adamw
+  c.optimizer = "adam"           # sgd: Nesterov momentum; adamw: decoupled weight decay
   c.base_lr = 1e-3               # the learning rate at base_batch_size
   c.base_batch_size = 32         # the batch base_lr is given for
-  c.lr_scaling = "auto"          # auto (sqrt for adam/adamw, linear for sgd) | linear | sqrt | none
+  c.lr_scaling = "auto"          # of base_lr to the batch; auto: sqrt for adam(w), linear for sgd
   c.momentum = 0.9               # sgd (Nesterov)
   c.weight_decay = 0.0           # adamw / sgd / adam decoupled weight decay
   c.warmup_epochs = 0.0          # linear warmup from 0 to the peak learning rate
   # constant: the seed tutorials' Adam; at 10 epochs cosine's half-as-large mean
   # rate costs accuracy (measured: benchmarks/accuracy.py). SGD recipes use cosine.
-  c.lr_schedule = "constant"     # cosine | constant
+  c.lr_schedule = "constant"     # after warmup: constant, or cosine decay to 0
   c.label_smoothing = 0.0        # of the one-hot targets
   c.early_stopping_patience = 0  # evaluations without improvement; 0 = off
   c.init_from = ""               # a model.keras whose weights start the run (same model and data)
   # Execution.
-  c.backend = "tensorflow"       # tensorflow (TPU v2-v5p, GPUs, CPU) | jax (every TPU, TPU7x too)
-  c.strategy = "auto"            # auto (TPU > GPUs > GPU > CPU) | tpu | gpu | cpu | multiworker
+  c.backend = "tensorflow"       # Keras's backend; jax for every TPU (TPU7x too)
+  c.strategy = "auto"            # auto: TPU > GPUs > GPU > CPU; multiworker: TF_CONFIG
   c.tpu = ""                     # TPU name, or "local" on a TPU VM
   c.tpu_zone = ""                # for a named TPU, and the doctor's bucket-region check
   c.tpu_project = ""             # for a named TPU in another project
   c.cpu_devices = 0              # > 0: that many logical CPU replicas
-  c.precision = "auto"           # auto (bf16 on TPU/bf16 CPUs, fp16 on GPU) | float32 | mixed_*
+  c.precision = "auto"           # auto: the platform's (bf16 on TPU; see the log)
   c.steps_per_execution = 20     # training steps per tf.function call
   c.log_every_steps = 0          # 0: once per epoch (rounded to executions)
   c.checkpoint_every_steps = 0   # 0: once per epoch, at most every checkpoint_min_secs
@@ -82,46 +83,48 @@ def shrink_for_smoke(config: ml_collections.ConfigDict, batch_size: int = 32,
   config.steps_per_execution = steps_per_execution
 
 
+def choices() -> dict:
+  """The keys that take one of a set, with the set: defined where the code that
+  acts on them is (validation and --show_config read them here)."""
+  from tpu_trainer import optimizer  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import scaling  # pylint: disable=g-import-not-at-top
+  return {"optimizer": tuple(optimizer.OPTIMIZERS), "lr_schedule": tuple(optimizer.SCHEDULES),
+          "lr_scaling": scaling.SCALINGS, "precision": PRECISIONS, "strategy": STRATEGIES,
+          "backend": BACKENDS}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad key and what to do."""
-  if config.precision not in PRECISIONS:
-    raise ValueError(f"config.precision={config.precision!r} is not one of {PRECISIONS}.")
-  if config.backend not in BACKENDS:
-    raise ValueError(f"config.backend={config.backend!r} is not one of {BACKENDS}.")
-  if config.strategy not in STRATEGIES:
-    raise ValueError(f"config.strategy={config.strategy!r} is not one of {STRATEGIES}.")
   for key in ("steps_per_execution", "base_batch_size", "max_batch_size",
               "min_steps_per_epoch"):
     if config[key] < 1:
-      raise ValueError(f"config.{key}={config[key]} must be at least 1.")
+      raise UserError(f"config.{key}={config[key]} must be at least 1.")
   if config.batch_size < 0:
-    raise ValueError(f"config.batch_size={config.batch_size} must be at least 1, or 0 to "
-                     "choose one for the dataset.")
-  choices = {"optimizer": ("adam", "adamw", "sgd"), "lr_schedule": ("cosine", "constant"),
-             "lr_scaling": ("auto", "linear", "sqrt", "none")}
-  for key, allowed in choices.items():
+    raise UserError(f"config.batch_size={config.batch_size} must be at least 1, or 0 to "
+                    "choose one for the dataset.")
+  for key, allowed in choices().items():
     if config[key] not in allowed:
-      raise ValueError(f"config.{key}={config[key]!r} is not one of {', '.join(allowed)}.")
+      raise UserError(f"config.{key}={config[key]!r} is not one of {', '.join(allowed)}.")
   if config.base_lr <= 0:
-    raise ValueError(f"config.base_lr={config.base_lr} must be positive.")
+    raise UserError(f"config.base_lr={config.base_lr} must be positive.")
   ranges = {"momentum": (0, 1), "label_smoothing": (0, 1), "dropout": (0, 1)}
   for key, (low, high) in ranges.items():
     if not low <= config[key] < high:
-      raise ValueError(f"config.{key}={config[key]} must be in [{low}, {high}).")
+      raise UserError(f"config.{key}={config[key]} must be in [{low}, {high}).")
   for key in ("weight_decay", "warmup_epochs", "epochs", "steps", "cpu_devices",
               "early_stopping_patience", "log_every_steps", "checkpoint_every_steps",
               "checkpoint_min_secs", "input.threads", "input.cache_max_bytes"):
     if config[key] < 0:
-      raise ValueError(f"config.{key}={config[key]} must not be negative.")
+      raise UserError(f"config.{key}={config[key]} must not be negative.")
   if config.input.shuffle_buffer < 1:
-    raise ValueError(f"config.input.shuffle_buffer={config.input.shuffle_buffer} must be at "
-                     "least 1.")
+    raise UserError(f"config.input.shuffle_buffer={config.input.shuffle_buffer} must be at "
+                    "least 1.")
   if config.keep_checkpoints < 1:
-    raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1.")
+    raise UserError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1.")
   if config.eval_every_epochs <= 0:
-    raise ValueError(f"config.eval_every_epochs={config.eval_every_epochs} must be positive.")
+    raise UserError(f"config.eval_every_epochs={config.eval_every_epochs} must be positive.")
   if config.epochs < 1 and config.steps < 1:
-    raise ValueError("Set config.epochs or config.steps to at least 1.")
+    raise UserError("Set config.epochs or config.steps to at least 1.")
   if config.profile_steps:
     parse_profile_steps(config.profile_steps)
 
@@ -130,9 +133,9 @@ def parse_profile_steps(value: str) -> tuple[int, int]:
   try:
     start, end = (int(v) for v in value.split(","))
   except ValueError:
-    raise ValueError(f"config.profile_steps={value!r} must be 'START,END', e.g. '10,15'.") from None
+    raise UserError(f"config.profile_steps={value!r} must be 'START,END', e.g. '10,15'.") from None
   if not 0 <= start < end:
-    raise ValueError(f"config.profile_steps={value!r}: need 0 <= START < END.")
+    raise UserError(f"config.profile_steps={value!r}: need 0 <= START < END.")
   return start, end
 
 
@@ -148,8 +151,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
       flat.update({f"{key}.{k}": v for k, v in value.items()})
     else:
       flat[key] = value
+  for key, allowed in choices().items():
+    meaning[key] = f"{' | '.join(allowed)}: {meaning.get(key, '')}"
   width = max(len(k) + len(repr(v)) for k, v in flat.items()) + 3
-  return "\n".join(f"{f'{k} = {v!r}':<{width}}  # {meaning.get(k, '')}".rstrip(" #")
+  return "\n".join(f"{f'{k} = {v!r}':<{width}}  # {meaning.get(k, '')}".rstrip(" #:")
                     for k, v in flat.items())
 
 

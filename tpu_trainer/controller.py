@@ -19,6 +19,7 @@ import tensorflow as tf
 from tpu_trainer import config as config_lib
 from tpu_trainer import scaling
 from tpu_trainer import storage
+from tpu_trainer.errors import UserError
 from tpu_trainer.progress import Progress
 
 
@@ -83,8 +84,8 @@ def plan_run(config, train_examples: int, replicas: int, precision: tuple[str, s
   """precision: (the resolved precision, why) from the runner."""
   batch_size, peak_lr, decisions = scaling.resolve(config, train_examples, replicas)
   if batch_size % replicas:
-    raise ValueError(f"config.batch_size={batch_size} does not divide over {replicas} "
-                     f"replicas; use a multiple of {replicas}.")
+    raise UserError(f"config.batch_size={batch_size} does not divide over {replicas} "
+                    f"replicas; use a multiple of {replicas}.")
   steps_per_epoch = max(1, train_examples // batch_size)
   total_steps = config.steps or config.epochs * steps_per_epoch
   too_few = scaling.warn_if_too_few_steps(total_steps, batch_size, train_examples)

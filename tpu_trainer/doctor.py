@@ -18,6 +18,8 @@ from tpu_trainer import storage
 from tpu_trainer import tpus
 from tpu_trainer import versions
 from tpu_trainer.data import manifest
+from tpu_trainer.errors import MissingError
+from tpu_trainer.errors import UserError
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
 
@@ -44,7 +46,7 @@ def _data_checks(config, tpu_slice, client):
   try:
     files = storage.list_files(data_dir, client, fail_fast=True)
     if manifest.INFO_FILE not in files:
-      raise FileNotFoundError(f"no {manifest.INFO_FILE}")
+      raise MissingError(f"no {manifest.INFO_FILE}")
     dataset = manifest.read(data_dir, client)
   except Exception as e:  # unreachable, no credentials, missing: all the same to the user
     checks.append(Check("data reachable", "FAIL",
@@ -193,7 +195,7 @@ def _model_checks(config, dataset, tpu_slice):
       loss, diverged = totals.result()["loss"], signals.read().diverged
       flops = forward_flops(model, shape)
     if not math.isfinite(loss) or diverged:
-      raise ValueError(f"loss is {loss} on zero images: diverged at the first step")
+      raise UserError(f"loss is {loss} on zero images: diverged at the first step")
   except Exception as e:  # pylint: disable=broad-except
     return [Check("model compiles (bf16, XLA)", "FAIL",
                   f"{config.model}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")], None

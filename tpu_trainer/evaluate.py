@@ -13,6 +13,7 @@ from tpu_trainer import storage
 from tpu_trainer import versions
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
+from tpu_trainer.errors import MissingError
 
 
 class Evaluator:
@@ -49,12 +50,12 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   versions.check()
   config = config_lib.load_if_exists(storage.join(workdir, "config.json"))
   if config is None:
-    raise FileNotFoundError(f"No config.json in workdir={workdir!r}: is it a finished "
-                            "tpu-trainer-train workdir?")
+    raise MissingError(f"No config.json in workdir={workdir!r}: is it a finished "
+                       "tpu-trainer-train workdir?")
   model_path = model_path or storage.join(workdir, "model.keras")
   if not tf.io.gfile.exists(model_path):
-    raise FileNotFoundError(f"No model at {model_path}: train to the end first, or pass "
-                            "--model=PATH (.keras file or SavedModel directory).")
+    raise MissingError(f"No model at {model_path}: train to the end first, or pass "
+                       "--model=PATH (.keras file or SavedModel directory).")
   data_dir = data_dir or config.data_dir
   dataset = manifest.read(data_dir)
   split = split or config.input.eval_split

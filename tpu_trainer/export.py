@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from tpu_trainer import storage
+from tpu_trainer.errors import UserError
 
 
 def export(model: keras.Model, workdir: str, class_names: list[str], save_serving=None,
@@ -96,9 +97,9 @@ def check_images(images) -> None:
   to convert it."""
   dtype = tf.as_dtype(images.dtype)
   if dtype != tf.uint8:
-    raise ValueError(f"The model takes uint8 images (0-255); got {dtype.name}. Convert "
-                     "first: images in [0, 1] with np.round(x * 255).astype(np.uint8), "
-                     "images in [0, 255] with x.astype(np.uint8).")
+    raise UserError(f"The model takes uint8 images (0-255); got {dtype.name}. Convert "
+                    "first: images in [0, 1] with np.round(x * 255).astype(np.uint8), "
+                    "images in [0, 255] with x.astype(np.uint8).")
 
 
 def load_serving_fn(path: str):

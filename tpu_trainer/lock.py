@@ -13,6 +13,7 @@ import socket
 import time
 
 from tpu_trainer import storage
+from tpu_trainer.errors import UserError
 
 LOCK_FILE = ".lock"
 LEASE_SECONDS = 15 * 60
@@ -101,15 +102,15 @@ class WorkdirLock:
       return self
     owner, generation = self._read()
     if owner is not None and not self._stale(owner):
-      raise ValueError(
+      raise UserError(
           f"workdir={self.workdir} is in use by pid {owner.get('pid')} on "
           f"{owner.get('host')} (lock {self.path}, lease until "
           f"{time.strftime('%H:%M:%S', time.localtime(owner.get('lease_until', 0)))}). "
           "Use another --workdir; if that run is dead, delete the lock or wait for the lease.")
     # A dead run's lock: take it over, atomically on gs://.
     if not self._write(self._owner(), generation if self.remote else None):
-      raise ValueError(f"workdir={self.workdir}: another run took the lock {self.path} "
-                       "just now; use another --workdir.")
+      raise UserError(f"workdir={self.workdir}: another run took the lock {self.path} "
+                      "just now; use another --workdir.")
     return self
 
   def renew(self) -> None:

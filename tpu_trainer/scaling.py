@@ -12,6 +12,8 @@ import math
 
 from absl import logging
 
+from tpu_trainer.errors import UserError
+
 MIN_BATCH = 32
 SCALINGS = ("auto", "linear", "sqrt", "none")
 TOO_FEW_STEPS = 300  # optimizer steps in a whole run below which we warn
@@ -29,7 +31,7 @@ def auto_batch_size(train_examples: int, replicas: int, max_batch: int,
 
 def lr_scaling(config) -> str:
   if config.lr_scaling not in SCALINGS:
-    raise ValueError(f"config.lr_scaling={config.lr_scaling!r} is not one of {SCALINGS}.")
+    raise UserError(f"config.lr_scaling={config.lr_scaling!r} is not one of {SCALINGS}.")
   if config.lr_scaling != "auto":
     return config.lr_scaling
   return "linear" if config.optimizer == "sgd" else "sqrt"

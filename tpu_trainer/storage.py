@@ -16,6 +16,8 @@ import sys
 
 import google_crc32c
 
+from tpu_trainer.errors import UserError
+
 _CHUNK = 8 << 20
 
 
@@ -43,8 +45,8 @@ def gcs_client():
   try:
     return storage.Client()
   except exceptions.DefaultCredentialsError as e:
-    raise ValueError(f"No credentials for Cloud Storage: {str(e).splitlines()[0][:300]} (run "
-                     "`gcloud auth application-default login`).") from None
+    raise UserError(f"No credentials for Cloud Storage: {str(e).splitlines()[0][:300]} (run "
+                    "`gcloud auth application-default login`).") from None
 
 
 def file_crc32c(path: str) -> str:
@@ -153,19 +155,19 @@ def bucket_exists(bucket_name: str, client=None) -> tuple[object, bool]:
     client = client or gcs_client()
     return client, client.bucket(bucket_name).exists(timeout=15, retry=None)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "
-                     f"{str(e).splitlines()[0]} (run `gcloud auth application-default "
-                     "login` or check the bucket name).") from None
+    raise UserError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0]} (run `gcloud auth application-default "
+                    "login` or check the bucket name).") from None
 
 
 def access_error(path: str, error: Exception) -> ValueError:
   """One line for a gs:// path that cannot be reached: credentials, permissions,
   network."""
   bucket, _ = split_gcs(path)
-  return ValueError(f"Cannot read {path}: {type(error).__name__}: "
-                    f"{(str(error).splitlines() or [''])[0][:300]} (run `gcloud auth "
-                    f"application-default login`, or check that gs://{bucket} exists and "
-                    "that you may read it).")
+  return UserError(f"Cannot read {path}: {type(error).__name__}: "
+                   f"{(str(error).splitlines() or [''])[0][:300]} (run `gcloud auth "
+                   f"application-default login`, or check that gs://{bucket} exists and "
+                   "that you may read it).")
 
 
 def list_files(directory: str, client=None, fail_fast: bool = False) -> dict:

@@ -14,6 +14,8 @@ import os
 from absl import logging
 import tensorflow as tf
 
+from tpu_trainer.errors import UserError
+
 
 def _probe_tpu(tpu: str, zone: str = "", project: str = ""):
   """Returns a connected TPUClusterResolver, or None with the reason."""
@@ -71,8 +73,8 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
 
   if kind == "multiworker":
     if not os.environ.get("TF_CONFIG"):
-      raise ValueError("strategy=multiworker needs the TF_CONFIG environment variable "
-                       "(cluster and task of this worker).")
+      raise UserError("strategy=multiworker needs the TF_CONFIG environment variable "
+                      "(cluster and task of this worker).")
     task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     logging.info("Strategy: MultiWorkerMirroredStrategy (%s %s, %d replicas in sync).",
@@ -89,8 +91,8 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
                    strategy.extended.num_hosts)
       return strategy
     if kind == "tpu":
-      raise ValueError(f"strategy=tpu but no TPU answered at tpu={tpu or 'local'!r} "
-                       f"({why_not}); check config.tpu / tpu_zone / tpu_project.")
+      raise UserError(f"strategy=tpu but no TPU answered at tpu={tpu or 'local'!r} "
+                      f"({why_not}); check config.tpu / tpu_zone / tpu_project.")
     logging.vlog(1, "TPU probe: %s", why_not)
 
   no_tpu = "No TPU found; using " if kind == "auto" else "Using "
@@ -104,8 +106,8 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
       logging.info("%sOneDeviceStrategy on the one GPU.", no_tpu)
     return strategy
   if kind == "gpu":
-    raise ValueError("strategy=gpu but TensorFlow sees no GPU; install tensorflow[and-cuda] "
-                     "or use strategy=auto.")
+    raise UserError("strategy=gpu but TensorFlow sees no GPU; install tensorflow[and-cuda] "
+                    "or use strategy=auto.")
 
   cpus = tf.config.list_logical_devices("CPU")
   if len(cpus) > 1:
@@ -135,8 +137,8 @@ def check_shared_paths(hosts: int, paths: dict) -> None:
     return
   for key, path in paths.items():
     if not path.startswith("gs://"):
-      raise ValueError(f"{key}={path!r} is a local path, but this TPU slice has {hosts} "
-                       "hosts that each need it: use gs://BUCKET/PATH.")
+      raise UserError(f"{key}={path!r} is a local path, but this TPU slice has {hosts} "
+                      "hosts that each need it: use gs://BUCKET/PATH.")
 
 
 def platform(strategy) -> str:

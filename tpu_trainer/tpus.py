@@ -21,6 +21,8 @@ import math
 import re
 import sys
 
+from tpu_trainer.errors import UserError
+
 # The newest TF TPU image whose TensorFlow CI tests (scripts/env.sh, oldest stack).
 TF_RUNTIME = "tpu-vm-tf-2.16.1-pjrt"
 TF_POD_RUNTIME = "tpu-vm-tf-2.16.1-pod-pjrt"
@@ -65,8 +67,8 @@ def parse_accelerator(accelerator: str) -> Slice:
   v5litepod-8 / v6e-16 (chips)."""
   match = re.fullmatch(r"([a-z0-9]+)-(\d+)", accelerator)
   if not match or match.group(1) not in GENERATIONS:
-    raise ValueError(f"--accelerator={accelerator!r}: expected TYPE-SIZE with TYPE one of "
-                     f"{', '.join(GENERATIONS)}, e.g. v4-8, v3-32, v6e-16.")
+    raise UserError(f"--accelerator={accelerator!r}: expected TYPE-SIZE with TYPE one of "
+                    f"{', '.join(GENERATIONS)}, e.g. v4-8, v3-32, v6e-16.")
   generation, size = GENERATIONS[match.group(1)], int(match.group(2))
   chips = size // 2 if generation.size_counts == "cores" else size
   chips = max(chips, 1)
@@ -84,13 +86,13 @@ def runtime(tpu_slice: Slice, backend: str) -> str:
   generation = tpu_slice.generation
   if backend == "jax":
     if not generation.jax_runtime:
-      raise ValueError(f"{generation.name} is offered through GKE only, not as TPU VMs "
-                       "(Cloud TPU's TPU7x page): run `python3 -m tpu_trainer.cli.train "
-                       "--config.backend=jax ...` in a GKE TPU pod.")
+      raise UserError(f"{generation.name} is offered through GKE only, not as TPU VMs "
+                      "(Cloud TPU's TPU7x page): run `python3 -m tpu_trainer.cli.train "
+                      "--config.backend=jax ...` in a GKE TPU pod.")
     return generation.jax_runtime
   if generation.tensorflow == "none":
-    raise ValueError(f"TensorFlow does not run on {generation.name} (Cloud TPU: \"TensorFlow "
-                     "is not supported\"): use --backend=jax.")
+    raise UserError(f"TensorFlow does not run on {generation.name} (Cloud TPU: \"TensorFlow "
+                    "is not supported\"): use --backend=jax.")
   if generation.tensorflow_runtime == TF_RUNTIME and tpu_slice.hosts > 1:
     return TF_POD_RUNTIME
   return generation.tensorflow_runtime

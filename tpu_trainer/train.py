@@ -27,6 +27,8 @@ from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import versions
 from tpu_trainer.data import manifest
+from tpu_trainer.errors import MissingError
+from tpu_trainer.errors import UserError
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
 
@@ -60,14 +62,14 @@ def check_resumable(workdir: str, resolved: dict) -> None:
   changed = [f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in RESUME_KEYS
              if k in saved and saved.get(k) != resolved.get(k)]
   if changed:
-    raise ValueError(f"workdir={workdir} holds a run with another model or data "
-                     f"({'; '.join(changed)}); its checkpoints cannot resume this config. "
-                     "Use another --workdir, or delete that one.")
+    raise UserError(f"workdir={workdir} holds a run with another model or data "
+                    f"({'; '.join(changed)}); its checkpoints cannot resume this config. "
+                    "Use another --workdir, or delete that one.")
 
 
 def check_workdir(workdir: str) -> None:
   if not storage.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"workdir={workdir} is a file, not a directory: pass another --workdir.")
+    raise UserError(f"workdir={workdir} is a file, not a directory: pass another --workdir.")
 
 
 def check_data(config) -> manifest.Dataset:
@@ -75,8 +77,8 @@ def check_data(config) -> manifest.Dataset:
   sizes. All before any device, file or bucket is written."""
   config_lib.validate(config)
   if not config.data_dir:
-    raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
-                     "written by tpu-trainer-convert).")
+    raise UserError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
+                    "written by tpu-trainer-convert).")
   check_model_name(config.model)
   dataset = manifest.read(config.data_dir)
   splits = {config.input.train_split, config.input.eval_split}
@@ -84,8 +86,8 @@ def check_data(config) -> manifest.Dataset:
     dataset.split(split)
   manifest.check_shards(dataset, splits)
   if config.init_from and not tf.io.gfile.exists(config.init_from):
-    raise FileNotFoundError(f"config.init_from={config.init_from!r} does not exist: pass a "
-                            "model.keras file (an earlier run's) or leave it empty.")
+    raise MissingError(f"config.init_from={config.init_from!r} does not exist: pass a "
+                       "model.keras file (an earlier run's) or leave it empty.")
   return dataset
 
 
@@ -185,9 +187,9 @@ def _init_from(model, path: str) -> None:
   source = keras.models.load_model(path, compile=False)
   shapes = [tuple(w.shape) for w in source.weights]
   if shapes != [tuple(w.shape) for w in model.weights]:
-    raise ValueError(f"config.init_from={path!r} is not a {model.name} for these images and "
-                     "classes (its weights have other shapes): pass one trained with the "
-                     "same config.model on the same dataset.")
+    raise UserError(f"config.init_from={path!r} is not a {model.name} for these images and "
+                    "classes (its weights have other shapes): pass one trained with the "
+                    "same config.model on the same dataset.")
   for target, value in zip(model.weights, source.get_weights()):
     target.assign(value)
   logging.info("Initial weights from %s.", path)

@@ -13,6 +13,8 @@ Floors, and why:
 import platform
 import re
 
+from tpu_trainer.errors import UserError
+
 MIN_TENSORFLOW = (2, 16)
 MIN_KERAS = (3, 6)
 
@@ -20,7 +22,7 @@ MIN_KERAS = (3, 6)
 def _major_minor(version: str) -> tuple[int, int]:
   match = re.match(r"(\d+)\.(\d+)", version)
   if not match:
-    raise ValueError(f"Cannot read the version {version!r}.")
+    raise UserError(f"Cannot read the version {version!r}.")
   return int(match.group(1)), int(match.group(2))
 
 
@@ -51,7 +53,7 @@ def check() -> dict:
   versions = installed()
   message = problem(versions["tensorflow"], versions["keras"])
   if message:
-    raise ValueError(message)
+    raise UserError(message)
   return versions
 
 

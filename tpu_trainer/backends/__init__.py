@@ -9,6 +9,7 @@ import os
 import sys
 
 from tpu_trainer.config import BACKENDS
+from tpu_trainer.errors import UserError
 
 
 def backend_from_argv(argv: list[str]) -> str | None:
@@ -33,13 +34,13 @@ def runner(config, strategy=None):
   import keras  # pylint: disable=g-import-not-at-top
   loaded = keras.backend.backend()
   if loaded != config.backend:
-    raise ValueError(f"config.backend={config.backend!r}, but Keras was loaded with its "
-                     f"{loaded!r} backend: pass --config.backend={config.backend} on the "
-                     f"command line (or set KERAS_BACKEND={config.backend} before Python "
-                     "imports keras or tensorflow).")
+    raise UserError(f"config.backend={config.backend!r}, but Keras was loaded with its "
+                    f"{loaded!r} backend: pass --config.backend={config.backend} on the "
+                    f"command line (or set KERAS_BACKEND={config.backend} before Python "
+                    "imports keras or tensorflow).")
   if config.backend == "jax":
     if strategy is not None:
-      raise ValueError("A tf.distribute strategy was passed for config.backend='jax'.")
+      raise UserError("A tf.distribute strategy was passed for config.backend='jax'.")
     from tpu_trainer.backends import jax as jax_backend  # pylint: disable=g-import-not-at-top
     return jax_backend.Runner(config)
   from tpu_trainer.backends import tensorflow as tf_backend  # pylint: disable=g-import-not-at-top

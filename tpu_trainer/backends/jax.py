@@ -30,6 +30,7 @@ from tpu_trainer import controller
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
+from tpu_trainer.errors import UserError
 
 
 def cluster_from_tf_config(tf_config: str) -> tuple[str, int, int]:
@@ -42,9 +43,9 @@ def cluster_from_tf_config(tf_config: str) -> tuple[str, int, int]:
     addresses = [cluster[job][i] for job, i in order]
     process_id = order.index((task["type"], int(task.get("index", 0))))
   except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ValueError(f"TF_CONFIG={tf_config!r} is not a cluster description with this "
-                     f"task in it ({type(e).__name__}: {e}): see the README's multi-worker "
-                     "section.") from None
+    raise UserError(f"TF_CONFIG={tf_config!r} is not a cluster description with this "
+                    f"task in it ({type(e).__name__}: {e}): see the README's multi-worker "
+                    "section.") from None
   return ",".join(addresses), len(addresses), process_id
 
 
@@ -54,8 +55,8 @@ def join_processes(kind: str) -> str:
     return "already joined"
   if kind == "multiworker":
     if not os.environ.get("TF_CONFIG"):
-      raise ValueError("strategy=multiworker needs the TF_CONFIG environment variable "
-                       "(cluster and task of this worker).")
+      raise UserError("strategy=multiworker needs the TF_CONFIG environment variable "
+                      "(cluster and task of this worker).")
     addresses, count, index = cluster_from_tf_config(os.environ["TF_CONFIG"])
     # CPU collectives between processes (a GPU or TPU job has its own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -67,7 +68,7 @@ def join_processes(kind: str) -> str:
       return f"process {jax.process_index()} of {jax.process_count()} (Cloud TPU)"
     except (ValueError, RuntimeError) as e:
       if kind == "tpu":
-        raise ValueError(f"strategy=tpu but JAX found no TPU slice ({e}).") from None
+        raise UserError(f"strategy=tpu but JAX found no TPU slice ({e}).") from None
       return f"one process ({str(e).splitlines()[0][:120]})"
   return "one process"
 
@@ -119,8 +120,8 @@ class Checkpoints:
       saved = np.load(io.BytesIO(f.read()))
     names = [v.path for v in self._variables]
     if list(saved["names"]) != names:
-      raise ValueError(f"{latest} holds other variables than this model and optimizer: "
-                       "use another --workdir, or delete that one.")
+      raise UserError(f"{latest} holds other variables than this model and optimizer: "
+                      "use another --workdir, or delete that one.")
     for i, variable in enumerate(self._variables):
       variable.assign(saved[f"v{i}"])
     logging.info("Resumed from %s.", latest)
@@ -206,11 +207,11 @@ class Runner:
   def __init__(self, config):
     joined = join_processes(config.strategy)
     if config.strategy in ("gpu", "cpu") and jax.default_backend() != config.strategy:
-      raise ValueError(f"strategy={config.strategy} but JAX runs on {jax.default_backend()}.")
+      raise UserError(f"strategy={config.strategy} but JAX runs on {jax.default_backend()}.")
     if config.cpu_devices > 1 and jax.default_backend() == "cpu":
       # XLA's in-process CPU all-reduce deadlocks on small machines (see the README).
-      raise ValueError("config.cpu_devices is for backend=tensorflow; with backend=jax, "
-                       "run one process per device (strategy=multiworker with TF_CONFIG).")
+      raise UserError("config.cpu_devices is for backend=tensorflow; with backend=jax, "
+                      "run one process per device (strategy=multiworker with TF_CONFIG).")
     self.distribution = keras.distribution.DataParallel()
     keras.distribution.set_distribution(self.distribution)
     self.replicas = jax.device_count()
@@ -260,7 +261,7 @@ class Runner:
                                    seed=seed + step)(self._input_context())
       return ds.batch(spe, drop_remainder=True).prefetch(1).as_numpy_iterator()
 
-    self._input, self._iterator = make_input, None
+    self._input, self._iterator, self._total_steps = make_input, None, plan.total_steps
     self._execute = self._compile_execution(plan.batch_size, label_smoothing,
                                             dataset.num_classes)
     self._sums = None
@@ -282,15 +283,24 @@ class Runner:
     """The optimizer's step (reading it waits for the devices)."""
     return int(local_value(self.optimizer.iterations.value))
 
+  def _device_input(self):
+    images, labels = next(self._iterator)
+    return (self._global(self._steps_by_batch, images),
+            self._global(self._steps_by_batch, labels))
+
   def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
     if self._iterator is None:  # a resumed run reads in another order (seed + step)
-      self._iterator = self._input(self.step())
-    images, labels = next(self._iterator)
+      self._step = self.step()
+      self._iterator = self._input(self._step)
+      self._next_input = self._device_input()
+    images, labels = self._next_input
     flags = np.tile(np.asarray(host_flags, np.float32), (jax.local_device_count(), 1))
-    state, sums, agreed = self._execute(
-        self._state(), self._global(self._steps_by_batch, images),
-        self._global(self._steps_by_batch, labels), jnp.int32(steps),
-        self._global(self._by_batch, flags))
+    state, sums, agreed = self._execute(self._state(), images, labels, jnp.int32(steps),
+                                        self._global(self._by_batch, flags))
+    self._step += steps
+    # The next execution's input goes to the devices while this one runs (as
+    # TensorFlow's distributed iterator prefetches to the devices).
+    self._next_input = self._device_input() if self._step < self._total_steps else None
     # The variables hold the new state: checkpoints, evaluation and export read them.
     for variables, values in zip(self._state_variables, state):
       for variable, value in zip(variables, values):

@@ -10,6 +10,8 @@ import os
 import re
 import sys
 
+from tpu_trainer.errors import UserError
+
 
 def _verbose(argv) -> bool:
   for arg in argv[1:]:
@@ -33,8 +35,6 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
 
-# What bad input raises in the library; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError)
 
 
 def disk_full_path(error: Exception) -> str | None:
@@ -78,10 +78,10 @@ def config_from_flags(flag_values):
       config.get("data_dir")  # a config file that failed to load raises only on use
   except OSError as e:  # ml_collections reports a config file it could not load lazily
     cause = " ".join(str(e).split()[-8:])
-    raise ValueError(f"--config could not be loaded ({cause}): pass a config file such as "
-                     "configs/cnn.py, or configs/cnn.py:smoke.") from None
+    raise UserError(f"--config could not be loaded ({cause}): pass a config file such as "
+                    "configs/cnn.py, or configs/cnn.py:smoke.") from None
   if config is None:
-    raise ValueError("--config is required, e.g. --config=configs/cnn.py.")
+    raise UserError("--config is required, e.g. --config=configs/cnn.py.")
   if "show_config" in flag_values and flag_values.show_config:
     from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
     print(config_lib.describe(config))
@@ -150,16 +150,22 @@ def run(main) -> None:
       std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     try:
       return main(argv)
-    except USER_ERRORS as e:
+    except UserError as e:  # what the user can fix: one line
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     except Exception as e:  # pylint: disable=broad-except
       full = disk_full_path(e)
-      if full is None:
+      if full is not None:
+        print(f"error: no space left on the device writing {full}: free some space there, "
+              "or write somewhere else.", file=sys.stderr)
+        sys.exit(2)
+      if VERBOSE:
         raise
-      print(f"error: no space left on the device writing {full}: free some space there, or "
-            "write somewhere else.", file=sys.stderr)
-      sys.exit(2)
+      # A bug (ours or below us): summarised; -v shows the traceback to report.
+      first = (str(e).strip().splitlines() or [""])[0][:300]
+      print(f"error: internal error, a bug to report: {type(e).__name__}: {first} (rerun "
+            "with -v for the traceback)", file=sys.stderr)
+      sys.exit(1)
 
   def parse(argv):
     """absl's parsing, with every bad flag or config key as one error line."""

@@ -15,6 +15,7 @@ import json
 from absl import flags
 
 from tpu_trainer import cli
+from tpu_trainer.errors import UserError
 
 
 FLAGS = flags.FLAGS
@@ -29,13 +30,13 @@ def main(argv):
     cli.config_from_flags(FLAGS)
     return
   if len(argv) != 2 or argv[1] != "input":
-    raise ValueError("usage: tpu-trainer-benchmark input --config=configs/X.py "
-                     "--config.data_dir=DIR")
+    raise UserError("usage: tpu-trainer-benchmark input --config=configs/X.py "
+                    "--config.data_dir=DIR")
   config = cli.config_from_flags(FLAGS)
   if FLAGS.data_dir:
     config.data_dir = cli.expand_path(FLAGS.data_dir)
   if not config.data_dir:
-    raise ValueError("Pass --data_dir=DIR or --config.data_dir=DIR.")
+    raise UserError("Pass --data_dir=DIR or --config.data_dir=DIR.")
   from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
   train = benchmark.training_rate(config) if FLAGS.model_rate else None
   rates = benchmark.input_rates(config, FLAGS.seconds)

@@ -15,6 +15,7 @@ Beam pipeline options (--direct_num_workers=2, --project=...) go after `--`.
 from absl import flags
 
 from tpu_trainer import cli
+from tpu_trainer.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "digits | tfds:NAME[:VERSION] | folder:PATH | idx:PATH | "
@@ -42,8 +43,8 @@ flags.DEFINE_string("runner", "", "Convert as an Apache Beam pipeline on this ru
 def main(argv):
   pipeline_args = argv[1:]  # after `--`: Beam's options
   if pipeline_args and not FLAGS.runner:
-    raise ValueError(f"Unexpected arguments {' '.join(pipeline_args)}: Beam pipeline "
-                     "options need --runner=DirectRunner|DataflowRunner.")
+    raise UserError(f"Unexpected arguments {' '.join(pipeline_args)}: Beam pipeline "
+                    "options need --runner=DirectRunner|DataflowRunner.")
   from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
@@ -54,15 +55,15 @@ def main(argv):
           f"{output_dir} ({result['checksums']})")
     return
   if not FLAGS.source:
-    raise ValueError("--source is required (digits, tfds:NAME, folder:PATH, idx:PATH, npz:FILE).")
+    raise UserError("--source is required (digits, tfds:NAME, folder:PATH, idx:PATH, npz:FILE).")
   image_size = None
   if FLAGS.image_size:
     try:
       image_size = tuple(int(v) for v in FLAGS.image_size)
       assert len(image_size) == 2 and min(image_size) > 0
     except (ValueError, AssertionError):
-      raise ValueError(f"--image_size={','.join(FLAGS.image_size)} must be H,W, "
-                       "e.g. 224,224.") from None
+      raise UserError(f"--image_size={','.join(FLAGS.image_size)} must be H,W, "
+                      "e.g. 224,224.") from None
   kind, sep, path = FLAGS.source.partition(":")
   spec = f"{kind}{sep}{cli.expand_path(path) if kind in ('folder', 'idx', 'npz') else path}"
   load_args = {"tfds_data_dir": cli.expand_path(FLAGS.tfds_data_dir), "image_size": image_size,

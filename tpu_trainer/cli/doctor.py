@@ -14,6 +14,7 @@ import sys
 from absl import flags
 
 from tpu_trainer import cli
+from tpu_trainer.errors import UserError
 
 
 FLAGS = flags.FLAGS
@@ -28,7 +29,7 @@ def main(argv):
   if config is None:
     return
   if not config.data_dir:
-    raise ValueError("Pass --config.data_dir=DIR (local or gs://).")
+    raise UserError("Pass --config.data_dir=DIR (local or gs://).")
   from tpu_trainer import doctor  # pylint: disable=g-import-not-at-top
   checks = doctor.run_checks(config, FLAGS.accelerator, FLAGS.input_seconds)
   print(doctor.format_table(checks))

@@ -17,6 +17,7 @@ import sys
 from absl import flags
 
 from tpu_trainer import cli
+from tpu_trainer.errors import UserError
 
 
 FLAGS = flags.FLAGS
@@ -31,7 +32,7 @@ def main(argv):
   if config is None:
     return
   if not FLAGS.workdir:
-    raise ValueError("--workdir is required: where the run's checkpoints, logs and model go.")
+    raise UserError("--workdir is required: where the run's checkpoints, logs and model go.")
   workdir = cli.expand_path(FLAGS.workdir)
   from tpu_trainer import train  # pylint: disable=g-import-not-at-top
   try:

@@ -19,6 +19,7 @@ from tpu_trainer import storage
 from tpu_trainer.data import convert
 from tpu_trainer.data import manifest
 from tpu_trainer.data import sources
+from tpu_trainer.errors import UserError
 
 
 class _WriteShard:
@@ -66,7 +67,7 @@ def convert_with_beam(spec: str, output_dir: str, *, runner: str = "DirectRunner
   try:
     import apache_beam as beam  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise ValueError("--runner needs Apache Beam: pip install -e '.[beam]'.") from None
+    raise UserError("--runner needs Apache Beam: pip install -e '.[beam]'.") from None
   load_args = dict(load_args or {})
   load_args.setdefault("seed", seed)
   source = sources.load(spec, **load_args)

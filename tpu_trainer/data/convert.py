@@ -24,10 +24,11 @@ from absl import logging
 import numpy as np
 
 from tpu_trainer import storage
-from tpu_trainer.progress import Progress
 from tpu_trainer.data import manifest
 from tpu_trainer.data import records
 from tpu_trainer.data import sources as sources_lib
+from tpu_trainer.errors import UserError
+from tpu_trainer.progress import Progress
 
 
 def _check_output_dir(output_dir: str, client):
@@ -37,15 +38,15 @@ def _check_output_dir(output_dir: str, client):
     bucket_name, _ = storage.split_gcs(output_dir)
     client, exists = storage.bucket_exists(bucket_name, client)
     if not exists:
-      raise ValueError(f"Bucket gs://{bucket_name} does not exist; create it "
-                       f"(gcloud storage buckets create gs://{bucket_name} --location=REGION).")
+      raise UserError(f"Bucket gs://{bucket_name} does not exist; create it "
+                      f"(gcloud storage buckets create gs://{bucket_name} --location=REGION).")
     return client
   try:
     os.makedirs(output_dir, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-probe-")
     probe.close()
   except OSError as e:
-    raise ValueError(f"Cannot write to --output_dir={output_dir!r}: {e.strerror}.") from None
+    raise UserError(f"Cannot write to --output_dir={output_dir!r}: {e.strerror}.") from None
   return None
 
 
@@ -64,23 +65,23 @@ def _shard_count(split: sources_lib.Split, encoding, jpeg_quality, num_shards,
 def check_source(source: sources_lib.Source) -> None:
   """What would make a useless or broken dataset, refused before anything is written."""
   if "train" not in source.splits or source.splits["train"].num_examples == 0:
-    raise ValueError(f"Source {source.name!r} has no train examples (splits: "
-                     f"{', '.join(f'{k}={v.num_examples}' for k, v in source.splits.items())});"
-                     " lower --test_fraction or add images.")
+    raise UserError(f"Source {source.name!r} has no train examples (splits: "
+                    f"{', '.join(f'{k}={v.num_examples}' for k, v in source.splits.items())});"
+                    " lower --test_fraction or add images.")
   empty = [name for name, split in source.splits.items() if split.num_examples == 0]
   if empty:
-    raise ValueError(f"Source {source.name!r} has no examples in split(s) {', '.join(empty)}.")
+    raise UserError(f"Source {source.name!r} has no examples in split(s) {', '.join(empty)}.")
   if len(source.class_names) < 2:
-    raise ValueError(f"Source {source.name!r} has {len(source.class_names)} class(es); a "
-                     "classifier needs at least 2.")
+    raise UserError(f"Source {source.name!r} has {len(source.class_names)} class(es); a "
+                    "classifier needs at least 2.")
   for name, split in source.splits.items():
     if split.labels is None or not len(split.labels):
       continue
     low, high = int(np.min(split.labels)), int(np.max(split.labels))
     if low < 0 or high >= len(source.class_names):
-      raise ValueError(f"Source {source.name!r}, split {name}: labels span [{low}, {high}] "
-                       f"but there are {len(source.class_names)} classes; labels must be in "
-                       f"[0, {len(source.class_names)}).")
+      raise UserError(f"Source {source.name!r}, split {name}: labels span [{low}, {high}] "
+                      f"but there are {len(source.class_names)} classes; labels must be in "
+                      f"[0, {len(source.class_names)}).")
 
 
 def _our_shard_pattern(name: str) -> re.Pattern:
@@ -100,9 +101,9 @@ def _existing(output_dir: str, client) -> dict | None:
   if '"format_version"' in info_text:  # our own format 1: replaced like any conversion
     return {"shards": {s["file"]: s for split in json.loads(info_text)["splits"].values()
                        for s in split["shards"]}}
-  raise ValueError(f"--output_dir={output_dir} holds a TFDS dataset that tpu-trainer-convert "
-                   "did not write; convert into another directory (training reads that "
-                   "dataset as it is).")
+  raise UserError(f"--output_dir={output_dir} holds a TFDS dataset that tpu-trainer-convert "
+                  "did not write; convert into another directory (training reads that "
+                  "dataset as it is).")
 
 
 def write_shard(source: sources_lib.Source, output_dir: str, split_name: str, name: str,
@@ -116,14 +117,14 @@ def write_shard(source: sources_lib.Source, output_dir: str, split_name: str, na
     with open(tmp, "wb") as f:
       for image, label in source.splits[split_name].read(indices):
         if image.shape != tuple(source.image_shape):
-          raise ValueError(f"{source.name}/{split_name}: an image of shape {image.shape} "
-                           f"among images of shape {tuple(source.image_shape)}.")
+          raise UserError(f"{source.name}/{split_name}: an image of shape {image.shape} "
+                          f"among images of shape {tuple(source.image_shape)}.")
         f.write(records.frame_record(records.serialize_example(
             image, label, encoding, jpeg_quality)))
     nbytes = os.path.getsize(tmp)
     crc = storage.publish(tmp, final, client)
   except OSError as e:
-    raise ValueError(f"Cannot write {final}: {e.strerror or e}.") from None
+    raise UserError(f"Cannot write {final}: {e.strerror or e}.") from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -163,9 +164,9 @@ def plan(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
   key and finds the ones an earlier run finished. Returns (plan, client)."""
   check_source(source)
   if shard_bytes < 1 or num_shards < 0 or min_shards < 1:
-    raise ValueError(f"--shard_bytes={shard_bytes}, --num_shards={num_shards}, "
-                     f"--min_shards={min_shards}: shard_bytes and min_shards must be at "
-                     "least 1, num_shards at least 0.")
+    raise UserError(f"--shard_bytes={shard_bytes}, --num_shards={num_shards}, "
+                    f"--min_shards={min_shards}: shard_bytes and min_shards must be at "
+                    "least 1, num_shards at least 0.")
   client = _check_output_dir(output_dir, client)
   encoding = manifest.choose_encoding(encoding, source.image_shape)
   previous = _existing(output_dir, client)
@@ -220,8 +221,8 @@ def publish(conversion: Plan, results: list, client=None) -> manifest.Dataset:
   order = {job[1]: i for i, job in enumerate(conversion.jobs)}
   missing = set(order) - {r[1] for r in results}
   if missing:
-    raise ValueError(f"{len(missing)} shard(s) were not written (e.g. {sorted(missing)[0]}); "
-                     "run the same command again to finish them.")
+    raise UserError(f"{len(missing)} shard(s) were not written (e.g. {sorted(missing)[0]}); "
+                    "run the same command again to finish them.")
   splits = {name: [{"file": r[1], "num_examples": r[2], "crc32c": r[3], "num_bytes": r[4]}
                    for r in sorted(results, key=lambda r: order[r[1]]) if r[0] == name]
             for name in source.splits}
@@ -231,7 +232,7 @@ def publish(conversion: Plan, results: list, client=None) -> manifest.Dataset:
                    splits=splits, template=conversion.template, ours={"key": conversion.key},
                    client=client)
   except OSError as e:
-    raise ValueError(f"Cannot write the metadata into {output_dir}: {e.strerror or e}.") \
+    raise UserError(f"Cannot write the metadata into {output_dir}: {e.strerror or e}.") \
         from None
   # Shards of earlier conversions here (a changed source or setting): ours to delete.
   ours = _our_shard_pattern(source.name)

@@ -25,6 +25,8 @@ import numpy as np
 
 from tpu_trainer import storage
 from tpu_trainer.data import records
+from tpu_trainer.errors import MissingError
+from tpu_trainer.errors import UserError
 
 INFO_FILE = "dataset_info.json"
 FEATURES_FILE = "features.json"
@@ -71,9 +73,9 @@ class Dataset:
 
   def split(self, name: str) -> Split:
     if name not in self.splits:
-      raise ValueError(f"Split {name!r} is not in {self.data_dir} (it has: "
-                       f"{', '.join(sorted(self.splits))}); set config.input.train_split / "
-                       "config.input.eval_split to one of those.")
+      raise UserError(f"Split {name!r} is not in {self.data_dir} (it has: "
+                      f"{', '.join(sorted(self.splits))}); set config.input.train_split / "
+                      "config.input.eval_split to one of those.")
     return self.splits[name]
 
 
@@ -99,7 +101,7 @@ def choose_encoding(encoding: str, image_shape) -> str:
   """'auto': raw for small images, jpeg for colour photos, png for larger grayscale."""
   if encoding != "auto":
     if encoding not in ("raw", "png", "jpeg"):
-      raise ValueError(f"--encoding={encoding!r} is not one of auto, raw, png, jpeg.")
+      raise UserError(f"--encoding={encoding!r} is not one of auto, raw, png, jpeg.")
     return encoding
   height, width, channels = image_shape
   if height * width <= RAW_MAX_PIXELS:
@@ -183,7 +185,7 @@ def _parse_info(text: str, path: str):
     return json_format.Parse(text, dataset_info_pb2.DatasetInfo(), ignore_unknown_fields=True)
   except json_format.ParseError:
     old = '"format_version"' in text
-    raise ValueError(
+    raise UserError(
         f"{path} is not a TFDS dataset_info.json"
         + (" (it was written by an older tpu_trainer): convert the dataset again."
            if old else "; point data_dir at a TFDS dataset directory.")) from None
@@ -213,8 +215,8 @@ def _find_image_and_label(features, supervised_keys, data_dir):
     return images[0], labels[0]
   described = ", ".join(f"{k}: {type(features[k]).__name__}"
                         f"{getattr(features[k], 'shape', '')}" for k in keys)
-  raise ValueError(f"{data_dir} has no single uint8 image + ClassLabel pair to train on; "
-                   f"its features are {described}.")
+  raise UserError(f"{data_dir} has no single uint8 image + ClassLabel pair to train on; "
+                  f"its features are {described}.")
 
 
 def _encoding_of(feature) -> str:
@@ -226,8 +228,8 @@ def _encoding_of(feature) -> str:
     return "raw"
   if encoding == tfds.features.Encoding.NONE:
     return "int64"
-  raise ValueError(f"Tensor images with {encoding} encoding are not supported; "
-                   "use Encoding.BYTES or an Image feature.")
+  raise UserError(f"Tensor images with {encoding} encoding are not supported; "
+                  "use Encoding.BYTES or an Image feature.")
 
 
 def read(data_dir: str, client=None) -> Dataset:
@@ -236,18 +238,18 @@ def read(data_dir: str, client=None) -> Dataset:
   info_path = storage.join(data_dir, INFO_FILE)
   info_text = storage.read_text_if_exists(info_path, client)
   if info_text is None:
-    raise FileNotFoundError(
+    raise MissingError(
         f"No {INFO_FILE} in data_dir={data_dir!r}: convert a dataset there first "
         f"(tpu-trainer-convert --source=digits --output_dir={data_dir}), or point it at a "
         "TFDS dataset directory (e.g. ~/tensorflow_datasets/mnist/3.0.1).")
   info = _parse_info(info_text, info_path)
   if info.file_format not in ("", "tfrecord"):
-    raise ValueError(f"{data_dir} stores its shards as {info.file_format}; only tfrecord "
-                     "datasets can be read (prepare it with file_format='tfrecord').")
+    raise UserError(f"{data_dir} stores its shards as {info.file_format}; only tfrecord "
+                    "datasets can be read (prepare it with file_format='tfrecord').")
   features_text = storage.read_text_if_exists(storage.join(data_dir, FEATURES_FILE), client)
   if features_text is None:
-    raise FileNotFoundError(f"No {FEATURES_FILE} in data_dir={data_dir!r}: TFDS writes it "
-                            "beside dataset_info.json; prepare the dataset again.")
+    raise MissingError(f"No {FEATURES_FILE} in data_dir={data_dir!r}: TFDS writes it "
+                       "beside dataset_info.json; prepare the dataset again.")
   features_json = json.loads(features_text)
   features = tfds.features.FeatureConnector.from_json(features_json)
   supervised = [info.supervised_keys.tuple.items[i].feature_key
@@ -256,8 +258,8 @@ def read(data_dir: str, client=None) -> Dataset:
   image, label = features[image_key], features[label_key]
   shape = tuple(image.shape) + ((1,) if len(image.shape) == 2 else ())
   if None in shape:
-    raise ValueError(f"{data_dir}: {image_key} images have varying sizes {shape}; convert "
-                     "it with tpu-trainer-convert --source=tfds:NAME --image_size=H,W.")
+    raise UserError(f"{data_dir}: {image_key} images have varying sizes {shape}; convert "
+                    "it with tpu-trainer-convert --source=tfds:NAME --image_size=H,W.")
   class_names = _class_names(data_dir, label_key, label, client)
 
   splits = {}
@@ -326,9 +328,9 @@ def check_shards(dataset: Dataset, split_names, client=None, sizes=None) -> None
         problems.append(f"the {split_name} shards hold {sum(found)} bytes, TFDS's metadata "
                         f"says {expected}")
   if problems:
-    raise ValueError(f"{dataset.data_dir} does not match its metadata: {'; '.join(problems)}. "
-                     f"Run tpu-trainer-convert --verify --output_dir={dataset.data_dir}, and "
-                     "convert again.")
+    raise UserError(f"{dataset.data_dir} does not match its metadata: {'; '.join(problems)}. "
+                    f"Run tpu-trainer-convert --verify --output_dir={dataset.data_dir}, and "
+                    "convert again.")
 
 
 def read_shard(path: str, client=None) -> tuple[int, str]:
@@ -338,10 +340,10 @@ def read_shard(path: str, client=None) -> tuple[int, str]:
     with storage.open_read(path, client) as f:
       return records.check_framing(f)
   except ValueError as e:
-    raise ValueError(f"Shard {path} is corrupt or truncated ({e}); convert again.") from None
+    raise UserError(f"Shard {path} is corrupt or truncated ({e}); convert again.") from None
   except Exception as e:  # pylint: disable=broad-except
     if storage.is_not_found(e):
-      raise ValueError(f"{path} is missing") from None
+      raise UserError(f"{path} is missing") from None
     raise
 
 
@@ -369,7 +371,7 @@ def verify(data_dir: str, client=None) -> dict:
       examples += n
       shards += 1
   if problems:
-    raise ValueError(f"{len(problems)} bad shard(s) in {data_dir}: " + "; ".join(problems))
+    raise UserError(f"{len(problems)} bad shard(s) in {data_dir}: " + "; ".join(problems))
   return {"examples": examples, "shards": shards,
           "checksums": "crc32c checked" if dataset.ours is not None else
                        f"no {OURS_FILE}: record counts checked, checksums not"}
@@ -381,5 +383,5 @@ def explain_data_loss(data_dir: str, error: Exception) -> ValueError:
     verify(data_dir)
   except ValueError as bad:
     return bad
-  return ValueError(f"Reading {data_dir} failed ({error}); run "
-                    f"tpu-trainer-convert --verify --output_dir={data_dir}.")
+  return UserError(f"Reading {data_dir} failed ({error}); run "
+                   f"tpu-trainer-convert --verify --output_dir={data_dir}.")

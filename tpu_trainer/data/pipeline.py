@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tpu_trainer.data import records
 from tpu_trainer.data.manifest import Dataset
+from tpu_trainer.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # tf.data converts every function it is given with autograph, 0.5-1 s of Python
@@ -158,8 +159,8 @@ def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, split: st
 
   def dataset_fn(ctx: tf.distribute.InputContext):
     if ctx.num_input_pipelines != pipelines:
-      raise ValueError(f"eval expected {pipelines} input pipelines, got "
-                       f"{ctx.num_input_pipelines}.")
+      raise UserError(f"eval expected {pipelines} input pipelines, got "
+                      f"{ctx.num_input_pipelines}.")
     batch = ctx.get_per_replica_batch_size(global_batch)
     replicas_here = global_batch // pipelines // batch
     ds = _records(files, pipelines, ctx.input_pipeline_id, deterministic=True)

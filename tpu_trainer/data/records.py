@@ -8,6 +8,8 @@ import struct
 import google_crc32c
 import numpy as np
 
+from tpu_trainer.errors import UserError
+
 
 def encode_image(image: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
   if encoding == "raw":
@@ -96,16 +98,16 @@ def check_framing(f) -> tuple[int, str]:
     if not header:
       return count, base64.b64encode(whole.digest()).decode()
     if len(header) < 12:
-      raise ValueError(f"truncated record header after {count} records")
+      raise UserError(f"truncated record header after {count} records")
     if header[8:] != _masked_crc(header[:8]):
-      raise ValueError(f"corrupt length of record {count}")
+      raise UserError(f"corrupt length of record {count}")
     length = struct.unpack("<Q", header[:8])[0]
     body = f.read(length + 4)
     whole.update(body)
     if len(body) < length + 4:
-      raise ValueError(f"record {count} is truncated")
+      raise UserError(f"record {count} is truncated")
     if body[length:] != _masked_crc(body[:length]):
-      raise ValueError(f"corrupt data in record {count}")
+      raise UserError(f"corrupt data in record {count}")
     count += 1
 
 

@@ -22,6 +22,8 @@ import google_crc32c
 import numpy as np
 
 from tpu_trainer import storage
+from tpu_trainer.errors import MissingError
+from tpu_trainer.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 Example = tuple[np.ndarray, int]
@@ -66,8 +68,8 @@ def file_fingerprint(path: str) -> list:
 def split_from_arrays(images: np.ndarray, labels: np.ndarray, what: str = "arrays") -> Split:
   """A split over in-memory or memory-mapped arrays: images [N,H,W(,C)] uint8, labels [N]."""
   if len(images) != len(labels):
-    raise ValueError(f"{what}: {len(images)} images but {len(labels)} labels; they must "
-                     "pair up one to one.")
+    raise UserError(f"{what}: {len(images)} images but {len(labels)} labels; they must "
+                    "pair up one to one.")
   # Plain views of memory maps: indexing a np.memmap costs 4x more per example.
   images, labels = np.asarray(images), np.asarray(labels)
   if images.ndim == 3:
@@ -95,8 +97,8 @@ def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
     return idx(arg)
   if kind == "npz" and arg:
     return npz(arg)
-  raise ValueError(f"Unknown --source={spec!r}: use digits, tfds:NAME[:VERSION], "
-                   "folder:PATH, idx:PATH or npz:FILE.")
+  raise UserError(f"Unknown --source={spec!r}: use digits, tfds:NAME[:VERSION], "
+                  "folder:PATH, idx:PATH or npz:FILE.")
 
 
 def digits(seed: int = 0) -> Source:
@@ -140,14 +142,14 @@ def npz(path: str) -> Source:
     try:
       found = _download(path, workdir)
       if found is None:
-        raise FileNotFoundError(f"npz source {path!r} does not exist.")
+        raise MissingError(f"npz source {path!r} does not exist.")
       arrays = _memory_mapped_npz(found[0])
       stamp = found[1]
     finally:
       shutil.rmtree(workdir, ignore_errors=True)  # the mappings outlive the names
   else:
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"npz source {path!r} does not exist.")
+      raise MissingError(f"npz source {path!r} does not exist.")
     arrays = _memory_mapped_npz(path)
     stamp = file_fingerprint(path)
   return _npz_source(path, arrays, stamp)
@@ -156,18 +158,18 @@ def npz(path: str) -> Source:
 def _npz_source(path: str, arrays: dict, stamp: list) -> Source:
   missing = {"x_train", "y_train"} - set(arrays)
   if missing:
-    raise ValueError(f"{path} lacks {sorted(missing)}; expected the keras.datasets "
-                     "layout x_train, y_train[, x_test, y_test].")
+    raise UserError(f"{path} lacks {sorted(missing)}; expected the keras.datasets "
+                    "layout x_train, y_train[, x_test, y_test].")
   splits, labels = {}, []
   for split in ("train", "test"):
     if f"x_{split}" in arrays:
       if f"y_{split}" not in arrays:
-        raise ValueError(f"{path} has x_{split} but no y_{split}; expected the keras.datasets "
-                         "layout x_train, y_train[, x_test, y_test].")
+        raise UserError(f"{path} has x_{split} but no y_{split}; expected the keras.datasets "
+                        "layout x_train, y_train[, x_test, y_test].")
       x = arrays[f"x_{split}"]
       y = arrays[f"y_{split}"].reshape(-1)
       if x.dtype != np.uint8:
-        raise ValueError(f"{path}: x_{split} is {x.dtype}; expected uint8 pixels.")
+        raise UserError(f"{path}: x_{split} is {x.dtype}; expected uint8 pixels.")
       splits[split] = split_from_arrays(x, y, f"{path}: x_{split} and y_{split}")
       labels.append(y)
   name = os.path.splitext(os.path.basename(path))[0]
@@ -190,7 +192,7 @@ def _memory_mapped_npz(path: str) -> dict:
         arrays[member[:-4]] = np.load(target, mmap_mode="r")
         os.remove(target)  # the mapping outlives the name: nothing is left behind
   except zipfile.BadZipFile:
-    raise ValueError(f"{path} is not an .npz archive.") from None
+    raise UserError(f"{path} is not an .npz archive.") from None
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   return arrays
@@ -200,7 +202,7 @@ def _from_splits(name, splits, labels, source_fingerprint) -> Source:
   """Classes 0..max label; names are the numbers."""
   first = next(iter(splits.values()))
   if not first.num_examples:
-    raise ValueError(f"Source {name!r} has no examples.")
+    raise UserError(f"Source {name!r} has no examples.")
   image, _ = next(first.read([0]))
   num_classes = int(max(l.max() for l in labels if len(l))) + 1
   return Source(name, [str(i) for i in range(num_classes)], image.shape, splits,
@@ -216,19 +218,19 @@ def _read_idx(path: str, workdir: str) -> np.ndarray:
       with gzip.open(path, "rb") as src, open(unpacked, "wb") as dst:
         shutil.copyfileobj(src, dst)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-      raise ValueError(f"{original} is truncated or not gzip ({e}); download it "
-                       "again.") from None
+      raise UserError(f"{original} is truncated or not gzip ({e}); download it "
+                      "again.") from None
     path = unpacked
   with open(path, "rb") as f:
     header = f.read(4)
     if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08:
-      raise ValueError(f"{original} is not an idx file of unsigned bytes.")
+      raise UserError(f"{original} is not an idx file of unsigned bytes.")
     ndim = header[3]
     shape = tuple(int.from_bytes(f.read(4), "big") for _ in range(ndim))
   expected = 4 + 4 * ndim + int(np.prod(shape))
   if os.path.getsize(path) < expected:
-    raise ValueError(f"{original} is truncated: its header promises {shape} bytes of data "
-                     f"({expected} in all), the file has {os.path.getsize(path)}.")
+    raise UserError(f"{original} is truncated: its header promises {shape} bytes of data "
+                    f"({expected} in all), the file has {os.path.getsize(path)}.")
   array = np.memmap(path, dtype=np.uint8, mode="r", offset=4 + 4 * ndim, shape=shape)
   if path.startswith(workdir):
     os.remove(path)  # the unpacked copy: the mapping outlives the name
@@ -240,7 +242,7 @@ def idx(directory: str) -> Source:
   in a local directory or a gs:// prefix (copied to a temp directory first)."""
   remote = storage.is_gcs(directory)
   if not remote and not os.path.isdir(directory):
-    raise FileNotFoundError(f"idx source directory {directory!r} does not exist.")
+    raise MissingError(f"idx source directory {directory!r} does not exist.")
   workdir = tempfile.mkdtemp(prefix="tpu_trainer_idx_")
   splits, labels, files = {}, [], []
   try:
@@ -256,7 +258,7 @@ def idx(directory: str) -> Source:
           local = next((p for p in (base, base + ".gz") if os.path.exists(p)), None)
           stamp = local and file_fingerprint(local)
         if local is None:
-          raise FileNotFoundError(f"{base}[.gz] is missing from the idx source.")
+          raise MissingError(f"{base}[.gz] is missing from the idx source.")
         pair.append(_read_idx(local, workdir))
         files.append(stamp)
       x, y = pair
@@ -278,7 +280,7 @@ def _load_image(path: str, image_size, channels: int, data: bytes | None = None)
         im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
       array = np.asarray(im, dtype=np.uint8)
   except (UnidentifiedImageError, OSError) as e:
-    raise ValueError(f"Cannot read image {path}: {e}. Remove or replace it.") from None
+    raise UserError(f"Cannot read image {path}: {e}. Remove or replace it.") from None
   return array.reshape(array.shape[:2] + (channels,))
 
 
@@ -295,8 +297,8 @@ def _folder_images(directory: str, class_dir: str):
       path = os.path.join(here, name)
       real = os.path.realpath(path)
       if real != root and not real.startswith(root + os.sep):
-        raise ValueError(f"{path} is a symlink to {real}, outside the folder source "
-                         f"{directory}: copy the image in, or remove the link.")
+        raise UserError(f"{path} is a symlink to {real}, outside the folder source "
+                        f"{directory}: copy the image in, or remove the link.")
       paths.append(path)
   return paths
 
@@ -304,7 +306,7 @@ def _folder_images(directory: str, class_dir: str):
 def _local_folder_items(directory: str):
   """(path relative to directory, size, mtime) of every image, in class subdirectories."""
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"folder source {directory!r} does not exist.")
+    raise MissingError(f"folder source {directory!r} does not exist.")
   items = []
   for name in sorted(os.listdir(directory)):
     if os.path.isdir(os.path.join(directory, name)) and not name.startswith("."):
@@ -320,7 +322,7 @@ def _gcs_folder_items(directory: str):
   bucket_name, prefix = storage.split_gcs(directory.rstrip("/") + "/")
   client, exists = storage.bucket_exists(bucket_name, storage.gcs_client())
   if not exists:
-    raise ValueError(f"folder source: bucket gs://{bucket_name} does not exist.")
+    raise UserError(f"folder source: bucket gs://{bucket_name} does not exist.")
   items = []
   for blob in client.list_blobs(bucket_name, prefix=prefix):
     rel = blob.name[len(prefix):]
@@ -358,7 +360,7 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
   every run and stays put when images are added.
   """
   if not 0 <= test_fraction < 1:
-    raise ValueError(f"--test_fraction={test_fraction} must be in [0, 1): the train "
+    raise UserError(f"--test_fraction={test_fraction} must be in [0, 1): the train "
                      "split needs images.")
   remote = storage.is_gcs(directory)
   listing = _gcs_folder_items(directory) if remote else _local_folder_items(directory)
@@ -375,8 +377,8 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
                          os.path.join(directory, rel), label))
     stats.append((rel, size, stamp, label, split))
   if not files["train"] and not files["test"]:
-    raise ValueError(f"folder source {directory!r} has no images in class subdirectories "
-                     f"(expected {directory}/CLASS/*.jpg|png).")
+    raise UserError(f"folder source {directory!r} has no images in class subdirectories "
+                    f"(expected {directory}/CLASS/*.jpg|png).")
   first_path = (files["train"] or files["test"])[0][0]
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
@@ -384,7 +386,7 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
       channels = 1 if im.mode in ("L", "1", "I;16") else 3
       size = tuple(image_size) if image_size else (im.height, im.width)
   except OSError as e:
-    raise ValueError(f"Cannot read image {first_path}: {e}. Remove or replace it.") from None
+    raise UserError(f"Cannot read image {first_path}: {e}. Remove or replace it.") from None
 
   def split_of(items):
     def read(indices):
@@ -394,8 +396,8 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
         path, label = items[i]
         image = _load_image(path, image_size, channels, data)
         if image.shape[:2] != size:
-          raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]} but {first_path} "
-                           f"is {size[1]}x{size[0]}; pass --image_size=H,W to resize all.")
+          raise UserError(f"{path} is {image.shape[1]}x{image.shape[0]} but {first_path} "
+                          f"is {size[1]}x{size[0]}; pass --image_size=H,W to resize all.")
         yield image, label
     return Split(len(items), read, labels=np.array([l for _, l in items], np.int64))
 
@@ -416,18 +418,18 @@ def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
   try:
     builder = tfds.builder(name, version=version or None, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"Unknown TFDS dataset {name!r}; see "
-                     "https://www.tensorflow.org/datasets/catalog for names.") from None
+    raise UserError(f"Unknown TFDS dataset {name!r}; see "
+                    "https://www.tensorflow.org/datasets/catalog for names.") from None
   builder.download_and_prepare()
   features = builder.info.features
   if "image" not in features or "label" not in features:
-    raise ValueError(f"TFDS dataset {name!r} has no 'image' and 'label' features.")
+    raise UserError(f"TFDS dataset {name!r} has no 'image' and 'label' features.")
   shape = features["image"].shape
   if image_size:
     shape = tuple(image_size) + (shape[-1],)
   elif None in shape:
-    raise ValueError(f"TFDS dataset {name!r} has images of varying size; "
-                     "pass --image_size=H,W.")
+    raise UserError(f"TFDS dataset {name!r} has images of varying size; "
+                    "pass --image_size=H,W.")
 
   def split_of(split_name, count):
     def read(indices):

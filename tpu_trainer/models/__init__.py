@@ -1,6 +1,7 @@
 """Model families, one file each; build_model() picks one by config.model."""
 import keras
 
+from tpu_trainer.errors import UserError
 from tpu_trainer.models import cnn
 from tpu_trainer.models import conv_bn
 from tpu_trainer.models import mlp
@@ -20,8 +21,8 @@ BUILDERS = {
 def check_model_name(name: str) -> None:
   """Raises ValueError naming the choices when `name` is no model family here."""
   if name not in BUILDERS:
-    raise ValueError(f"Unknown config.model={name!r}; choose one of "
-                     f"{', '.join(sorted(BUILDERS))}.")
+    raise UserError(f"Unknown config.model={name!r}; choose one of "
+                    f"{', '.join(sorted(BUILDERS))}.")
 
 
 def build_model(config, input_shape, num_classes: int) -> keras.Model:

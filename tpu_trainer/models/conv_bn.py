@@ -2,12 +2,13 @@
 import keras
 from keras import layers
 
+from tpu_trainer.errors import UserError
 from tpu_trainer.models import base
 
 
 def build(input_shape, num_classes, config) -> keras.Model:
   if config.pooling not in ("max", "avg"):
-    raise ValueError(f"config.pooling={config.pooling!r} must be 'max' or 'avg'.")
+    raise UserError(f"config.pooling={config.pooling!r} must be 'max' or 'avg'.")
   pool = layers.MaxPooling2D if config.pooling == "max" else layers.AveragePooling2D
   inputs = base.image_input(input_shape)
   x = layers.Rescaling(1 / 255)(inputs)

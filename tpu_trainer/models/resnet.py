@@ -3,7 +3,6 @@ import keras
 from keras import layers
 
 from tpu_trainer.models import base
-from tpu_trainer.models import mobilenet_v2
 
 # keras.applications.resnet50 was trained on BGR images minus these means.
 _IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -11,8 +10,8 @@ _IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
 def build(input_shape, num_classes, config) -> keras.Model:
   inputs = base.image_input(input_shape)
-  x = mobilenet_v2.adapt_images(inputs, input_shape)
-  net, pretrained = mobilenet_v2.pretrained_base(keras.applications.ResNet50,
+  x = base.adapt_images(inputs, input_shape)
+  net, pretrained = base.pretrained_base(keras.applications.ResNet50,
                                                  input_shape, config)
   if pretrained:
     x = layers.Concatenate()([x[..., 2:3], x[..., 1:2], x[..., 0:1]])  # RGB -> BGR

@@ -1,0 +1,11 @@
+"""What the user can fix, as types: the tools print these as one 'error:' line
+(exit 2). Any other exception is a bug in this project or below it, and keeps
+its traceback (cli.run)."""
+
+
+class UserError(ValueError):
+  """Bad input or settings; the message names the thing and what to do."""
+
+
+class MissingError(UserError, FileNotFoundError):
+  """A file, directory or object the user named (or implied) is not there."""
