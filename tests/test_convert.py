@@ -412,3 +412,30 @@ def test_killed_conversion_reruns_to_completion(tmp_path):
   result = manifest.verify(out)
   assert (result["examples"], result["shards"]) == (30000, 30)
   assert not [f for f in os.listdir(out) if ".tmp-" in f]
+
+
+def test_a_source_rewritten_with_the_same_size_and_mtime_is_noticed(tmp_path):
+  """A quick rewrite can keep a file's size and mtime: the content decides."""
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+  y = rng.integers(0, 3, 40)
+  path = _npz(tmp_path / "a.npz", x, y)
+  out = str(tmp_path / "out")
+  convert.convert(sources.load(f"npz:{path}"), out, min_shards=2)
+  before = os.stat(path)
+  _npz(tmp_path / "a.npz", x, (y + 1) % 3)  # same shapes and dtypes: same size
+  os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+  assert os.stat(path).st_size == before.st_size
+  second = sources.load(f"npz:{path}")
+  convert.convert(second, out, min_shards=2)
+  assert sorted(_read_all(out, "train")) == _source_examples(second, "train")
+
+
+def test_labels_beyond_the_class_names_are_refused(tmp_path):
+  images = np.zeros((6, 4, 4, 1), np.uint8)
+  for labels in ([0, 1, 2, 0, 1, 2], [0, 1, -1, 0, 1, 0]):
+    source = sources.Source("three", ["a", "b"], (4, 4, 1), {
+        "train": sources.split_from_arrays(images, np.array(labels))})
+    with pytest.raises(ValueError, match=r"labels span \[-?\d, \d\] but there are 2 classes"):
+      convert.convert(source, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")

@@ -76,3 +76,32 @@ def test_a_second_training_run_into_a_live_workdir_is_refused(digits_dir, tmp_pa
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
+
+
+def test_renew_extends_the_lease(tmp_path, monkeypatch):
+  clock = [1000.0]
+  monkeypatch.setattr(lock_lib.time, "time", lambda: clock[0])
+  lock = lock_lib.WorkdirLock(str(tmp_path)).acquire()
+  with open(tmp_path / lock_lib.LOCK_FILE) as f:
+    first = json.load(f)["lease_until"]
+  clock[0] += 600
+  lock.renew()
+  with open(tmp_path / lock_lib.LOCK_FILE) as f:
+    assert json.load(f)["lease_until"] == first + 600
+  lock.release()
+
+
+def test_training_renews_its_lease(digits_dir, tmp_path, monkeypatch):
+  """A run longer than the lease keeps its workdir: every progress line renews."""
+  from configs import mlp as mlp_config  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+  renewed = []
+  real = lock_lib.WorkdirLock.renew
+  monkeypatch.setattr(lock_lib.WorkdirLock, "renew",
+                      lambda self: renewed.append(time.time()) or real(self))
+  config = mlp_config.get_config()
+  config.update(data_dir=digits_dir, batch_size=64, steps=30, steps_per_execution=5,
+                log_every_steps=10)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  assert len(renewed) == 3  # steps 10, 20, 30

@@ -111,3 +111,22 @@ def test_augment_keeps_shape_and_changes_pixels():
   out = pipeline.augment_batch(images)
   assert out.shape == images.shape and out.dtype == tf.uint8
   assert not np.array_equal(out.numpy(), images.numpy())
+
+
+def test_input_augment_reaches_the_training_batches(digits_dir):
+  """The same seed with input.augment on and off: the same examples, other pixels."""
+  dataset = manifest.read(digits_dir)
+
+  def first_batch(augment):
+    fn = pipeline.train_input_fn(dataset, 64, _input(augment=augment, deterministic=True),
+                                 seed=5)
+    images, labels = next(iter(fn(_ctx())))
+    return images.numpy(), labels.numpy()
+
+  plain, plain_labels = first_batch(False)
+  again, _ = first_batch(False)
+  augmented, augmented_labels = first_batch(True)
+  np.testing.assert_array_equal(plain, again)  # the comparison is not noise
+  np.testing.assert_array_equal(plain_labels, augmented_labels)
+  changed = np.mean([not np.array_equal(a, b) for a, b in zip(plain, augmented)])
+  assert changed > 0.5  # crops and flips: most images differ

@@ -351,3 +351,28 @@ def test_a_run_killed_during_export_leaves_no_half_files_and_the_rerun_finishes(
   assert zipfile.is_zipfile(workdir / "model.keras")
   assert (workdir / "saved_model" / "saved_model.pb").exists()
   assert not (workdir / "checkpoints" / "ckpt-7_temp").exists()
+
+
+def test_resume_restores_batch_norm_statistics(digits_dir, tmp_path):
+  """Batch norm's moving statistics are no optimizer slot: only the model's own
+  checkpoint entry brings them back. A rerun of a finished run exports the
+  restored model: its statistics must be the checkpoint's, not fresh ones."""
+  from configs import conv_bn as conv_bn_config  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  config = _digits_config(conv_bn_config, digits_dir, steps=20, precision="float32")
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  train.run(config, str(workdir), strategy)
+  reader = tf.train.load_checkpoint(str(workdir / "checkpoints"))
+  saved = sorted(float(np.sum(reader.get_tensor(k))) for k in reader.get_variable_to_shape_map()
+                 if "moving_" in k and k.startswith("model/"))
+  assert len(saved) >= 2 and any(abs(s) > 1e-3 for s in saved)
+  os.remove(workdir / "model.keras")
+  os.remove(workdir / "metrics.json")
+
+  assert train.run(config, str(workdir), strategy)["step"] == 20  # nothing left to train
+  model = keras.models.load_model(str(workdir / "model.keras"))
+  exported = sorted(float(np.sum(w.numpy())) for layer in model.layers
+                    if isinstance(layer, keras.layers.BatchNormalization)
+                    for w in (layer.moving_mean, layer.moving_variance))
+  np.testing.assert_allclose(exported, saved, rtol=1e-6)

@@ -6,6 +6,7 @@ stop; a runner (backends/tensorflow.py, backends/jax.py) runs one execution of
 therefore log the same lines, write the same TensorBoard tags, save at the same
 steps and stop for the same reasons.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -211,6 +212,11 @@ class Profiler:
       self.runner.start_profile(self.logdir)
       self.active = True
 
+  def step_marker(self, step: int):
+    """Around one execution while profiling: a profiler step (the overview and
+    input-pipeline pages need them), numbered by its first optimizer step."""
+    return self.runner.trace_step(step) if self.active else contextlib.nullcontext()
+
   def after(self, step: int) -> None:
     if self.active and step >= self.steps[1]:
       self.close()
@@ -291,7 +297,8 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
     n = min(plan.steps_per_execution, plan.total_steps - step)
     profiler.before(step)
     start = time.perf_counter()
-    agreed = runner.execute(n, [sigterm.received, report.progress.line_due(), clock.due()])
+    with profiler.step_marker(step):
+      agreed = runner.execute(n, [sigterm.received, report.progress.line_due(), clock.due()])
     step = runner.step()
     speed.executed(n, time.perf_counter() - start)
     report.progress.update(n)

@@ -363,6 +363,9 @@ class Runner:
   def stop_profile(self) -> None:
     jax.profiler.stop_trace()
 
+  def trace_step(self, step: int):
+    return jax.profiler.StepTraceAnnotation("train", step_num=step)
+
   def weights(self) -> list[np.ndarray]:
     return [local_value(v.value) for v in self.model.weights]
 

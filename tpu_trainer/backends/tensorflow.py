@@ -131,6 +131,9 @@ class Runner:
   def stop_profile(self) -> None:
     tf.profiler.experimental.stop()
 
+  def trace_step(self, step: int):
+    return tf.profiler.experimental.Trace("train", step_num=step, _r=1)
+
   def weights(self) -> list[np.ndarray]:
     return [np.asarray(v.numpy()) for v in self.model.weights]
 

@@ -1,0 +1,125 @@
+"""The curated mutation check: break one guarded behaviour at a time (a minimal
+edit in the package), run the tests meant to guard it, and report whether they
+caught it. Not part of CI (each mutant costs a test run); run it before stopping
+when you touched guarded code, and add a mutant whenever a behaviour gets a
+guard.
+
+  .venv/bin/python scripts/mutation_check.py            # every mutant
+  .venv/bin/python scripts/mutation_check.py renew bn   # those whose name contains a word
+
+Exit status 1 when a mutant survived (or an edit no longer applies: the code
+moved, so the list needs updating).
+"""
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class Mutant:
+  name: str
+  path: str       # a package file, relative to the repo
+  old: str        # found exactly once in it
+  new: str
+  tests: tuple    # pytest node ids or files that must catch it
+
+
+MUTANTS = (
+    Mutant("fingerprint without the content's crc", "tpu_trainer/data/sources.py",
+           "parts.append(google_crc32c.value(f.read()))", "f.read()",
+           ("tests/test_convert.py::test_a_source_rewritten_with_the_same_size_and_mtime_is_noticed",)),
+    Mutant("labels above the class count accepted", "tpu_trainer/data/convert.py",
+           "if low < 0 or high >= len(source.class_names):", "if low < 0:",
+           ("tests/test_convert.py::test_labels_beyond_the_class_names_are_refused",)),
+    Mutant("lock renew a no-op", "tpu_trainer/lock.py",
+           "self._write(self._owner(), self.generation if self.remote else None)", "pass",
+           ("tests/test_lock.py::test_renew_extends_the_lease",)),
+    Mutant("training never renews the lock", "tpu_trainer/controller.py",
+           "      renew_lock()\n", "",
+           ("tests/test_lock.py::test_training_renews_its_lease",)),
+    Mutant("saved_model/ copied in place", "tpu_trainer/export.py",
+           "    shutil.copytree(local_dir, incoming)\n",
+           "    shutil.copytree(local_dir, final, dirs_exist_ok=True)\n    return\n",
+           ("tests/test_export.py::test_a_directory_is_replaced_whole_or_not_at_all",)),
+    Mutant("model.keras copied, not renamed", "tpu_trainer/storage.py",
+           "      os.replace(local_tmp, final_path)", "      shutil.copyfile(local_tmp, final_path)",
+           ("tests/test_export.py::test_a_file_is_published_by_rename",)),
+    Mutant("input.augment ignored", "tpu_trainer/data/pipeline.py",
+           "    if input_config.augment:", "    if False:",
+           ("tests/test_pipeline.py::test_input_augment_reaches_the_training_batches",)),
+    Mutant("model left out of the TensorFlow checkpoint (batch norm not restored)",
+           "tpu_trainer/backends/tensorflow.py",
+           "tf.train.Checkpoint(model=model, optimizer=optimizer)",
+           "tf.train.Checkpoint(optimizer=optimizer)",
+           ("tests/test_train.py::test_resume_restores_batch_norm_statistics",)),
+    Mutant("SIGTERM during the export ignored", "tpu_trainer/controller.py",
+           "    if self.received:\n      raise Preempted(", "    if False:\n      raise Preempted(",
+           ("tests/test_export.py",)),
+    Mutant("per-epoch checkpoints not spaced by checkpoint_min_secs", "tpu_trainer/controller.py",
+           "return time.monotonic() - self._last_save >= self._min_secs", "return True",
+           ("tests/test_train.py::test_checkpoints_per_epoch_at_most_every_checkpoint_min_secs",)),
+    Mutant("TensorFlow: a finite explosion not counted as divergence", "tpu_trainer/loop.py",
+           "tf.logical_or(~tf.math.is_finite(loss), mean_example_loss > limit)",
+           "~tf.math.is_finite(loss)",
+           ("tests/test_cli.py::test_a_diverging_run_exits_3_with_one_line_and_exports_nothing",)),
+    Mutant("TensorFlow: loss averaged per replica, not over the global batch",
+           "tpu_trainer/loop.py", "global_batch_size=global_batch)",
+           "global_batch_size=tf.shape(labels)[0])", ("tests/test_replicas.py",)),
+    Mutant("JAX: a finite explosion not counted as divergence", "tpu_trainer/backends/jax.py",
+           "diverged = ~jnp.isfinite(loss) | (mean_loss > limit)",
+           "diverged = ~jnp.isfinite(loss)",
+           ("tests/test_jax_backend.py::test_jax_divergence_exits_3_and_bad_settings_are_one_line",)),
+    Mutant("JAX: checkpoint restore skipped", "tpu_trainer/backends/jax.py",
+           "      variable.assign(saved[f\"v{i}\"])", "      pass",
+           ("tests/test_jax_backend.py::"
+            "test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps",)),
+    Mutant("JAX: the optimizer's update dropped", "tpu_trainer/backends/jax.py",
+           "    trainable, optimizer_variables = optimizer.stateless_apply(\n"
+           "        optimizer_variables, grads, trainable)",
+           "    _, optimizer_variables = optimizer.stateless_apply(\n"
+           "        optimizer_variables, grads, trainable)",
+           ("tests/test_jax_backend.py::test_tensorflow_and_jax_end_with_the_same_weights",)),
+    Mutant("eval counts its padding", "tpu_trainer/data/pipeline.py",
+           "weights = tf.pad(tf.ones([n], tf.float32), [[0, pad]])",
+           "weights = tf.ones([batch], tf.float32)",
+           ("tests/test_pipeline.py",)),
+)
+
+
+def run(mutant: Mutant) -> str:
+  path = os.path.join(REPO, mutant.path)
+  with open(path) as f:
+    original = f.read()
+  if original.count(mutant.old) != 1:
+    return "STALE (the edit no longer applies)"
+  try:
+    with open(path, "w") as f:
+      f.write(original.replace(mutant.old, mutant.new))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p",
+                             "no:cacheprovider", *mutant.tests], cwd=REPO,
+                            capture_output=True, text=True, check=False)
+  finally:
+    with open(path, "w") as f:
+      f.write(original)
+  return "caught" if result.returncode == 1 else (
+      "SURVIVED" if result.returncode == 0 else f"ERROR (pytest exit {result.returncode})")
+
+
+def main(words: list[str]) -> int:
+  chosen = [m for m in MUTANTS if not words or any(w in m.name for w in words)]
+  bad = 0
+  for mutant in chosen:
+    start = time.perf_counter()
+    verdict = run(mutant)
+    bad += verdict != "caught"
+    print(f"{verdict:<10} {mutant.name} ({time.perf_counter() - start:.0f} s)", flush=True)
+  print(f"{len(chosen) - bad} of {len(chosen)} caught")
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
