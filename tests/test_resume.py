@@ -37,6 +37,24 @@ def _latest_step(workdir):
   return int(path.rsplit("-", 1)[1])
 
 
+def _checkpoint_weights(workdir):
+  """The model's weights in the latest checkpoint: (shape, sum) of each, sorted (the
+  seed CNN has trainable weights only: saved once, through the optimizer)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  return sorted((tuple(shape), round(float(np.sum(reader.get_tensor(key))), 4))
+                for key, shape in reader.get_variable_to_shape_map().items()
+                if key.startswith("optimizer/_trainable_variables/"))
+
+
+def _exported_weights(workdir):
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  model = keras.models.load_model(os.path.join(workdir, "model.keras"))
+  return sorted((tuple(w.shape), round(float(np.sum(w)), 4)) for w in model.get_weights())
+
+
 @pytest.mark.core
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
@@ -56,6 +74,14 @@ def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
   stopped_at = _latest_step(workdir)
   assert 0 < stopped_at < 800
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+  # Resumed with nothing left to train, the run exports exactly the checkpoint's weights.
+  upto = subprocess.run(cmd + [f"--config.steps={stopped_at}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert upto.returncode == 0, upto.stderr[-3000:]
+  assert f"step {stopped_at}/" not in upto.stderr  # no execution ran
+  assert _exported_weights(workdir) == _checkpoint_weights(workdir)
+  os.remove(os.path.join(workdir, "metrics.json"))
 
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
