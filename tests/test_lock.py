@@ -105,3 +105,52 @@ def test_training_renews_its_lease(digits_dir, tmp_path, monkeypatch):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
   assert len(renewed) == 3  # steps 10, 20, 30
+
+
+def test_this_process_or_a_reused_pid_is_no_conflict(tmp_path):
+  """A restarted container's process can be pid 1 again, and a dead run's pid can
+  belong to a newer process: neither is the run that took the lock."""
+  _write_owner(tmp_path / ".lock", pid=os.getpid(), started=time.time())
+  lock_lib.WorkdirLock(str(tmp_path)).acquire().release()
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    time.sleep(0.5)
+    _write_owner(tmp_path / ".lock", pid=sleeper.pid, started=time.time() - 3600)
+    lock_lib.WorkdirLock(str(tmp_path)).acquire().release()  # the pid was reused
+    _write_owner(tmp_path / ".lock", pid=sleeper.pid, started=time.time())
+    with pytest.raises(ValueError, match=f"in use by pid {sleeper.pid}"):
+      lock_lib.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_a_dry_run_never_clears_a_workdir_in_use(tmp_path):
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "workdir"
+  workdir.mkdir()
+  (workdir / "metrics.json").write_text("{}")
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    _write_owner(workdir / ".lock", pid=sleeper.pid, started=time.time())
+    result = run_cli("dryrun", f"--output_dir={tmp_path}")
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  assert result.returncode == 2 and f"in use by pid {sleeper.pid}" in result.stderr
+  assert (workdir / "metrics.json").read_text() == "{}"
+
+
+def test_clearing_a_workdir_removes_only_what_runs_write(tmp_path):
+  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+  workdir, outside = tmp_path / "w", tmp_path / "outside"
+  for d in (workdir / "checkpoints", workdir / "train", outside):
+    d.mkdir(parents=True)
+  (outside / "precious.txt").write_text("x")
+  for name in ("config.json", "metrics.json", "eval_test.json", "eval_test_confusion.png",
+               "notes.txt", "config.json.bak"):
+    (workdir / name).write_text("x")
+  os.symlink(outside, workdir / "saved_model")
+  train.clear_workdir(str(workdir))
+  assert sorted(os.listdir(workdir)) == ["config.json.bak", "notes.txt"]
+  assert (outside / "precious.txt").exists()

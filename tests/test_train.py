@@ -344,7 +344,16 @@ def test_a_run_killed_during_export_leaves_no_half_files_and_the_rerun_finishes(
   assert not [f for f in os.listdir(workdir) if ".tmp-" in f]
   monkeypatch.undo()
   (workdir / "checkpoints" / "ckpt-7_temp").mkdir()  # what a kill mid-save leaves
+  (workdir / "checkpoints" / "my_temp_notes.txt").write_text("not ours")
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  (outside / "keep.txt").write_text("not ours either")
+  os.symlink(outside, workdir / "checkpoints" / "ckpt-8_temp")
   metrics = train.run(config, str(workdir), strategy)  # resumes at step 10: exports
+  # Only TensorFlow's own leftovers go; a link is removed, never followed.
+  assert (workdir / "checkpoints" / "my_temp_notes.txt").read_text() == "not ours"
+  assert not os.path.lexists(workdir / "checkpoints" / "ckpt-8_temp")
+  assert (outside / "keep.txt").read_text() == "not ours either"
   assert metrics["step"] == 10
   assert json.loads((workdir / "metrics.json").read_text())["step"] == 10
   import zipfile  # pylint: disable=g-import-not-at-top

@@ -19,6 +19,18 @@ LOCK_FILE = ".lock"
 LEASE_SECONDS = 15 * 60
 
 
+def process_start_time(pid: int) -> float | None:
+  """When a process started (epoch seconds), from Linux's /proc; None elsewhere."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time
+    with open("/proc/stat") as f:
+      boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+  except (OSError, ValueError, IndexError, StopIteration):
+    return None
+  return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 class WorkdirLock:
   """Held from acquire() to release(); renew() extends the lease."""
 
@@ -84,16 +96,25 @@ class WorkdirLock:
 
   @staticmethod
   def _stale(owner: dict) -> bool:
+    """Whether a lock's owner is gone: its lease ran out, or on this host its pid
+    is dead, is this very process (a rerun in-process, or a restarted container
+    whose process is pid 1 again), or belongs to a process started after the lock
+    was taken (the pid was reused)."""
     if owner.get("lease_until", 0) < time.time():
       return True
-    if owner.get("host") == socket.gethostname():
-      try:
-        os.kill(int(owner.get("pid", 0)), 0)
-      except ProcessLookupError:
-        return True
-      except PermissionError:
-        return False
-    return False
+    if owner.get("host") != socket.gethostname():
+      return False
+    pid = int(owner.get("pid", 0))
+    if pid == os.getpid():
+      return True
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return True
+    except PermissionError:
+      return False
+    started = process_start_time(pid)
+    return started is not None and started > owner.get("started", float("inf")) + 1
 
   def acquire(self) -> "WorkdirLock":
     if not self.remote:

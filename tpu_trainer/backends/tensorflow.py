@@ -3,6 +3,8 @@ MirroredStrategy on GPUs and logical CPUs, MultiWorkerMirroredStrategy), the
 compiled execution of loop.py, tf.train checkpoints and a SavedModel traced
 from the model itself."""
 import contextlib
+import os
+import re
 import shutil
 import tempfile
 
@@ -48,9 +50,8 @@ class Checkpoints:
     return tf.train.latest_checkpoint(self.directory)
 
   def restore(self) -> None:
-    if self._chief:  # half-written checkpoints of killed runs (TF names them ckpt-N_temp)
-      for stale in tf.io.gfile.glob(storage.join(self.directory, "*_temp*")):
-        (tf.io.gfile.rmtree if tf.io.gfile.isdir(stale) else tf.io.gfile.remove)(stale)
+    if self._chief:
+      self._remove_half_written()
     latest = self.latest()
     if latest:
       self._checkpoint.restore(latest).assert_existing_objects_matched()
@@ -58,6 +59,23 @@ class Checkpoints:
 
   def save(self, step: int) -> None:
     self._manager.save(checkpoint_number=step)
+
+  # What TensorFlow writes while saving (ckpt-N_temp/, then renamed): a killed
+  # run's leftovers. Only these, named exactly; a link is removed, not followed.
+  HALF_WRITTEN = re.compile(r"ckpt-\d+_temp")
+
+  def _remove_half_written(self) -> None:
+    if not tf.io.gfile.isdir(self.directory):
+      return
+    for name in tf.io.gfile.listdir(self.directory):
+      name = name.rstrip("/")
+      if not self.HALF_WRITTEN.fullmatch(name):
+        continue
+      path = storage.join(self.directory, name)
+      if not storage.is_gcs(path) and os.path.islink(path):
+        os.remove(path)
+      elif tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
 
   def close(self) -> None:
     if not self._chief:
