@@ -56,7 +56,7 @@ def _exported_weights(workdir):
 
 
 @pytest.mark.core
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
   workdir = str(tmp_path / "w")
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -66,9 +66,9 @@ def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
   _wait_for_checkpoint(proc, workdir)
   proc.send_signal(sig)
   _, stderr = proc.communicate(timeout=120)
-  if sig == signal.SIGTERM:
-    assert proc.returncode == 143, stderr[-3000:]
-    assert "preempted: SIGTERM here at step" in stderr
+  if sig in (signal.SIGTERM, signal.SIGINT):  # saved: 143, or 130 for Ctrl-C
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert f"preempted: {sig.name} here at step" in stderr and "Traceback" not in stderr
   else:
     assert proc.returncode == -signal.SIGKILL
   stopped_at = _latest_step(workdir)
@@ -121,3 +121,20 @@ def test_sigterm_during_export_exits_143_and_the_rerun_finishes_the_export(digit
   assert json.loads((workdir / "metrics.json").read_text())["step"] == 20
   assert zipfile.is_zipfile(workdir / "model.keras")
   assert (workdir / "saved_model" / "saved_model.pb").exists()
+
+
+def test_a_sigterm_during_setup_is_kept_and_acted_on_at_the_first_safe_point(digits_dir,
+                                                                              tmp_path):
+  """Recorded from the start of the process: a signal that comes while the run
+  still sets up (before any step) stops it after its first execution, saved."""
+  workdir = str(tmp_path / "w")
+  proc = subprocess.Popen(_train_cmd(digits_dir, workdir), cwd=REPO,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  first_line = proc.stderr.readline()  # the versions line: flags parsed, setup begins
+  assert "TensorFlow" in first_line, first_line
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 143, stderr[-3000:]
+  assert "preempted: SIGTERM here at step 10/800" in stderr  # the first execution's end
+  assert _latest_step(workdir) == 10

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import time
 from typing import NamedTuple
 
@@ -21,16 +20,8 @@ from tpu_trainer import config as config_lib
 from tpu_trainer import scaling
 from tpu_trainer import storage
 from tpu_trainer.errors import UserError
+from tpu_trainer.errors import Diverged
 from tpu_trainer.progress import Progress
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved. Rerun the same command to resume."""
-
-
-class Diverged(Exception):
-  """The loss diverged (NaN, infinite or exploding): training stopped, nothing was
-  exported."""
 
 
 class Agreed(NamedTuple):
@@ -257,37 +248,8 @@ class CheckpointClock:
     self._last_save = time.monotonic()
 
 
-class Sigterm:
-  """SIGTERM, recorded from the moment this is made and acted on at the run's own
-  safe points: after the current execution while training, when every worker
-  saves the same checkpoint, and between the steps of the export
-  (check_export). The handler itself never raises: an exception thrown from a
-  signal handler can be swallowed inside a TensorFlow or Keras call."""
-
-  def __init__(self):
-    self.received = False
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: the caller handles signals
-      self._previous = None
-
-  def _handle(self, *_):
-    self.received = True
-
-  def check_export(self) -> None:
-    """Raises Preempted when SIGTERM came (also during the final evaluation):
-    metrics.json, written last, is then absent and the rerun exports."""
-    if self.received:
-      raise Preempted("SIGTERM during the export; nothing half-written is left. Run the "
-                      "same command again to finish the export.")
-
-  def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: Profiler,
-          sigterm: Sigterm, early_stopping: EarlyStopping, num_classes: int,
+          sigterm, early_stopping: EarlyStopping, num_classes: int,
           step: int, renew_lock=lambda: None) -> tuple[int, Speed]:
   """Runs executions from `step` to plan.total_steps (or an early stop), with the
   logs, evaluations and checkpoints that fall due between them. Returns the
@@ -330,9 +292,9 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
       report.save_history()
     if agreed.stop:
       where = "here" if sigterm.received else "on another worker"
-      raise Preempted(f"SIGTERM {where} at step {step}/{plan.total_steps}; every worker "
-                      f"saved checkpoint {step} in {checkpoints.directory}. Run the same "
-                      "command again to resume.")
+      raise sigterm.stopped(f"{where} at step {step}/{plan.total_steps}; every worker saved "
+                            f"checkpoint {step} in {checkpoints.directory}. Run the same "
+                            "command again to resume.")
     if stop_early:
       break
   return step, speed

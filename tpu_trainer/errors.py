@@ -9,3 +9,8 @@ class UserError(ValueError):
 
 class MissingError(UserError, FileNotFoundError):
   """A file, directory or object the user named (or implied) is not there."""
+
+
+class Diverged(UserError):
+  """The loss diverged (NaN, infinite or exploding): training stopped, nothing was
+  exported. The tools exit with 3."""

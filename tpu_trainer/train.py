@@ -22,9 +22,11 @@ import tensorflow as tf
 from tpu_trainer import backends
 from tpu_trainer import config as config_lib
 from tpu_trainer import controller
+from tpu_trainer import errors
 from tpu_trainer import export as export_lib
 from tpu_trainer import lock as lock_lib
 from tpu_trainer import optimizer as optimizer_lib
+from tpu_trainer import stopping
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import versions
@@ -34,8 +36,8 @@ from tpu_trainer.errors import UserError
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
 
-Preempted = controller.Preempted
-Diverged = controller.Diverged
+Preempted = stopping.Preempted
+Diverged = errors.Diverged
 
 # What decides the model's variables or the data: a workdir's checkpoints only
 # resume under the same values. Anything else (epochs, logging...) may change.
@@ -157,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     profiler = controller.Profiler(runner, config.profile_steps,
                                    storage.join(workdir, "train"), runner.chief)
     cleanup.callback(profiler.close)
-    sigterm = controller.Sigterm()
+    sigterm = stopping.StopSignals()
     cleanup.callback(sigterm.close)
 
     try:

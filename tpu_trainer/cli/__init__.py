@@ -10,6 +10,8 @@ import os
 import re
 import sys
 
+from tpu_trainer import stopping
+from tpu_trainer.errors import Diverged
 from tpu_trainer.errors import UserError
 
 
@@ -131,8 +133,13 @@ def import_tensorflow_quietly() -> None:
     os.close(devnull)
 
 
-def run(main) -> None:
-  """app.run(main), with user errors as one 'error: ...' line and exit status 2."""
+def run(main, record_stop_signals: bool = False) -> None:
+  """app.run(main), with user errors as one 'error: ...' line and exit status 2.
+
+  record_stop_signals: SIGTERM and SIGINT are recorded from here on, for a
+  training run to act on at its safe points (save, then exit 143 / 130)."""
+  if record_stop_signals:
+    stopping.record_stop_signals()
   module = sys.modules[main.__module__]
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
     print(help_text(module))
@@ -150,9 +157,18 @@ def run(main) -> None:
       std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     try:
       return main(argv)
+    except stopping.Preempted as e:  # saved; the same command resumes
+      print(f"preempted: {e}", file=sys.stderr)
+      sys.exit(128 + e.signum)
+    except Diverged as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(3)
     except UserError as e:  # what the user can fix: one line
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+    except KeyboardInterrupt:
+      print("interrupted (Ctrl-C)", file=sys.stderr)
+      sys.exit(130)
     except Exception as e:  # pylint: disable=broad-except
       full = disk_full_path(e)
       if full is not None:

@@ -66,7 +66,7 @@ def main(argv):
 
 
 def run():
-  cli.run(main)
+  cli.run(main, record_stop_signals=True)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ Examples:
 Any config key can be set with --config.KEY=VALUE. Rerun the same command after
 a kill or preemption to resume from the last checkpoint. Exit status: 0 done;
 2 bad input (one error: line); 3 the loss became NaN/Inf (nothing exported);
-143 SIGTERM arrived and a checkpoint was saved.
+143 SIGTERM (130 SIGINT, Ctrl-C) arrived and a checkpoint was saved: rerun to resume
+(a second Ctrl-C quits at once, unsaved).
 """
 import json
-import sys
 
 from absl import flags
 
@@ -35,21 +35,14 @@ def main(argv):
     raise UserError("--workdir is required: where the run's checkpoints, logs and model go.")
   workdir = cli.expand_path(FLAGS.workdir)
   from tpu_trainer import train  # pylint: disable=g-import-not-at-top
-  try:
-    result = train.run(config, workdir)
-  except train.Preempted as e:
-    print(f"preempted: {e}", file=sys.stderr)
-    sys.exit(143)
-  except train.Diverged as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+  result = train.run(config, workdir)
   print(json.dumps(result))
   print(f"Model, checkpoints and metrics in {workdir}; "
         f"TensorBoard: scripts/tensorboard.sh {workdir}")
 
 
 def run():
-  cli.run(main)
+  cli.run(main, record_stop_signals=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,81 @@
+"""SIGTERM (a preemption, a spot VM's end) and SIGINT (Ctrl-C) during a run: recorded
+from the moment record_stop_signals() runs, acted on at the run's own safe
+points (controller.py: after an execution; train.py: between the export's
+steps). A handler that raised instead could be swallowed inside a TensorFlow or
+Keras call; the flag cannot be lost. No TensorFlow here: the tools install the
+recording before they import it.
+"""
+import signal
+
+
+class Preempted(Exception):
+  """SIGTERM (or SIGINT) arrived; a checkpoint was saved. Rerun the same command to
+  resume. The tools exit with 128 + signum (143, 130)."""
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = signum
+
+
+# Stop signals received by this process (numbers), from record_stop_signals() on:
+# process-wide, like the signals themselves.
+_RECEIVED: list[int] = []
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _record(signum, _):
+  if signum == signal.SIGINT and _RECEIVED:  # a second Ctrl-C: quit now, unsaved
+    raise KeyboardInterrupt
+  _RECEIVED.append(signum)
+
+
+def record_stop_signals() -> bool:
+  """From now on SIGTERM and SIGINT are recorded, for the run to act on at its
+  safe points; False where signals cannot be handled (not the main thread).
+  The tools call this first thing, so a signal during setup is not lost."""
+  try:
+    for signum in STOP_SIGNALS:
+      signal.signal(signum, _record)
+  except ValueError:
+    return False
+  return True
+
+
+class StopSignals:
+  """SIGTERM (a preemption) or SIGINT (Ctrl-C), recorded and acted on at the run's
+  own safe points: after the current execution while training, when every
+  worker saves the same checkpoint, and between the steps of the export
+  (check_export). The handler itself never raises: an exception thrown from a
+  signal handler can be swallowed inside a TensorFlow or Keras call."""
+
+  def __init__(self):
+    self._previous = {}
+    if signal.getsignal(signal.SIGTERM) is not _record:  # a library caller's run
+      self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+      if not record_stop_signals():
+        self._previous = {}
+
+  @property
+  def received(self) -> bool:
+    return bool(_RECEIVED)
+
+  @property
+  def signum(self) -> int:
+    return _RECEIVED[0] if _RECEIVED else signal.SIGTERM
+
+  def stopped(self, message: str) -> "Preempted":
+    name = signal.Signals(self.signum).name
+    return Preempted(f"{name} {message}", self.signum)
+
+  def check_export(self) -> None:
+    """Raises Preempted when a stop signal came (also during the final evaluation):
+    metrics.json, written last, is then absent and the rerun exports."""
+    if self.received:
+      raise self.stopped("during the export; nothing half-written is left. Run the same "
+                         "command again to finish the export.")
+
+  def close(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    if self._previous:
+      _RECEIVED.clear()
