@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.input.deterministic = False  # True: reproducible order, a little slower
   c.input.threads = 0            # > 0: a private tf.data thread pool of this size
   # Model.
-  c.model = "cnn"                # mlp | cnn | cnn_deep | conv_bn | mobilenet_v2 | resnet50
+  c.model = "cnn"                # a family of tpu_trainer/models: mlp, cnn, conv_bn, resnet50...
   c.dropout = 0.0                # dropout rate before the classifier
   c.pooling = "max"              # conv_bn: max | avg
   c.weights = "none"             # mobilenet_v2 / resnet50: "imagenet" or "none"

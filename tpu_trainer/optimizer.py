@@ -28,8 +28,24 @@ def _sgd(kwargs, config):
 
 # config.optimizer -> fn(kwargs with learning_rate [and weight_decay], config).
 OPTIMIZERS = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
-# config.lr_schedule -> the fraction of the peak rate it ends at (cosine decay's alpha).
-SCHEDULES = {"cosine": 0.0, "constant": 1.0}
+
+
+def _warmup_then_cosine(alpha: float):
+  """Linear warmup from 0 to peak, then cosine decay to alpha * peak."""
+
+  def schedule(peak: float, warmup: int, total_steps: int):
+    import keras  # pylint: disable=g-import-not-at-top
+    if warmup > 0:
+      return keras.optimizers.schedules.CosineDecay(
+          0.0, max(1, total_steps - warmup), alpha=alpha, warmup_target=peak,
+          warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(peak, max(1, total_steps), alpha=alpha)
+
+  return schedule
+
+
+# config.lr_schedule -> fn(peak rate, warmup steps, total steps) -> a Keras schedule.
+SCHEDULES = {"cosine": _warmup_then_cosine(0.0), "constant": _warmup_then_cosine(1.0)}
 
 
 def _check(key: str, value: str, allowed) -> None:
@@ -38,16 +54,10 @@ def _check(key: str, value: str, allowed) -> None:
 
 
 def learning_rate_schedule(config, peak: float, steps_per_epoch: int, total_steps: int):
-  """Linear warmup from 0 to peak, then cosine decay to 0, or constant."""
-  import keras  # pylint: disable=g-import-not-at-top
+  """config.lr_schedule after config.warmup_epochs of linear warmup."""
   _check("lr_schedule", config.lr_schedule, SCHEDULES)
   warmup = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
-  alpha = SCHEDULES[config.lr_schedule]
-  if warmup > 0:
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, total_steps - warmup), alpha=alpha, warmup_target=peak,
-        warmup_steps=warmup)
-  return keras.optimizers.schedules.CosineDecay(peak, max(1, total_steps), alpha=alpha)
+  return SCHEDULES[config.lr_schedule](peak, warmup, total_steps)
 
 
 def make_optimizer(config, schedule, precision: str):

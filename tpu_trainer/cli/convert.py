@@ -15,11 +15,11 @@ Beam pipeline options (--direct_num_workers=2, --project=...) go after `--`.
 from absl import flags
 
 from tpu_trainer import cli
+from tpu_trainer.data import sources
 from tpu_trainer.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "digits | tfds:NAME[:VERSION] | folder:PATH | idx:PATH | "
-                    "npz:FILE")
+flags.DEFINE_string("source", None, sources.SPECS)
 flags.DEFINE_string("output_dir", None, "Local directory or gs://bucket/prefix.", required=True)
 flags.DEFINE_bool("verify", False, "Read every shard of --output_dir back and check record "
                   "counts and checksums against the metadata; convert nothing.")
@@ -47,7 +47,6 @@ def main(argv):
                     "options need --runner=DirectRunner|DataflowRunner.")
   from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
-  from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
   output_dir = cli.expand_path(FLAGS.output_dir)
   if FLAGS.verify:
     result = manifest.verify(output_dir)
@@ -55,7 +54,7 @@ def main(argv):
           f"{output_dir} ({result['checksums']})")
     return
   if not FLAGS.source:
-    raise UserError("--source is required (digits, tfds:NAME, folder:PATH, idx:PATH, npz:FILE).")
+    raise UserError(f"--source is required: {sources.SPECS}.")
   image_size = None
   if FLAGS.image_size:
     try:
@@ -64,8 +63,7 @@ def main(argv):
     except (ValueError, AssertionError):
       raise UserError(f"--image_size={','.join(FLAGS.image_size)} must be H,W, "
                       "e.g. 224,224.") from None
-  kind, sep, path = FLAGS.source.partition(":")
-  spec = f"{kind}{sep}{cli.expand_path(path) if kind in ('folder', 'idx', 'npz') else path}"
+  spec = sources.expand(FLAGS.source)
   load_args = {"tfds_data_dir": cli.expand_path(FLAGS.tfds_data_dir), "image_size": image_size,
                "test_fraction": FLAGS.test_fraction, "seed": FLAGS.seed}
   shards = {"encoding": FLAGS.encoding, "num_shards": FLAGS.num_shards,

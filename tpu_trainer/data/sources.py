@@ -82,23 +82,50 @@ def split_from_arrays(images: np.ndarray, labels: np.ndarray, what: str = "array
   return Split(len(images), read, labels=np.asarray(labels))
 
 
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """One kind of --source: how it is written, and how it opens."""
+  spec: str   # e.g. "folder:PATH"
+  open: Callable[[str, dict], Source]  # (the part after "KIND:", load()'s options)
+  path: bool  # the argument is a local path or gs:// URL (~ and $VARS are expanded)
+
+
+# --source=KIND[:ARG]. A new source: a function returning a Source, and its entry.
+KINDS = {
+    "digits": Kind("digits", lambda arg, o: digits(o["seed"]), path=False),
+    "tfds": Kind("tfds:NAME[:VERSION]",
+                 lambda arg, o: tfds_source(arg, o["tfds_data_dir"], o["image_size"]),
+                 path=False),
+    "folder": Kind("folder:PATH", lambda arg, o: folder(arg, o["image_size"],
+                                                        o["test_fraction"]), path=True),
+    "idx": Kind("idx:PATH", lambda arg, o: idx(arg), path=True),
+    "npz": Kind("npz:FILE", lambda arg, o: npz(arg), path=True),
+}
+SPECS = " | ".join(kind.spec for kind in KINDS.values())
+
+
+def _kind(spec: str) -> tuple[Kind, str]:
+  name, sep, arg = spec.partition(":")
+  kind = KINDS.get(name)
+  if kind is None or bool(sep and arg) != (":" in kind.spec):
+    raise UserError(f"Unknown --source={spec!r}: use {SPECS}.")
+  return kind, arg
+
+
+def expand(spec: str) -> str:
+  """~ and $VARS expanded in a path argument, as a shell would have."""
+  kind, arg = _kind(spec)
+  if not kind.path or arg.startswith("gs://"):
+    return spec
+  return f"{spec.partition(':')[0]}:{os.path.expandvars(os.path.expanduser(arg))}"
+
+
 def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
          test_fraction: float = 0.1, seed: int = 0) -> Source:
-  """Opens a source from its --source spec: digits, tfds:NAME[:VERSION],
-  folder:PATH, idx:PATH or npz:FILE."""
-  kind, _, arg = spec.partition(":")
-  if kind == "digits" and not arg:
-    return digits(seed)
-  if kind == "tfds" and arg:
-    return tfds_source(arg, tfds_data_dir, image_size)
-  if kind == "folder" and arg:
-    return folder(arg, image_size, test_fraction)
-  if kind == "idx" and arg:
-    return idx(arg)
-  if kind == "npz" and arg:
-    return npz(arg)
-  raise UserError(f"Unknown --source={spec!r}: use digits, tfds:NAME[:VERSION], "
-                  "folder:PATH, idx:PATH or npz:FILE.")
+  """Opens a source from its --source spec (SPECS)."""
+  kind, arg = _kind(spec)
+  return kind.open(arg, {"tfds_data_dir": tfds_data_dir, "image_size": image_size,
+                         "test_fraction": test_fraction, "seed": seed})
 
 
 def digits(seed: int = 0) -> Source:
