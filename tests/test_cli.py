@@ -2,8 +2,12 @@
 import json
 import os
 
+import subprocess
+import sys
+
 import pytest
 
+from conftest import REPO
 from conftest import run_cli
 
 
@@ -119,6 +123,22 @@ def test_help_shows_the_tools_own_flags_and_examples(tool, flag):
   assert "--alsologtostderr" not in out  # absl's own flags only under --helpfull
   if tool != "convert":
     assert "--show_config" in out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--config=configs/cnn.py", "--show_config"],
+                                  ["--config=configs/cnn.py", "--config.nope=1"]])
+def test_help_show_config_and_flag_errors_never_import_tensorflow(args):
+  """They answer at once: TensorFlow's import is seconds of the answer's time."""
+  for tool in ("train", "evaluate", "doctor", "benchmark", "dryrun"):
+    if tool == "evaluate" and args[0] != "--help":
+      continue
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"tpu_trainer.cli.{tool}",
+                             *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode in (0, 2), result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "tensorflow" not in imported and "keras" not in imported, (tool, args)
+    assert "jax" not in imported
 
 
 def test_show_config_lists_every_key_with_its_meaning():

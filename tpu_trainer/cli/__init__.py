@@ -63,9 +63,9 @@ def expand_path(path: str) -> str:
 
 def define_config_flags(default: str | None = None) -> None:
   """--config (a configs/*.py file[:arg]; any key overridable as --config.KEY=VALUE)
-  and --show_config, for the tools that take a training config."""
-  import_tensorflow_quietly()
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top  (imports TF)
+  and --show_config, for the tools that take a training config. Nothing here
+  imports TensorFlow: --help, --show_config and flag errors answer at once."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", default, "A configs/*.py file[:arg]; override "
                                   "any key with --config.KEY=VALUE.", lock_config=True)
   flags.DEFINE_bool("show_config", False, "Print every config key of --config with its "
@@ -90,6 +90,7 @@ def config_from_flags(flag_values):
     return None
   with config.unlocked():
     config.data_dir = expand_path(config.data_dir)
+  import_tensorflow_quietly()  # the tool goes on to use it
   return config
 
 
@@ -119,8 +120,8 @@ class _OursOrWarnings(std_logging.Filter):
 def import_tensorflow_quietly() -> None:
   """TensorFlow 2.21's native libraries print start-up notices (oneDNN, CPU
   features) straight to fd 2 while it imports, whatever TF_CPP_MIN_LOG_LEVEL
-  says; -v shows them. Tools that use TensorFlow call this before anything
-  imports it (ml_collections' config_flags does)."""
+  says; -v shows them. Tools that use TensorFlow call this once their flags
+  are parsed, before anything imports it."""
   if VERBOSE or "tensorflow" in sys.modules:
     return
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)

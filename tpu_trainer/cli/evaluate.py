@@ -15,8 +15,6 @@ from absl import logging
 
 from tpu_trainer import cli
 
-cli.import_tensorflow_quietly()
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A tpu-trainer-train workdir.", required=True)
 flags.DEFINE_string("model", "", "A .keras file or SavedModel dir; default WORKDIR/model.keras.")
@@ -27,6 +25,7 @@ flags.DEFINE_integer("batch_size", 0, "Default: the config's batch_size.")
 
 def main(argv):
   del argv
+  cli.import_tensorflow_quietly()
   from tpu_trainer import evaluate  # pylint: disable=g-import-not-at-top
   workdir = cli.expand_path(FLAGS.workdir)
   result = evaluate.evaluate(workdir, model_path=cli.expand_path(FLAGS.model),
