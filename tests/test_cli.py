@@ -177,3 +177,18 @@ def test_a_diverging_run_exits_3_with_one_line_and_exports_nothing(digits_dir, t
   assert "Last good checkpoint:" in last and "Traceback" not in result.stderr
   assert not (workdir / "metrics.json").exists() and not (workdir / "model.keras").exists()
   assert not (workdir / "saved_model").exists()
+
+
+def test_pretrained_weights_offline_are_one_line_and_the_retry_starts(digits_dir, tmp_path):
+  """Offline (a laptop on a plane, a VM without egress): the weights download fails
+  at once with what to do, and leaves nothing that blocks the retry."""
+  offline = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+             "KERAS_HOME": str(tmp_path / "keras_home")}  # no cached weights either
+  common = ["--config=configs/mobilenet_v2.py", f"--config.data_dir={digits_dir}",
+            f"--workdir={tmp_path / 'w'}", "--config.steps=1", "--config.batch_size=32",
+            "--config.precision=float32"]
+  result = run_cli("train", *common, env=offline)
+  _assert_one_line_error(result, "config.weights='imagenet'", "--config.weights=none")
+  assert not (tmp_path / "w" / "config.json").exists()
+  retry = run_cli("train", *common, "--config.weights=none", env=offline)
+  assert retry.returncode == 0, retry.stderr[-3000:]

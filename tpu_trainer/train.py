@@ -142,8 +142,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     if runner.chief:  # one live run per workdir; the other workers share the chief's
       workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
       cleanup.callback(workdir_lock.release)
-      config_lib.save(_resolved(config, plan, dataset, runner, stack),
-                      storage.join(workdir, "config.json"))
+      config_path = storage.join(workdir, "config.json")
+      if not tf.io.gfile.exists(config_path):
+        # A run that fails before its first checkpoint leaves no config.json behind:
+        # nothing then stops a retry with other settings.
+        cleanup.push(lambda failed, *_: failed and _forget_config(workdir, config_path))
+      config_lib.save(_resolved(config, plan, dataset, runner, stack), config_path)
     _log_plan(config, plan, train_examples, runner)
 
     model, optimizer, schedule = build(config, plan, dataset, runner.scope())
@@ -187,6 +191,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                          json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
     runner.finish()
     return result
+
+
+def _forget_config(workdir: str, config_path: str) -> None:
+  if not tf.io.gfile.glob(storage.join(workdir, "checkpoints", "*")):
+    tf.io.gfile.remove(config_path)
 
 
 def build(config, plan: controller.Plan, dataset, scope):

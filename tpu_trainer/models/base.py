@@ -3,6 +3,8 @@ and the keras.applications bases (MobileNetV2, ResNet-50) with their adaptations
 import keras
 from keras import layers
 
+from tpu_trainer.errors import UserError
+
 
 def image_input(input_shape):
   """uint8 images, the dtype the pipeline feeds and the exported model serves."""
@@ -37,8 +39,17 @@ SCRATCH_BN_MOMENTUM = 0.9
 def pretrained_base(application, input_shape, config):
   weights = None if config.weights in ("none", "", None) else config.weights
   height, width, _ = input_shape
-  net = application(input_shape=(max(height, 32), max(width, 32), 3), include_top=False,
-                    weights=weights, pooling="avg")
+  try:
+    net = application(input_shape=(max(height, 32), max(width, 32), 3), include_top=False,
+                      weights=weights, pooling="avg")
+  except Exception as e:  # pylint: disable=broad-except  (Keras raises a bare Exception)
+    if not weights or not (isinstance(e, OSError) or "URL fetch failure" in str(e)):
+      raise
+    reason = str(e).rsplit(" -- ", 1)[-1][:200]
+    raise UserError(f"config.weights={config.weights!r}: {application.__name__}'s weights "
+                    f"could not be downloaded ({reason}). Offline? Train from scratch with "
+                    "--config.weights=none, or first put the file keras.applications "
+                    "downloads into ~/.keras/models/ (or $KERAS_HOME/models/).") from None
   if not weights:
     for layer in net.layers:
       if isinstance(layer, layers.BatchNormalization):
