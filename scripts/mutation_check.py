@@ -83,6 +83,13 @@ MUTANTS = (
            "    _, optimizer_variables = optimizer.stateless_apply(\n"
            "        optimizer_variables, grads, trainable)",
            ("tests/test_jax_backend.py::test_tensorflow_and_jax_end_with_the_same_weights",)),
+    Mutant("the first (compiling) execution counted in the speed", "tpu_trainer/controller.py",
+           "      self._start_interval()\n      return\n", "      self._start_interval()\n",
+           ("tests/test_train.py::test_the_first_execution_is_not_part_of_the_speed",)),
+    Mutant("no step markers in profiles", "tpu_trainer/controller.py",
+           "return self.runner.trace_step(step) if self.active else contextlib.nullcontext()",
+           "return contextlib.nullcontext()",
+           ("tests/test_train.py::test_profile_steps_write_a_profile_of_those_steps",)),
     Mutant("eval counts its padding", "tpu_trainer/data/pipeline.py",
            "weights = tf.pad(tf.ones([n], tf.float32), [[0, pad]])",
            "weights = tf.ones([batch], tf.float32)",

@@ -140,7 +140,7 @@ def test_bucket_checks_against_the_emulator(gcs_bucket, gcs_emulator):
   start = time.perf_counter()
   checks = _by_name(doctor.run_checks(_config("gs://no-such-bucket/x"), "v4-8"))
   assert checks["data reachable"].status == "FAIL"
-  assert time.perf_counter() - start < 10
+  assert time.perf_counter() - start < 60  # no minutes of retries (not a speed test)
 
 
 @pytest.mark.parametrize("location,status", [("europe-west4", "OK"), ("eu", "WARN"),

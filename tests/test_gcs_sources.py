@@ -83,4 +83,4 @@ def test_missing_bucket_and_empty_prefix_fail_fast(gcs_bucket):
     sources.load(f"folder:gs://{gcs_bucket}/empty")
   with pytest.raises(FileNotFoundError, match="does not exist"):
     sources.load(f"npz:gs://{gcs_bucket}/none.npz")
-  assert time.perf_counter() - start < 10
+  assert time.perf_counter() - start < 60  # no minutes of retries
