@@ -6,7 +6,11 @@ setuptools.setup(
     version="0.1.0",
     description="Convert image datasets to sharded TFRecords and train Keras "
                 "classifiers on Cloud TPU, GPUs or CPU.",
-    packages=setuptools.find_packages(include=["tpu_trainer", "tpu_trainer.*"]),
+    packages=setuptools.find_packages(include=["tpu_trainer", "tpu_trainer.*"])
+    + ["tpu_trainer.configs"],
+    # The recipes (configs/ in a checkout) ship inside the package: any install has
+    # them (tpu-trainer-train --config=cnn.py finds configs/cnn.py there).
+    package_dir={"tpu_trainer.configs": "configs"},
     python_requires=">=3.10",
     # TensorFlow itself is an extra: TPU VM images ship their own build, which
     # must not be replaced by a pip install of another one.

@@ -46,3 +46,36 @@ def test_every_console_script_runs_as_installed(tmp_path):
   assert rates["input_examples_per_second"] > 0
   dry = _run("dryrun", f"--output_dir={tmp_path / 'dry'}", "--help", cwd=tmp_path).stdout
   assert "tpu-trainer-dryrun" in dry  # its full run is tests/test_dryrun.py's
+
+
+def test_a_built_wheel_carries_the_recipes(tmp_path):
+  """Not an editable checkout: the wheel alone, installed, finds its recipes (by
+  file name, or the checkout's configs/NAME.py spelling) from any directory."""
+  wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                  "--no-build-isolation", "-w", str(wheels), REPO], check=True, timeout=300)
+  wheel, = wheels.glob("tpu_trainer-*.whl")
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                  str(target), str(wheel)], check=True, timeout=300)
+  # The wheel's package first on the path (the test's own dependencies after it).
+  env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+  def run(*args):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+  out = run("tpu_trainer.cli.train", "--config=configs/mlp.py", "--show_config")
+  assert "model = 'mlp'" in out
+  assert "model = 'conv_bn'" in run("tpu_trainer.cli.train", "--config=conv_bn", "--show_config")
+  dry = run("tpu_trainer.cli.dryrun", f"--output_dir={tmp_path / 'dry'}", "--config.epochs=1")
+  assert json.loads([l for l in dry.splitlines() if l.startswith("{")][-1])["examples"] == 360
+  # And it was the wheel's code that ran, with the wheel's recipes.
+  probe = run("tpu_trainer.cli.train", "--config=cnn.py", "--show_config")
+  assert "model = 'cnn'" in probe
+  where = subprocess.run([sys.executable, "-c", "import tpu_trainer.cli as c; "
+                          "print(c.__file__, c.packaged_recipe('cnn.py'))"], cwd=elsewhere,
+                         env=env, capture_output=True, text=True, timeout=60).stdout
+  assert where.count(str(target)) == 2, where

@@ -61,6 +61,33 @@ def expand_path(path: str) -> str:
       os.path.expanduser(path))
 
 
+def packaged_recipe(name: str) -> str | None:
+  """The path of a recipe shipped in the package (configs/ of the checkout:
+  tpu_trainer.configs), by file name, or None."""
+  import importlib.resources  # pylint: disable=g-import-not-at-top
+  try:
+    recipes = importlib.resources.files("tpu_trainer.configs")
+  except ModuleNotFoundError:
+    return None
+  name = os.path.basename(name)
+  for candidate in (name, name + ".py"):
+    if candidate != "__init__.py" and (recipes / candidate).is_file():
+      return str(recipes / candidate)
+  return None
+
+
+def find_recipes(argv: list[str]) -> list[str]:
+  """--config=NAME[:arg] that is no file here names a shipped recipe (cnn, cnn.py,
+  configs/cnn.py from another directory): the installed package's path."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      path, sep, variant = arg[len("--config="):].partition(":")
+      if path and not os.path.exists(path) and (found := packaged_recipe(path)):
+        out[i] = f"--config={found}{sep}{variant}"
+  return out
+
+
 def define_config_flags(default: str | None = None) -> None:
   """--config (a configs/*.py file[:arg]; any key overridable as --config.KEY=VALUE)
   and --show_config, for the tools that take a training config. Nothing here
@@ -147,6 +174,7 @@ def run(main, record_stop_signals: bool = False) -> None:
     sys.exit(0)
   if "-v" in sys.argv:
     sys.argv[sys.argv.index("-v")] = "--verbosity=1"
+  sys.argv[:] = find_recipes(sys.argv)
 
   def wrapped(argv):
     logging.set_verbosity(logging.INFO)

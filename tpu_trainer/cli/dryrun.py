@@ -22,9 +22,7 @@ from absl import flags
 
 from tpu_trainer import cli
 
-_RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "cnn.py")
-cli.define_config_flags(default=_RECIPE)
+cli.define_config_flags(default=cli.packaged_recipe("cnn.py"))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", os.path.join(tempfile.gettempdir(),
                                                f"tpu_trainer_dryrun-{getpass.getuser()}"),

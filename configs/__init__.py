@@ -1,0 +1,1 @@
+"""The recipes: tpu-trainer-* --config=configs/NAME.py (a checkout) or --config=NAME.py."""
