@@ -29,16 +29,14 @@ class _WriteShard:
                jpeg_quality: int):
     self.spec, self.load_args, self.output_dir = spec, load_args, output_dir
     self.encoding, self.jpeg_quality = encoding, jpeg_quality
-    self.source = self.client = None
+    self.writer = None
 
   def setup(self):
-    self.source = sources.load(self.spec, **self.load_args)
-    self.client = storage.gcs_client() if storage.is_gcs(self.output_dir) else None
+    self.writer = convert.ShardWriter(sources.load(self.spec, **self.load_args),
+                                      self.output_dir, self.encoding, self.jpeg_quality)
 
   def process(self, job):
-    split_name, name, indices = job
-    yield convert.write_shard(self.source, self.output_dir, split_name, name, indices,
-                              self.encoding, self.jpeg_quality, self.client)
+    yield self.writer(job)
 
 
 def build_pipeline(pipeline, jobs, spec: str, load_args: dict, output_dir: str,
@@ -47,7 +45,7 @@ def build_pipeline(pipeline, jobs, spec: str, load_args: dict, output_dir: str,
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   write = type("WriteShard", (_WriteShard, beam.DoFn), {})
   return (pipeline
-          | "Shards" >> beam.Create([(s, n, [int(i) for i in idx]) for s, n, idx in jobs])
+          | "Shards" >> beam.Create(jobs)
           | "Spread" >> beam.Reshuffle()
           | "Write" >> beam.ParDo(write(spec, load_args, output_dir, encoding, jpeg_quality)))
 
@@ -89,11 +87,11 @@ def convert_with_beam(spec: str, output_dir: str, *, runner: str = "DirectRunner
   else:
     written = {name: (size, None) for name, size in storage.list_sizes(output_dir).items()}
   results = list(conversion.done)
-  for split_name, name, indices in conversion.todo:
-    if name in written:
-      size, crc = written[name]
-      crc = crc or storage.file_crc32c(os.path.join(output_dir, name))
-      results.append((split_name, name, len(indices), crc, size))
+  for job in conversion.todo:
+    if job.file in written:
+      size, crc = written[job.file]
+      crc = crc or storage.file_crc32c(os.path.join(output_dir, job.file))
+      results.append(convert.ShardResult(job.split, job.file, len(job.indices), crc, size))
   dataset = convert.publish(conversion, results, client)
   examples = sum(s.num_examples for s in dataset.splits.values())
   logging.info("Wrote %d examples in %d shards to %s in %.1f s with Beam (%s).", examples,

@@ -106,18 +106,35 @@ def _existing(output_dir: str, client) -> dict | None:
                   "dataset as it is).")
 
 
-def write_shard(source: sources_lib.Source, output_dir: str, split_name: str, name: str,
-                indices, encoding: str, jpeg_quality: int, client=None) -> tuple:
-  """Writes one shard to a temp file and publishes it whole; returns (split, file,
-  examples, crc32c, bytes). Uses no TensorFlow: it runs in forked workers and in
-  Beam workers."""
-  final = storage.join(output_dir, name)
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+  """One shard to write: the examples (indices into the split) that go into it."""
+  split: str
+  file: str
+  indices: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+  """One shard as written (and published)."""
+  split: str
+  file: str
+  num_examples: int
+  crc32c: str
+  num_bytes: int
+
+
+def write_shard(source: sources_lib.Source, output_dir: str, job: ShardJob, encoding: str,
+                jpeg_quality: int, client=None) -> ShardResult:
+  """Writes one shard to a temp file and publishes it whole. Uses no TensorFlow:
+  it runs in forked workers and in Beam workers."""
+  final = storage.join(output_dir, job.file)
   tmp = storage.local_temp_path(final)
   try:
     with open(tmp, "wb") as f:
-      for image, label in source.splits[split_name].read(indices):
+      for image, label in source.splits[job.split].read(job.indices):
         if image.shape != tuple(source.image_shape):
-          raise UserError(f"{source.name}/{split_name}: an image of shape {image.shape} "
+          raise UserError(f"{source.name}/{job.split}: an image of shape {image.shape} "
                           f"among images of shape {tuple(source.image_shape)}.")
         f.write(records.frame_record(records.serialize_example(
             image, label, encoding, jpeg_quality)))
@@ -128,7 +145,7 @@ def write_shard(source: sources_lib.Source, output_dir: str, split_name: str, na
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-  return split_name, name, len(indices), crc, nbytes
+  return ShardResult(job.split, job.file, len(job.indices), crc, nbytes)
 
 
 def conversion_key(source: sources_lib.Source, encoding: str, seed: int,
@@ -142,7 +159,7 @@ def conversion_key(source: sources_lib.Source, encoding: str, seed: int,
 
 
 @dataclasses.dataclass
-class Plan:
+class Conversion:
   """What a conversion writes, and what an earlier run already wrote."""
   source: sources_lib.Source
   output_dir: str
@@ -150,16 +167,16 @@ class Plan:
   jpeg_quality: int
   key: dict
   template: str
-  jobs: list      # (split, shard file name, example indices), in shard order
-  done: list      # results of shards kept from an earlier run
-  todo: list      # jobs still to write
+  jobs: list[ShardJob]      # in shard order
+  done: list[ShardResult]   # shards kept from an earlier run
+  todo: list[ShardJob]      # still to write
   previous: dict  # tpu_trainer.json of the dataset already there, {} for none
   present: dict   # {file name: bytes} in output_dir before this run
 
 
 def plan(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
          num_shards: int = 0, shard_bytes: int = 100 << 20, min_shards: int = 16,
-         seed: int = 0, jpeg_quality: int = 95, client=None) -> tuple[Plan, object]:
+         seed: int = 0, jpeg_quality: int = 95, client=None) -> tuple[Conversion, object]:
   """Checks the source and the output, names every shard after the conversion's
   key and finds the ones an earlier run finished. Returns (plan, client)."""
   check_source(source)
@@ -184,7 +201,7 @@ def plan(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
     order = (rng.permutation(split.num_examples) if split.random_access
              else np.arange(split.num_examples))
     names = manifest.shard_names(source.name, split_name, template, counts[split_name])
-    jobs += [(split_name, name, part)
+    jobs += [ShardJob(split_name, name, tuple(int(i) for i in part))
              for name, part in zip(names, np.array_split(order, counts[split_name]))]
 
   present = storage.list_sizes(output_dir, client)
@@ -199,32 +216,34 @@ def plan(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
   for job in jobs:
     # Published whole under this key's name, so complete; unless the metadata of
     # a finished run recorded it otherwise (damaged since): then rewritten.
-    crc = storage.remote_crc32c(storage.join(output_dir, job[1]), client) \
-        if job[1] in present else None
-    was = recorded.get(job[1])
+    crc = (storage.remote_crc32c(storage.join(output_dir, job.file), client)
+           if job.file in present else None)
+    was = recorded.get(job.file)
     if crc is not None and (was is None or (was.get("crc32c"), was.get("num_bytes")) ==
-                            (crc, present[job[1]])):
-      done.append((job[0], job[1], len(job[2]), crc, present[job[1]]))
+                            (crc, present[job.file])):
+      done.append(ShardResult(job.split, job.file, len(job.indices), crc, present[job.file]))
     else:
       todo.append(job)
   if done:
     logging.info("Kept %d shards an earlier run with the same source and settings wrote.",
                  len(done))
-  return Plan(source, output_dir, encoding, jpeg_quality, key, template, jobs, done, todo,
-              previous or {}, present), client
+  return Conversion(source, output_dir, encoding, jpeg_quality, key, template, jobs, done,
+                    todo, previous or {}, present), client
 
 
-def publish(conversion: Plan, results: list, client=None) -> manifest.Dataset:
+def publish(conversion: Conversion, results: list[ShardResult],
+            client=None) -> manifest.Dataset:
   """Writes the metadata of every shard (dataset_info.json last), then deletes the
   shards of earlier conversions here. Returns the dataset as readers see it."""
   source, output_dir = conversion.source, conversion.output_dir
-  order = {job[1]: i for i, job in enumerate(conversion.jobs)}
-  missing = set(order) - {r[1] for r in results}
+  order = {job.file: i for i, job in enumerate(conversion.jobs)}
+  missing = set(order) - {r.file for r in results}
   if missing:
     raise UserError(f"{len(missing)} shard(s) were not written (e.g. {sorted(missing)[0]}); "
                     "run the same command again to finish them.")
-  splits = {name: [{"file": r[1], "num_examples": r[2], "crc32c": r[3], "num_bytes": r[4]}
-                   for r in sorted(results, key=lambda r: order[r[1]]) if r[0] == name]
+  splits = {name: [{"file": r.file, "num_examples": r.num_examples, "crc32c": r.crc32c,
+                    "num_bytes": r.num_bytes}
+                   for r in sorted(results, key=lambda r: order[r.file]) if r.split == name]
             for name in source.splits}
   try:
     manifest.write(output_dir, name=source.name, image_shape=source.image_shape,
@@ -246,16 +265,29 @@ def publish(conversion: Plan, results: list, client=None) -> manifest.Dataset:
   return manifest.read(output_dir, client)
 
 
-# What forked workers inherit instead of receiving it pickled: sources hold
-# closures and memory maps, which pickle badly and copy-on-write well.
-_WORK = {}
+@dataclasses.dataclass
+class ShardWriter:
+  """write_shard for one conversion, as a function of the job alone."""
+  source: sources_lib.Source
+  output_dir: str
+  encoding: str
+  jpeg_quality: int
+  client: object = None
+
+  def __call__(self, job: ShardJob) -> ShardResult:
+    if self.client is None and storage.is_gcs(self.output_dir):
+      self.client = storage.gcs_client()  # one per worker process
+    return write_shard(self.source, self.output_dir, job, self.encoding, self.jpeg_quality,
+                       self.client)
 
 
-def _write_in_worker(job):
-  if storage.is_gcs(_WORK["output_dir"]) and "client" not in _WORK:
-    _WORK["client"] = storage.gcs_client()  # one per worker process
-  return write_shard(_WORK["source"], _WORK["output_dir"], *job, _WORK["encoding"],
-                     _WORK["jpeg_quality"], _WORK.get("client"))
+# The writer forked workers inherit instead of receiving it pickled with every job:
+# sources hold closures and memory maps, which pickle badly and copy-on-write well.
+_FORKED_WRITER: ShardWriter | None = None
+
+
+def _write_in_forked_worker(job: ShardJob) -> ShardResult:
+  return _FORKED_WRITER(job)
 
 
 def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
@@ -271,30 +303,30 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
                             shard_bytes=shard_bytes, min_shards=min_shards, seed=seed,
                             jpeg_quality=jpeg_quality, client=client)
   todo = conversion.todo
-  total = sum(len(j[2]) for j in conversion.jobs)
-  done_before = sum(r[2] for r in conversion.done)
+  total = sum(len(j.indices) for j in conversion.jobs)
+  done_before = sum(r.num_examples for r in conversion.done)
   progress = Progress(total, "examples", initial=done_before)
   results, new_bytes = list(conversion.done), 0
   workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
   # fork only on Linux: macOS frameworks are not fork-safe (Python defaults to spawn there).
   forkable = sys.platform.startswith("linux")
   in_process = workers <= 1 or not forkable or not all(
-      source.splits[s].process_safe for s in {j[0] for j in todo})
-  _WORK.update(source=source, output_dir=output_dir, encoding=conversion.encoding,
-               jpeg_quality=jpeg_quality)
-  if client is not None and in_process:
-    # Never into forked workers: a shared connection pool garbles requests.
-    _WORK["client"] = client
+      source.splits[s].process_safe for s in {j.split for j in todo})
+  # A client only in this process: a connection pool shared by forks garbles requests.
+  writer = ShardWriter(source, output_dir, conversion.encoding, jpeg_quality,
+                       client if in_process else None)
+  global _FORKED_WRITER
   try:
     if in_process:
-      written = map(_write_in_worker, todo)
+      written = map(writer, todo)
     else:
+      _FORKED_WRITER = writer
       pool = multiprocessing.get_context("fork").Pool(workers)
-      written = pool.imap_unordered(_write_in_worker, todo)
+      written = pool.imap_unordered(_write_in_forked_worker, todo)
     for result in written:
       results.append(result)
-      new_bytes += result[4]
-      progress.update(result[2])
+      new_bytes += result.num_bytes
+      progress.update(result.num_examples)
       if progress.line_due() and progress.done < total:
         rate = (progress.done - done_before) / (time.perf_counter() - progress.start)
         progress.log("%d/%d examples (%.0f%%), %d/%d shards, %.0f examples/s, ETA %s",
@@ -302,7 +334,7 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
                      len(conversion.jobs), rate, progress.eta(rate))
   finally:
     progress.close()
-    _WORK.clear()
+    _FORKED_WRITER = None
     if not in_process:
       pool.terminate()
       pool.join()
