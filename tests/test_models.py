@@ -88,3 +88,25 @@ def test_bases_trained_from_scratch_use_a_fast_batch_norm_momentum(name):
   momenta = {l.momentum for l in model._flatten_layers()  # pylint: disable=protected-access
              if isinstance(l, keras.layers.BatchNormalization)}
   assert momenta == {0.9}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_model_saves_loads_and_serves_the_same_answers(name, tmp_path):
+  """keras-hub's per-model harness, the rest of it: a .keras round trip and the
+  exported serving signature give the built model's probabilities."""
+  from tpu_trainer import export  # pylint: disable=g-import-not-at-top
+  config = default_config()
+  config.model = name
+  shape = SHAPES.get(name, (12, 12, 1))
+  model = build_model(config, shape, 5)
+  images = np.random.default_rng(1).integers(0, 256, (3,) + shape, np.uint8)
+  expected = model(images, training=False).numpy()
+  model.save(tmp_path / "m.keras")
+  loaded = keras.models.load_model(tmp_path / "m.keras")
+  np.testing.assert_allclose(loaded(images, training=False).numpy(), expected, atol=1e-5)
+  export.save_serving_model(loaded, list("abcde"), str(tmp_path / "served"))
+  serve = tf.saved_model.load(str(tmp_path / "served")).signatures["serving_default"]
+  out = serve(image=tf.constant(images))
+  np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+  assert [n.decode() for n in out["class_name"].numpy()] == [
+      "abcde"[i] for i in expected.argmax(-1)]
