@@ -71,8 +71,8 @@ def publish_directory(local_dir: str, final: str) -> None:
 def save_serving_model(model: keras.Model, class_names: list[str], path: str) -> None:
   """The serving signature alone, over the model's variables. Saved with
   tf.saved_model.save directly: keras.export.ExportArchive writes the same
-  signature in twice the time (0.25 vs 0.12 s for the seed CNN), most of it
-  walking the model's objects for resources a plain Keras model does not have."""
+  signature more slowly, walking the model's objects for resources a plain Keras
+  model does not have."""
   names = tf.constant(class_names)
   image_spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.uint8, name="image")
 

@@ -19,7 +19,7 @@ def compile_steps(strategy, step_fn, signals=None):
   this host's flags (see Signals.add_host_flags) are added after the steps."""
 
   # No autograph (as Keras's own train step): converting the loop, the step and
-  # everything they call costs the first run of a process 1-2 s of Python.
+  # everything they call costs the first run of every process seconds of Python.
   @tf.function(autograph=False)
   def run(iterator, steps, host_flags=None):
     def step(i):

@@ -1,7 +1,7 @@
 """get_strategy(): TPU when one answers, else several GPUs, one GPU, or the CPU.
 
 The local TPU is probed only where one may be attached (a Google PCI device):
-elsewhere the probe would cost every run 0.2-0.3 s to learn nothing.
+elsewhere the probe would cost every run time to learn nothing.
 
 `cpu_devices=N` splits the CPU into N logical devices first, so a laptop runs the
 same multi-replica code a TPU slice runs. On a machine with a TPU the TPU still
@@ -26,7 +26,7 @@ def _probe_tpu(tpu: str, zone: str = "", project: str = ""):
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return resolver, ""
   except (ValueError, OSError, tf.errors.OpError) as e:
-    # No TPU: "local" raises NotFoundError in ~0.2 s,
+    # No TPU: "local" raises NotFoundError at once,
     # a named TPU that is not there OSError / URLError.
     return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
@@ -36,7 +36,7 @@ GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips; also gVNIC network cards on GCE VMs
 
 def may_have_local_tpu(pci_devices: str = "/sys/bus/pci/devices") -> bool:
   """False only when this Linux machine's PCI bus has no Google device: a laptop
-  or a non-Google VM skips the local TPU probe (0.2-0.3 s). Elsewhere, or when
+  or a non-Google VM skips the local TPU probe. Elsewhere, or when
   the bus cannot be read, the probe decides."""
   if not os.path.isdir(pci_devices):
     return True

@@ -16,7 +16,7 @@ from tpu_trainer.data.manifest import Dataset
 from tpu_trainer.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
-# tf.data converts every function it is given with autograph, 0.5-1 s of Python
+# tf.data converts every function it is given with autograph: seconds of Python
 # the first time in a process; ours have no Python control flow on tensors.
 plain = tf.autograph.experimental.do_not_convert
 
