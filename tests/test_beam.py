@@ -61,7 +61,7 @@ def test_a_failed_pipeline_publishes_nothing_and_a_rerun_completes(tmp_path):
   _folder(str(tmp_path / "src"), per_class=20)
   broken = tmp_path / "src" / "owls" / "7.png"
   good = broken.read_bytes()
-  broken.write_bytes(b"not a png")
+  broken.write_bytes(good[:len(good) // 2])  # its header reads; its pixels do not
   spec, out = f"folder:{tmp_path / 'src'}", str(tmp_path / "out")
   with pytest.raises(Exception, match="7.png"):
     beam_lib.convert_with_beam(spec, out, num_shards=3, encoding="png",

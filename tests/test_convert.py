@@ -202,15 +202,27 @@ def test_bad_arrays_are_refused_before_anything_is_written(tmp_path):
   out = tmp_path / "out"
   cases = [
       (dict(x_train=x, y_train=np.zeros(9, int)), r"x_train and y_train: 10 images but 9 labels"),
-      (dict(x_train=x, y_train=np.array([0, 1] * 4 + [-1, 1])), r"labels span \[-1, 1\]"),
+      (dict(x_train=x, y_train=np.array([0, 1] * 4 + [-1, 1])), r"has label -1"),
       (dict(x_train=x, y_train=np.zeros(10, int)), "1 class"),
       (dict(x_train=x, y_train=np.arange(10) % 2, x_test=x), "has x_test but no y_test"),
+      # Never truncated, never a class per stray number, never a string cast.
+      (dict(x_train=x, y_train=np.array([0, 1] * 4 + [3.7, 1])), "label 3.7 is not a class"),
+      (dict(x_train=x, y_train=np.array([0, 1] * 4 + [255, 1])),
+       r"up to 255, but classes 2, 3, 4, 5, 6, \.\.\. \(253 of 256\) have no example: a "
+       "stray label"),
+      (dict(x_train=x, y_train=np.arange(10) % 3, class_names=np.array(["a", "b"])),
+       r"labels span \[0, 2\] but there are 2 classes"),
+      (dict(x_train=x, y_train=np.array(["cat", "dog"] * 5)), "labels are <U3"),
+      (dict(x_train=x.reshape(10, 16), y_train=np.arange(10) % 2), r"images of shape \(10, 16\)"),
+      (dict(x_train=x.reshape(10, 1, 4, 4, 1), y_train=np.arange(10) % 2), "images of shape"),
   ]
   for arrays, message in cases:
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match=message):
       convert.convert(sources.load(f"npz:{tmp_path / 'bad.npz'}"), str(out), num_shards=1)
     assert not out.exists() or not os.listdir(out)
+  np.savez(tmp_path / "floats.npz", x_train=x, y_train=(np.arange(10) % 2).astype(np.float32))
+  assert sources.load(f"npz:{tmp_path / 'floats.npz'}").class_names == ["0", "1"]
 
 
 def test_npz_source(tmp_path):
@@ -313,8 +325,7 @@ def test_folder_unreadable_image_is_named(tmp_path):
   with pytest.raises(ValueError, match="broken.jpg"):
     convert.convert(sources.load(f"folder:{tmp_path / 'f'}", test_fraction=0), out,
                     num_shards=1)
-  assert not os.path.exists(os.path.join(out, "dataset_info.json"))
-  assert not [f for f in os.listdir(out) if ".tmp-" in f]
+  assert not os.path.exists(out)  # found while reading the headers: nothing written
 
 
 def test_folder_skips_hidden_files_and_refuses_links_that_leave_it(tmp_path):
@@ -365,7 +376,7 @@ def test_bad_sources_are_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     sources.load(f"folder:{tmp_path / 'nope'}")
   (tmp_path / "empty" / "cats").mkdir(parents=True)
-  with pytest.raises(ValueError, match="no images"):
+  with pytest.raises(ValueError, match="Class folder 'cats' .* has no image"):
     sources.load(f"folder:{tmp_path / 'empty'}")
   with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
     sources.load(f"idx:{tmp_path / 'empty'}")
@@ -439,3 +450,46 @@ def test_labels_beyond_the_class_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"labels span \[-?\d, \d\] but there are 2 classes"):
       convert.convert(source, str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_folder_converts_every_image_faithfully(tmp_path, caplog):
+  """Modes decided from all images (a gray first file does not make colour ones
+  gray), every format Pillow reads, 16 bits scaled (not clipped), files that are
+  no image named in the log, never read (a FIFO would block)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "f"
+  for c in ("a", "b", "c"):
+    (root / c).mkdir(parents=True)
+  rng = np.random.default_rng(3)
+  colour = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+  Image.fromarray(colour[..., 0]).save(root / "a" / "0_gray.png")  # sorted first
+  Image.fromarray(colour).save(root / "a" / "1_colour.png")
+  Image.fromarray(colour).save(root / "b" / "x.webp", lossless=True)
+  deep = (rng.integers(0, 65536, (6, 6))).astype(np.uint16)
+  Image.fromarray(deep).save(root / "c" / "deep.tif")
+  (root / "c" / "notes.txt").write_text("not an image")
+  os.mkfifo(root / "c" / "pipe.png")
+  with caplog.at_level("INFO"):
+    source = sources.load(f"folder:{root}", test_fraction=0)
+  assert source.image_shape == (6, 6, 3) and source.class_names == ["a", "b", "c"]
+  assert "written as RGB" in caplog.text and "1 L" in caplog.text
+  assert "c/notes.txt" in caplog.text and "c/pipe.png" in caplog.text
+  examples = sorted(source.splits["train"].read(range(4)), key=lambda e: (e[1], e[0].sum()))
+  np.testing.assert_array_equal(
+      [e for e in examples if e[1] == 1][0][0], colour)  # webp, losslessly
+  wide = [e for e in examples if e[1] == 2][0][0]
+  np.testing.assert_array_equal(wide[..., 0], np.round(deep / 65535 * 255).astype(np.uint8))
+  assert any(np.array_equal(e[0], colour) for e in examples if e[1] == 0)  # still colour
+
+
+def test_flags_and_names_that_cannot_apply_are_refused(tmp_path):
+  np.savez(tmp_path / "a.npz", x_train=np.zeros((4, 4, 4), np.uint8),
+           y_train=np.array([0, 1, 0, 1]))
+  with pytest.raises(ValueError, match="--image_size does not apply to --source=npz"):
+    sources.load(f"npz:{tmp_path / 'a.npz'}", image_size=(8, 8))
+  with pytest.raises(ValueError, match="--image_size does not apply to --source=digits"):
+    sources.load("digits", image_size=(8, 8))
+  _write_folder(str(tmp_path / "f"), per_class=2)
+  os.rename(tmp_path / "f" / "roses", tmp_path / "f" / "ro\nses")
+  with pytest.raises(ValueError, match="control character"):
+    sources.load(f"folder:{tmp_path / 'f'}")

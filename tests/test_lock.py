@@ -48,10 +48,12 @@ def test_another_hosts_lock_blocks_until_its_lease_expires(tmp_path):
 def test_gcs_lock_uses_generation_preconditions(gcs_bucket):
   workdir = f"gs://{gcs_bucket}/run"
   first = lock_lib.WorkdirLock(workdir).acquire()
-  with pytest.raises(ValueError, match="in use by pid"):
-    lock_lib.WorkdirLock(workdir).acquire()  # this very process: alive
   first.renew()
   blob = storage.gcs_client().bucket(gcs_bucket).blob("run/.lock")
+  live = {"host": "tpu-vm-7", "pid": 1, "lease_until": time.time() + 600}
+  blob.upload_from_string(json.dumps(live))
+  with pytest.raises(ValueError, match="in use by pid 1 on tpu-vm-7"):
+    lock_lib.WorkdirLock(workdir).acquire()  # another host's, its lease running
   blob.upload_from_string(json.dumps({"host": "gone", "pid": 1, "lease_until": 0}))
   taker = lock_lib.WorkdirLock(workdir).acquire()  # expired lease: taken over
   assert json.loads(blob.download_as_text())["pid"] == os.getpid()

@@ -49,11 +49,12 @@ class StopSignals:
   signal handler can be swallowed inside a TensorFlow or Keras call."""
 
   def __init__(self):
-    self._previous = {}
-    if signal.getsignal(signal.SIGTERM) is not _record:  # a library caller's run
-      self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-      if not record_stop_signals():
-        self._previous = {}
+    # Installed again even where the tool already did: TensorFlow's runtime can
+    # take SIGTERM over in C (MultiWorkerMirroredStrategy does), unseen by
+    # signal.getsignal, and would swallow it. Made right after the strategy.
+    self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    if not record_stop_signals():
+      self._previous = {}
 
   @property
   def received(self) -> bool:
@@ -75,7 +76,9 @@ class StopSignals:
                          "command again to finish the export.")
 
   def close(self) -> None:
-    for signum, handler in self._previous.items():
+    """Gives a library caller its handlers back (a tool's recording stays)."""
+    ours = {s: h for s, h in self._previous.items() if h is not _record}
+    for signum, handler in ours.items():
       signal.signal(signum, handler)
-    if self._previous:
+    if ours:
       _RECEIVED.clear()

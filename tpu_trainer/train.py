@@ -133,6 +133,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     check_resumable(workdir, {**config.to_dict(), "image_shape": list(dataset.image_shape),
                               "class_names": list(dataset.class_names)})
     runner = backends.runner(config, strategy)
+    sigterm = stopping.StopSignals()  # after the strategy, which may take SIGTERM over
+    cleanup.callback(sigterm.close)
     strategy_lib.check_shared_paths(runner.hosts,
                                     {"config.data_dir": config.data_dir, "workdir": workdir})
     train_examples = dataset.split(config.input.train_split).num_examples
@@ -163,8 +165,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     profiler = controller.Profiler(runner, config.profile_steps,
                                    storage.join(workdir, "train"), runner.chief)
     cleanup.callback(profiler.close)
-    sigterm = stopping.StopSignals()
-    cleanup.callback(sigterm.close)
 
     try:
       step, speed = controller.train(

@@ -66,13 +66,14 @@ def packaged_recipe(name: str) -> str | None:
   tpu_trainer.configs), by file name, or None."""
   import importlib.resources  # pylint: disable=g-import-not-at-top
   try:
-    recipes = importlib.resources.files("tpu_trainer.configs")
-  except ModuleNotFoundError:
-    return None
+    recipes = str(importlib.resources.files("tpu_trainer.configs"))
+  except ModuleNotFoundError:  # run from a checkout's root: configs/ beside the package
+    recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "configs")
   name = os.path.basename(name)
   for candidate in (name, name + ".py"):
-    if candidate != "__init__.py" and (recipes / candidate).is_file():
-      return str(recipes / candidate)
+    if candidate != "__init__.py" and os.path.isfile(os.path.join(recipes, candidate)):
+      return os.path.join(recipes, candidate)
   return None
 
 

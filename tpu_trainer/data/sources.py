@@ -6,6 +6,7 @@ holds the whole dataset in memory. Sources that can only stream in order
 (TFDS) say so with `random_access=False` and are read in contiguous ranges.
 """
 import dataclasses
+import collections
 import concurrent.futures
 import gzip
 import hashlib
@@ -18,6 +19,7 @@ import zipfile
 import zlib
 from typing import Callable, Iterator, Sequence
 
+from absl import logging
 import google_crc32c
 import numpy as np
 
@@ -25,7 +27,8 @@ from tpu_trainer import storage
 from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# What Pillow reads (a file named so that it is not an image is an error, named).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Example = tuple[np.ndarray, int]
 
 
@@ -65,13 +68,31 @@ def file_fingerprint(path: str) -> list:
   return parts
 
 
+def integer_labels(labels: np.ndarray, what: str) -> np.ndarray:
+  """Labels as int64; a float label that is not a whole number (3.7), or a string,
+  is refused rather than truncated."""
+  if labels.dtype.kind in "iub":
+    return labels.astype(np.int64, copy=False)
+  if labels.dtype.kind == "f":
+    bad = labels[labels != np.round(labels)] if len(labels) else labels
+    if not len(bad) and np.all(np.isfinite(labels)):
+      return labels.astype(np.int64)
+    raise UserError(f"{what}: label {bad[0] if len(bad) else 'NaN'} is not a class index; "
+                    "labels must be whole numbers 0..K-1.")
+  raise UserError(f"{what}: labels are {labels.dtype} (e.g. {labels[:1].tolist()}); expected "
+                  "class indices 0..K-1 (map names to numbers first).")
+
+
 def split_from_arrays(images: np.ndarray, labels: np.ndarray, what: str = "arrays") -> Split:
   """A split over in-memory or memory-mapped arrays: images [N,H,W(,C)] uint8, labels [N]."""
   if len(images) != len(labels):
     raise UserError(f"{what}: {len(images)} images but {len(labels)} labels; they must "
                     "pair up one to one.")
-  # Plain views of memory maps: indexing a np.memmap costs 4x more per example.
-  images, labels = np.asarray(images), np.asarray(labels)
+  # Plain views of memory maps: indexing a np.memmap costs more per example.
+  images, labels = np.asarray(images), integer_labels(np.asarray(labels), what)
+  if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+    raise UserError(f"{what}: images of shape {images.shape}; expected [N, H, W] or "
+                    "[N, H, W, C] with C 1 or 3.")
   if images.ndim == 3:
     images = images[..., None]
 
@@ -88,6 +109,7 @@ class Kind:
   spec: str   # e.g. "folder:PATH"
   open: Callable[[str, dict], Source]  # (the part after "KIND:", load()'s options)
   path: bool  # the argument is a local path or gs:// URL (~ and $VARS are expanded)
+  resizes: bool = False  # takes --image_size
 
 
 # --source=KIND[:ARG]. A new source: a function returning a Source, and its entry.
@@ -95,9 +117,10 @@ KINDS = {
     "digits": Kind("digits", lambda arg, o: digits(o["seed"]), path=False),
     "tfds": Kind("tfds:NAME[:VERSION]",
                  lambda arg, o: tfds_source(arg, o["tfds_data_dir"], o["image_size"]),
-                 path=False),
+                 path=False, resizes=True),
     "folder": Kind("folder:PATH", lambda arg, o: folder(arg, o["image_size"],
-                                                        o["test_fraction"]), path=True),
+                                                        o["test_fraction"]),
+                   path=True, resizes=True),
     "idx": Kind("idx:PATH", lambda arg, o: idx(arg), path=True),
     "npz": Kind("npz:FILE", lambda arg, o: npz(arg), path=True),
 }
@@ -124,6 +147,9 @@ def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
          test_fraction: float = 0.1, seed: int = 0) -> Source:
   """Opens a source from its --source spec (SPECS)."""
   kind, arg = _kind(spec)
+  if image_size and not kind.resizes:
+    raise UserError(f"--image_size does not apply to --source={spec}: only "
+                    f"{' and '.join(k.spec for k in KINDS.values() if k.resizes)} resize.")
   return kind.open(arg, {"tfds_data_dir": tfds_data_dir, "image_size": image_size,
                          "test_fraction": test_fraction, "seed": seed})
 
@@ -200,7 +226,8 @@ def _npz_source(path: str, arrays: dict, stamp: list) -> Source:
       splits[split] = split_from_arrays(x, y, f"{path}: x_{split} and y_{split}")
       labels.append(y)
   name = os.path.splitext(os.path.basename(path))[0]
-  return _from_splits(name, splits, labels, fingerprint("npz", stamp))
+  class_names = arrays["class_names"].tolist() if "class_names" in arrays else None
+  return _from_splits(name, splits, labels, fingerprint("npz", stamp), class_names)
 
 
 def _memory_mapped_npz(path: str) -> dict:
@@ -225,13 +252,31 @@ def _memory_mapped_npz(path: str) -> dict:
   return arrays
 
 
-def _from_splits(name, splits, labels, source_fingerprint) -> Source:
-  """Classes 0..max label; names are the numbers."""
+def _from_splits(name, splits, labels, source_fingerprint, class_names=None) -> Source:
+  """Classes: the declared class_names, else 0..K-1 up to the largest label, named by
+  their numbers. Undeclared, most of that range empty is an error (a stray label
+  such as 255 among 0-9 would make 256 classes); a few empty ones are logged."""
   first = next(iter(splits.values()))
   if not first.num_examples:
     raise UserError(f"Source {name!r} has no examples.")
   image, _ = next(first.read([0]))
-  num_classes = int(max(l.max() for l in labels if len(l))) + 1
+  every = np.concatenate([np.asarray(l, np.int64).reshape(-1) for l in labels])
+  if every.min() < 0:
+    raise UserError(f"Source {name!r} has label {every.min()}; labels are class indices "
+                    "0..K-1.")
+  if class_names is not None:
+    return Source(name, [str(c) for c in class_names], image.shape, splits,
+                  source_fingerprint)
+  num_classes = int(every.max()) + 1
+  absent = sorted(set(range(num_classes)) - set(np.unique(every).tolist()))
+  if absent:
+    shown = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
+    what = (f"labels run up to {num_classes - 1}, but classes {shown} ({len(absent)} of "
+            f"{num_classes}) have no example")
+    if 2 * len(absent) > num_classes:
+      raise UserError(f"Source {name!r}: {what}: a stray label? Fix it, or declare the "
+                      "classes (an npz's class_names array).")
+    logging.warning("Source %r: %s.", name, what)
   return Source(name, [str(i) for i in range(num_classes)], image.shape, splits,
                 source_fingerprint)
 
@@ -302,6 +347,10 @@ def _load_image(path: str, image_size, channels: int, data: bytes | None = None)
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(io.BytesIO(data) if data is not None else path) as im:
+      if im.mode.startswith("I"):  # 16- or 32-bit gray: scaled to 8 bits, not clipped
+        wide = np.asarray(im)
+        im = Image.fromarray((wide.astype(np.float64) * 255 / _full_scale(im.mode, wide))
+                             .round().astype(np.uint8))
       im = im.convert("RGB" if channels == 3 else "L")
       if image_size:
         im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
@@ -311,17 +360,30 @@ def _load_image(path: str, image_size, channels: int, data: bytes | None = None)
   return array.reshape(array.shape[:2] + (channels,))
 
 
-def _folder_images(directory: str, class_dir: str):
+def _full_scale(mode: str, pixels: np.ndarray) -> float:
+  """The white of a wide gray image: 65535 for 16-bit modes; for 32-bit "I",
+  16-bit data stored wide when it fits, else its own maximum."""
+  if mode.startswith("I;16") or (mode == "I" and pixels.max(initial=0) <= 65535):
+    return 65535.0
+  return float(max(pixels.max(initial=1), 1))
+
+
+def _folder_images(directory: str, class_dir: str, skipped: list):
   """Image paths under one class directory, sorted. Hidden files and macOS `._*`
-  files are skipped; a symlink is followed only when it stays inside `directory`."""
+  files are passed over; other files that are no image (by extension, or not a
+  regular file: a FIFO would block) are added to `skipped`; a symlink is followed
+  only when it stays inside `directory`."""
   root = os.path.realpath(directory)
   paths = []
   for here, dirs, names in os.walk(class_dir):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     for name in sorted(names):
-      if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+      if name.startswith("."):
         continue
       path = os.path.join(here, name)
+      if not name.lower().endswith(IMAGE_EXTENSIONS) or not os.path.isfile(path):
+        skipped.append(os.path.relpath(path, directory))
+        continue
       real = os.path.realpath(path)
       if real != root and not real.startswith(root + os.sep):
         raise UserError(f"{path} is a symlink to {real}, outside the folder source "
@@ -330,17 +392,30 @@ def _folder_images(directory: str, class_dir: str):
   return paths
 
 
+def _check_class_name(name: str, directory: str) -> None:
+  if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    raise UserError(f"Class folder {name!r} in {directory} has a control character (a "
+                    "newline?): TFDS keeps one class name per line. Rename the folder.")
+
+
 def _local_folder_items(directory: str):
-  """(path relative to directory, size, mtime) of every image, in class subdirectories."""
+  """(path relative to directory, size, mtime) of every image, in class
+  subdirectories, and the files passed over as no image."""
   if not os.path.isdir(directory):
     raise MissingError(f"folder source {directory!r} does not exist.")
-  items = []
+  items, skipped = [], []
   for name in sorted(os.listdir(directory)):
     if os.path.isdir(os.path.join(directory, name)) and not name.startswith("."):
-      for path in _folder_images(directory, os.path.join(directory, name)):
+      _check_class_name(name, directory)
+      images = _folder_images(directory, os.path.join(directory, name), skipped)
+      if not images:
+        raise UserError(f"Class folder {name!r} in {directory} has no image Pillow reads "
+                        f"({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}): add some, "
+                        "or move the folder out.")
+      for path in images:
         st = os.stat(path)
         items.append((os.path.relpath(path, directory), st.st_size, st.st_mtime_ns))
-  return items
+  return items, skipped
 
 
 def _gcs_folder_items(directory: str):
@@ -350,14 +425,18 @@ def _gcs_folder_items(directory: str):
   client, exists = storage.bucket_exists(bucket_name, storage.gcs_client())
   if not exists:
     raise UserError(f"folder source: bucket gs://{bucket_name} does not exist.")
-  items = []
+  items, skipped = [], []
   for blob in client.list_blobs(bucket_name, prefix=prefix):
     rel = blob.name[len(prefix):]
     parts = rel.split("/")
-    if (len(parts) >= 2 and not any(p.startswith(".") for p in parts)
-        and rel.lower().endswith(IMAGE_EXTENSIONS)):
+    if len(parts) < 2 or any(p.startswith(".") for p in parts) or rel.endswith("/"):
+      continue
+    if rel.lower().endswith(IMAGE_EXTENSIONS):
+      _check_class_name(parts[0], directory)
       items.append((rel, blob.size, blob.generation))
-  return sorted(items)
+    else:
+      skipped.append(rel)
+  return sorted(items), skipped
 
 
 _GCS_CLIENTS = {}  # one per process: forked and Beam workers make their own
@@ -379,6 +458,34 @@ def _read_in_parallel(paths, threads: int = 16):
       yield from pool.map(_gcs_read, paths[start:start + 4 * threads])
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
+
+
+def _folder_channels(paths: list[str], remote: bool) -> tuple[int, tuple]:
+  """(1 if every image is grayscale else 3, the first image's (height, width)),
+  from the images' headers, logged with the counts. On gs:// reading every
+  header would download every image: there the first image and 64 others spread
+  over the listing decide (the log says it sampled)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  sample = paths if not remote else paths[:1] + paths[1::max(1, len(paths) // 64)][:64]
+  modes, first_size = collections.Counter(), None
+  for path in sample:
+    try:
+      with Image.open(io.BytesIO(_gcs_read(path)) if remote else path) as im:
+        modes[im.mode] += 1
+        first_size = first_size or (im.height, im.width)
+    except OSError as e:
+      raise UserError(f"Cannot read image {path}: {e}. Remove or replace it.") from None
+  gray = sum(n for mode, n in modes.items() if mode in GRAY_MODES)
+  channels = 1 if gray == sum(modes.values()) else 3
+  logging.info("%d image%s%s: %s; written as %s.", sum(modes.values()),
+               "s" if sum(modes.values()) != 1 else "",
+               " sampled (gs://)" if remote else "",
+               ", ".join(f"{n} {mode}" for mode, n in modes.most_common()),
+               "grayscale" if channels == 1 else "RGB")
+  return channels, first_size
+
+
 def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Source:
   """One subdirectory (or gs:// prefix) of JPEG/PNG images per class (the flowers
   layout), local or in Cloud Storage.
@@ -390,7 +497,11 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
     raise UserError(f"--test_fraction={test_fraction} must be in [0, 1): the train "
                      "split needs images.")
   remote = storage.is_gcs(directory)
-  listing = _gcs_folder_items(directory) if remote else _local_folder_items(directory)
+  listing, skipped = (_gcs_folder_items(directory) if remote
+                      else _local_folder_items(directory))
+  if skipped:
+    logging.warning("Passed over %d file(s) that are no image Pillow reads: %s%s.",
+                    len(skipped), ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
   separator = "/" if remote else os.sep
   classes = sorted({rel.split(separator)[0] for rel, _, _ in listing})
   label_of = {name: i for i, name in enumerate(classes)}
@@ -407,13 +518,9 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
     raise UserError(f"folder source {directory!r} has no images in class subdirectories "
                     f"(expected {directory}/CLASS/*.jpg|png).")
   first_path = (files["train"] or files["test"])[0][0]
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(io.BytesIO(_gcs_read(first_path)) if remote else first_path) as im:
-      channels = 1 if im.mode in ("L", "1", "I;16") else 3
-      size = tuple(image_size) if image_size else (im.height, im.width)
-  except OSError as e:
-    raise UserError(f"Cannot read image {first_path}: {e}. Remove or replace it.") from None
+  channels, first_size = _folder_channels(
+      [path for split in files.values() for path, _ in split], remote)
+  size = tuple(image_size) if image_size else first_size
 
   def split_of(items):
     def read(indices):
