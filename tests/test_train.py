@@ -408,3 +408,41 @@ def test_resume_restores_batch_norm_statistics(digits_dir, tmp_path):
                     if isinstance(layer, keras.layers.BatchNormalization)
                     for w in (layer.moving_mean, layer.moving_variance))
   np.testing.assert_allclose(exported, saved, rtol=1e-6)
+
+
+def test_a_dataset_is_known_by_its_content_not_its_path(tmp_path):
+  """A copy elsewhere (or the same path with a trailing slash) resumes; the same
+  directory converted again with another seed (the splits re-drawn) does not,
+  and is not evaluated as if the model had never seen its test split."""
+  from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
+  data, copy, workdir = tmp_path / "data", tmp_path / "copy", str(tmp_path / "w")
+  convert.convert(sources.digits(), str(data))
+  shutil.copytree(data, copy)
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  train.run(_digits_config(mlp_config, str(data), steps=10), workdir, strategy)
+  assert train.run(_digits_config(mlp_config, str(copy) + "/", steps=20), workdir,
+                   strategy)["step"] == 20
+
+  convert.convert(sources.digits(seed=7), str(copy))  # another train/test draw, same path
+  with pytest.raises(ValueError, match=r"the dataset: .*copy/? as it was then -> .*copy now, "
+                                       r"another content \(converted again"):
+    train.run(_digits_config(mlp_config, str(copy), steps=30), workdir, strategy)
+  with pytest.raises(ValueError, match="converted again since this run trained on it"):
+    evaluate.evaluate(workdir, data_dir=str(copy) + "/")
+  # Another dataset with the run's classes is fine, its report named apart.
+  evaluate.evaluate(workdir, data_dir=str(data))
+  assert (tmp_path / "w" / "eval_test.json").exists()
+
+
+def test_eval_refuses_classes_in_another_order(digits_dir, tmp_path):
+  from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "w")
+  train.run(_digits_config(mlp_config, digits_dir, steps=10), workdir,
+            tf.distribute.OneDeviceStrategy("/cpu:0"))
+  digits = sources.digits()
+  reordered = sources.Source("digits_reordered", list(reversed(digits.class_names)),
+                             digits.image_shape, digits.splits, digits.fingerprint)
+  convert.convert(reordered, str(tmp_path / "r"))
+  with pytest.raises(ValueError, match="in another order classes"):
+    evaluate.evaluate(workdir, data_dir=str(tmp_path / "r"))
+  assert not (tmp_path / "w" / "eval_test.json").exists()

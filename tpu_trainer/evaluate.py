@@ -2,6 +2,7 @@
 import json
 import os
 
+from absl import logging
 import tensorflow as tf
 
 from tpu_trainer import config as config_lib
@@ -14,6 +15,7 @@ from tpu_trainer import versions
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
 from tpu_trainer.errors import MissingError
+from tpu_trainer.errors import UserError
 
 
 class Evaluator:
@@ -60,6 +62,7 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   dataset = manifest.read(data_dir)
   split = split or config.input.eval_split
   manifest.check_shards(dataset, [split])
+  report_name = check_dataset(config, dataset, split)
   predict = export_lib.load_serving_fn(os.fspath(model_path))
   evaluator = Evaluator(tf.distribute.get_strategy(), predict, dataset, split,
                         batch_size or config.batch_size or 256, config.input)
@@ -68,22 +71,47 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   except tf.errors.DataLossError as e:
     raise manifest.explain_data_loss(data_dir, e) from None
   if report:
-    _write_report(workdir, split, result, evaluator.totals.confusion(), predict, dataset)
+    _write_report(workdir, report_name, split, result, evaluator.totals.confusion(), predict,
+                  dataset)
   return result
 
 
-def _write_report(workdir, split, result, confusion, predict, dataset):
-  per_class = {name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum()
-                      else None) for i, name in enumerate(dataset.class_names)}
-  storage.write_text(storage.join(workdir, f"eval_{split}.json"), json.dumps(
-      {**result, "split": split, "per_class_accuracy": per_class,
-       "confusion_matrix": confusion.tolist(), "class_names": dataset.class_names},
-      indent=1) + "\n")
+def check_dataset(config, dataset: manifest.Dataset, split: str) -> str:
+  """Refuses data the run's model cannot be scored on honestly; returns the
+  report's name: eval_SPLIT for the run's own dataset, eval_NAME_SPLIT for another."""
+  trained = list(config.get("class_names") or [])
+  if trained and list(dataset.class_names) != trained:
+    order = "in another order" if sorted(trained) == sorted(dataset.class_names) else "other"
+    raise UserError(f"{dataset.data_dir} has {order} classes ({dataset.class_names[:5]}...) "
+                    f"than the model was trained on ({trained[:5]}...): its class indices "
+                    "would be scored against the wrong names. Evaluate on a dataset with the "
+                    "run's classes, in the run's order.")
+  identity = config.get("dataset_identity")
+  if not identity or identity == dataset.identity:
+    return f"eval_{split}"
+  if dataset.data_dir.rstrip("/") == str(config.data_dir).rstrip("/"):
+    raise UserError(f"{dataset.data_dir} was converted again since this run trained on it "
+                    "(its content differs): its splits may be re-drawn, and the "
+                    f"{split} examples overlap what the model trained on. Convert into "
+                    "another directory, or evaluate a run trained on this one.")
+  logging.info("Evaluating on %s, another dataset than the run's (same classes); the "
+               "report is eval_%s_%s.json.", dataset.data_dir, dataset.name, split)
+  return f"eval_{dataset.name}_{split}"
+
+
+def _write_report(workdir, name, split, result, confusion, predict, dataset):
+  """NAME.json, NAME_confusion.png, NAME_predictions.png and learning_curves.png."""
+  per_class = {c: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum()
+                   else None) for i, c in enumerate(dataset.class_names)}
+  storage.write_text(storage.join(workdir, f"{name}.json"), json.dumps(
+      {**result, "split": split, "data_dir": dataset.data_dir,
+       "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist(),
+       "class_names": dataset.class_names}, indent=1) + "\n")
   plots.confusion_matrix(confusion, dataset.class_names,
-                         storage.join(workdir, f"eval_{split}_confusion.png"))
+                         storage.join(workdir, f"{name}_confusion.png"))
   history = storage.read_text_if_exists(storage.join(workdir, "history.json"))
   if history is not None:
     plots.learning_curves(json.loads(history), storage.join(workdir, "learning_curves.png"))
   images, labels = pipeline.sample(dataset, split, 25)
   plots.predictions(images, labels, tf.cast(predict(images), tf.float32).numpy(),
-                    dataset.class_names, storage.join(workdir, f"eval_{split}_predictions.png"))
+                    dataset.class_names, storage.join(workdir, f"{name}_predictions.png"))

@@ -42,7 +42,7 @@ Diverged = errors.Diverged
 # What decides the model's variables or the data: a workdir's checkpoints only
 # resume under the same values. Anything else (epochs, logging...) may change.
 RESUME_KEYS = ("model", "dropout", "pooling", "weights", "fine_tune_layers", "optimizer",
-               "data_dir", "image_shape", "class_names", "backend")
+               "dataset_identity", "image_shape", "class_names", "backend")
 
 
 def _strict_json(value):
@@ -58,38 +58,28 @@ def _strict_json(value):
 
 def check_resumable(workdir: str, resolved: dict) -> None:
   """Refuses, before anything in the workdir changes, to resume a run whose
-  model or data differ from this one's."""
+  model or data differ from this one's. The data by its identity (content),
+  not its path: a copy elsewhere resumes, a reconversion in place does not."""
   saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
   if saved is None:
     return
   saved = {"backend": "tensorflow", **saved.to_dict()}  # workdirs from before backends
-  changed = [f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in RESUME_KEYS
-             if k in saved and saved.get(k) != resolved.get(k)]
+  keys = list(RESUME_KEYS)
+  if "dataset_identity" not in saved:  # workdirs from before identities: the path
+    keys.append("data_dir")
+    saved["data_dir"] = saved.get("data_dir", "").rstrip("/")
+    resolved = {**resolved, "data_dir": resolved.get("data_dir", "").rstrip("/")}
+  changed = [f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in keys
+             if k in saved and k != "dataset_identity" and saved.get(k) != resolved.get(k)]
+  if saved.get("dataset_identity", resolved.get("dataset_identity")) != resolved.get(
+      "dataset_identity"):
+    changed.append(f"the dataset: {saved.get('data_dir')} as it was then -> "
+                   f"{resolved.get('data_dir')} now, another content (converted again? "
+                   "another seed re-draws the splits)")
   if changed:
     raise UserError(f"workdir={workdir} holds a run with another model or data "
                     f"({'; '.join(changed)}); its checkpoints cannot resume this config. "
                     "Use another --workdir, or delete that one.")
-
-
-# What a run (and tpu-trainer-eval) writes into its workdir, and nothing else.
-WORKDIR_FILES = ("config.json", "history.json", "metrics.json", "model.keras",
-                 "learning_curves.png")
-WORKDIR_DIRS = ("checkpoints", "train", "validation", "saved_model")
-WORKDIR_PATTERN = re.compile(r"eval_[\w.-]+(\.json|_confusion\.png|_predictions\.png)")
-
-
-def clear_workdir(workdir: str) -> None:
-  """Removes what runs wrote into a local workdir (named exactly, links as links,
-  never what they point to); anything else stays. Hold the workdir's lock."""
-  if not os.path.isdir(workdir):
-    return
-  for name in os.listdir(workdir):
-    path = os.path.join(workdir, name)
-    ours = name in WORKDIR_FILES or WORKDIR_PATTERN.fullmatch(name)
-    if name in WORKDIR_DIRS and os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
-    elif (ours or name in WORKDIR_DIRS) and (os.path.islink(path) or os.path.isfile(path)):
-      os.remove(path)
 
 
 def check_workdir(workdir: str) -> None:
@@ -131,7 +121,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     dataset = check_data(config)
     check_workdir(workdir)
     check_resumable(workdir, {**config.to_dict(), "image_shape": list(dataset.image_shape),
-                              "class_names": list(dataset.class_names)})
+                              "class_names": list(dataset.class_names),
+                              "dataset_identity": dataset.identity})
     runner = backends.runner(config, strategy)
     sigterm = stopping.StopSignals()  # after the strategy, which may take SIGTERM over
     cleanup.callback(sigterm.close)
@@ -264,6 +255,7 @@ def _resolved(config, plan: controller.Plan, dataset, runner, stack) -> ml_colle
   resolved.batch_size = plan.batch_size
   resolved.update({"image_shape": list(dataset.image_shape),
                    "class_names": list(dataset.class_names),
+                   "dataset_identity": dataset.identity,
                    "replicas": runner.replicas,
                    "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
                    "peak_learning_rate": plan.peak_lr, "strategy_class": runner.description,

@@ -15,6 +15,7 @@ Reading parses the files' text with TFDS's proto and feature classes, through
 `storage`, so gs:// works the same wherever storage reads it.
 """
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -70,6 +71,19 @@ class Dataset:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def identity(self) -> str:
+    """The dataset by its content, not its path: its classes, image shape and,
+    per split, its shards' names and sizes. Our shard names carry the conversion's
+    key (source fingerprint, seed, encoding): converting again with anything
+    changed (another split seed, say) is another dataset; a copy elsewhere is
+    the same one."""
+    content = {"classes": list(self.class_names), "image_shape": list(self.image_shape),
+               "splits": {name: [[os.path.basename(f), n] for f, n in
+                                 zip(split.files, split.shard_lengths)]
+                          for name, split in sorted(self.splits.items())}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
   def split(self, name: str) -> Split:
     if name not in self.splits:
