@@ -2,11 +2,13 @@
 
   tpu-trainer-train --config=configs/conv_bn.py --config.data_dir=DIR --workdir=W
 """
+from tpu_trainer.config import check_variant
 from tpu_trainer.config import default_config
 from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
+  check_variant(arg, "configs/conv_bn.py")
   config = default_config()
   config.model = "conv_bn"
   config.pooling = "max"

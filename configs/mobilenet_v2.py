@@ -5,11 +5,13 @@
 Pretrained ImageNet weights are downloaded by Keras; --config.weights=none trains
 from scratch. --config.fine_tune_layers=N unfreezes the top N layers of the base.
 """
+from tpu_trainer.config import check_variant
 from tpu_trainer.config import default_config
 from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
+  check_variant(arg, "configs/mobilenet_v2.py")
   config = default_config()
   config.model = "mobilenet_v2"
   config.weights = "imagenet"

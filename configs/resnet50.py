@@ -3,11 +3,13 @@ label smoothing, weight decay.
 
   tpu-trainer-train --config=configs/resnet50.py --config.data_dir=gs://B/imagenet --workdir=gs://B/run
 """
+from tpu_trainer.config import check_variant
 from tpu_trainer.config import default_config
 from tpu_trainer.config import shrink_for_smoke
 
 
 def get_config(arg=None):
+  check_variant(arg, "configs/resnet50.py")
   config = default_config()
   config.model = "resnet50"
   config.weights = "none"

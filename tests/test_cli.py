@@ -192,3 +192,30 @@ def test_pretrained_weights_offline_are_one_line_and_the_retry_starts(digits_dir
   assert not (tmp_path / "w" / "config.json").exists()
   retry = run_cli("train", *common, "--config.weights=none", env=offline)
   assert retry.returncode == 0, retry.stderr[-3000:]
+
+
+def test_plain_bad_input_is_one_error_line_not_a_traceback(digits_dir, tmp_path):
+  from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  config.data_dir = digits_dir
+  config_lib.save(config, str(tmp_path / "run" / "config.json"))
+  (tmp_path / "not_a_model").mkdir()
+  (tmp_path / "bad_config.py").write_text("def get_config(:\n")
+  cases = [
+      (("train", "--config=configs/mlp.py", "--config.data_dir=/etc/hostname",
+        f"--workdir={tmp_path / 'w'}"), "is a file, not a dataset directory"),
+      (("evaluate", f"--workdir={tmp_path / 'run'}", f"--model={tmp_path / 'not_a_model'}"),
+       "neither a .keras file nor a SavedModel directory"),
+      (("evaluate", f"--workdir={tmp_path / 'run'}", "--batch_size=-5"),
+       "--batch_size=-5 must be positive"),
+      (("train", f"--config={tmp_path / 'bad_config.py'}", f"--workdir={tmp_path / 'w'}"),
+       "has a syntax error at line 1"),
+      (("train", "--config=configs/mlp.py:smok", "--show_config"),
+       "configs/mlp.py:smok: this recipe knows :smoke"),
+  ]
+  for args, fragment in cases:
+    _assert_one_line_error(run_cli(*args), fragment)
+  result = run_cli("train", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                   f"--workdir={tmp_path / 'w'}", "--config.strategy=multiworker",
+                   env={"TF_CONFIG": "{bad"})
+  _assert_one_line_error(result, "TF_CONFIG='{bad' is not a cluster description")

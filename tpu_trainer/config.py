@@ -75,6 +75,14 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def check_variant(arg, recipe: str, variants=("smoke",)) -> None:
+  """A recipe's --config=FILE:ARG must be one it knows: an unknown one would
+  silently run the full recipe."""
+  if arg is not None and arg not in variants:
+    raise UserError(f"--config={recipe}:{arg}: this recipe knows "
+                    f"{', '.join(':' + v for v in variants)} (or none).")
+
+
 def shrink_for_smoke(config: ml_collections.ConfigDict, batch_size: int = 32,
                      steps: int = 4, steps_per_execution: int = 2) -> None:
   """The `:smoke` variant of a recipe: a few tiny steps, for tests and dry runs."""

@@ -50,6 +50,8 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   nothing: matplotlib is no part of a run's time.
   """
   versions.check()
+  if batch_size < 0:
+    raise UserError(f"--batch_size={batch_size} must be positive (0: the run's).")
   config = config_lib.load_if_exists(storage.join(workdir, "config.json"))
   if config is None:
     raise MissingError(f"No config.json in workdir={workdir!r}: is it a finished "

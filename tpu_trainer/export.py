@@ -112,7 +112,14 @@ def load_serving_fn(path: str):
       return model(images, training=False)
 
     return predict
+  if not any(tf.io.gfile.exists(f"{path.rstrip('/')}/saved_model.{ext}")
+             for ext in ("pb", "pbtxt")):
+    raise UserError(f"{path} is neither a .keras file nor a SavedModel directory: pass a "
+                    "workdir's model.keras or saved_model/.")
   loaded = tf.saved_model.load(path)
+  if "serving_default" not in loaded.signatures:
+    raise UserError(f"{path} is a SavedModel without a serving_default signature: pass the "
+                    "saved_model/ a training run exported.")
   serve = loaded.signatures["serving_default"]
 
   def predict(images, loaded=loaded):  # `loaded` bound in: it keeps the variables alive

@@ -75,7 +75,12 @@ def get_strategy(kind: str = "auto", tpu: str = "", cpu_devices: int = 0,
     if not os.environ.get("TF_CONFIG"):
       raise UserError("strategy=multiworker needs the TF_CONFIG environment variable "
                       "(cluster and task of this worker).")
-    task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+    try:
+      task = json.loads(os.environ["TF_CONFIG"])["task"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f"TF_CONFIG={os.environ['TF_CONFIG']!r} is not a cluster description "
+                      f"with this worker's task ({type(e).__name__}: {e}): see the README's "
+                      "multi-worker section.") from None
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     logging.info("Strategy: MultiWorkerMirroredStrategy (%s %s, %d replicas in sync).",
                  task.get("type"), task.get("index"), strategy.num_replicas_in_sync)

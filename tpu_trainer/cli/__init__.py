@@ -217,6 +217,10 @@ def run(main, record_stop_signals: bool = False) -> None:
     """absl's parsing, with every bad flag or config key as one error line."""
     try:
       return flags.FLAGS(argv)
+    except SyntaxError as e:  # the --config file itself
+      print(f"error: --config file {e.filename} has a syntax error at line {e.lineno}: "
+            f"{e.msg}; fix it, or pass another (e.g. configs/cnn.py).", file=sys.stderr)
+      sys.exit(2)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
       # ml_collections' messages arrive as a repr inside a repr: unescape them.
       text = str(e).replace("\\n", " ").replace("\\'", "'")
@@ -225,6 +229,15 @@ def run(main, record_stop_signals: bool = False) -> None:
         message = message[1:-1]
       if isinstance(e, AttributeError):  # ml_collections: an override of no such key
         message = f"no such config key {message}"
+      # ml_collections wraps what the config file raised in its traceback's text.
+      wrapped = re.search(r"Error whilst parsing config file: Traceback .* ([\w.]+): (.*)$",
+                          message)
+      if wrapped:
+        kind, what = wrapped.group(1).rsplit(".", 1)[-1], wrapped.group(2)
+        message = what if kind == "UserError" else f"the --config file raised {kind}: {what}"
+        if kind == "UserError":
+          print(f"error: {message}", file=sys.stderr)
+          sys.exit(2)
       print(f"error: {message} (see --help)", file=sys.stderr)
       sys.exit(2)
 

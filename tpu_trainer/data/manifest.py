@@ -249,6 +249,9 @@ def _encoding_of(feature) -> str:
 def read(data_dir: str, client=None) -> Dataset:
   """The dataset in data_dir (local or gs://): ours or any TFDS-prepared one."""
   tfds = _tfds()
+  if not storage.is_gcs(data_dir) and os.path.isfile(data_dir):
+    raise UserError(f"data_dir={data_dir!r} is a file, not a dataset directory: pass the "
+                    "directory tpu-trainer-convert wrote (or TFDS prepared).")
   info_path = storage.join(data_dir, INFO_FILE)
   info_text = storage.read_text_if_exists(info_path, client)
   if info_text is None:
