@@ -3,6 +3,7 @@ initialises, so in-process tests can run real 2-replica strategies."""
 import os
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,6 +30,22 @@ def run_cli(name, *args, timeout=300, env=None):
   cmd = [sys.executable, "-m", f"tpu_trainer.cli.{name}", *args]
   return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+
+def start_cli(name, *args, log):
+  """Starts a console entry point in the background, its stderr into the file `log`."""
+  with open(log, "w") as stderr:
+    return subprocess.Popen([sys.executable, "-m", f"tpu_trainer.cli.{name}", *args], cwd=REPO,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def wait_for(condition, proc, log, timeout=180):
+  """Until condition() holds, while the process `proc` (logging to `log`) lives."""
+  deadline = time.time() + timeout
+  while not condition():
+    assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+    time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,8 @@ import tensorflow as tf
 from configs import cnn as cnn_config
 from conftest import REPO
 from conftest import run_cli
+from conftest import start_cli
+from conftest import wait_for
 from tpu_trainer import train
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
@@ -187,18 +188,13 @@ def test_dry_run_on_jax_trains_exports_and_serves(tmp_path):
 def test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps(digits_dir,
                                                                             tmp_path):
   workdir = tmp_path / "w"
-  cmd = [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/mlp.py",
-         "--config.backend=jax", f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
-         "--config.batch_size=64", "--config.steps=600", "--config.steps_per_execution=10",
-         "--config.log_every_steps=10", "--config.checkpoint_every_steps=50"]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  args = ["--config=configs/mlp.py", "--config.backend=jax", f"--workdir={workdir}",
+          f"--config.data_dir={digits_dir}", "--config.batch_size=64", "--config.steps=600",
+          "--config.steps_per_execution=10", "--config.log_every_steps=10",
+          "--config.checkpoint_every_steps=50"]
   log = tmp_path / "first.log"
-  with open(log, "w") as stderr:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-  deadline = time.time() + 180
-  while not list((workdir / "checkpoints").glob("ckpt-*.npz")):
-    assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-    time.sleep(0.05)
+  proc = start_cli("train", *args, log=log)
+  wait_for(lambda: list((workdir / "checkpoints").glob("ckpt-*.npz")), proc, log)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
   stopped = int(re.search(r"SIGTERM here at step (\d+)/600", log.read_text()).group(1))
@@ -208,7 +204,7 @@ def test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps(dig
   assert int(saved[f"v{names.index('adam/iteration')}"]) == stopped
   assert not (workdir / "metrics.json").exists()
 
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  again = run_cli("train", *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"Resumed from {workdir / 'checkpoints' / f'ckpt-{stopped}.npz'}" in again.stderr
   # One progress line per execution: exactly the steps that were left, from `stopped` on.

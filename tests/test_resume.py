@@ -11,6 +11,9 @@ import zipfile
 import pytest
 
 from conftest import REPO
+from conftest import run_cli
+from conftest import start_cli
+from conftest import wait_for
 
 
 def _train_cmd(data, workdir):
@@ -95,17 +98,11 @@ def test_killed_run_resumes_to_the_same_final_step(digits_dir, tmp_path, sig):
 def test_sigterm_during_export_exits_143_and_the_rerun_finishes_the_export(digits_dir,
                                                                            tmp_path):
   workdir = tmp_path / "w"
-  cmd = [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/mlp.py",
-         f"--workdir={workdir}", f"--config.data_dir={digits_dir}", "--config.steps=20",
-         "--config.batch_size=64", "--config.steps_per_execution=10"]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  args = ["--config=configs/mlp.py", f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
+          "--config.steps=20", "--config.batch_size=64", "--config.steps_per_execution=10"]
   log = tmp_path / "stderr.log"
-  with open(log, "w") as stderr:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-  deadline = time.time() + 120
-  while "Exporting model.keras" not in log.read_text():
-    assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-    time.sleep(0.01)
+  proc = start_cli("train", *args, log=log)
+  wait_for(lambda: "Exporting model.keras" in log.read_text(), proc, log, timeout=120)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=60) == 143, log.read_text()[-3000:]
   assert "preempted: SIGTERM during the export" in log.read_text()
@@ -115,7 +112,7 @@ def test_sigterm_during_export_exits_143_and_the_rerun_finishes_the_export(digit
   if (workdir / "model.keras").exists():
     assert zipfile.is_zipfile(workdir / "model.keras")
 
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  again = run_cli("train", *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "ckpt-20" in again.stderr and "step 20/20" not in again.stderr  # no more training
   assert json.loads((workdir / "metrics.json").read_text())["step"] == 20

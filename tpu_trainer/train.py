@@ -82,6 +82,27 @@ def check_resumable(workdir: str, resolved: dict) -> None:
                     "Use another --workdir, or delete that one.")
 
 
+# What a run (and tpu-trainer-eval) writes into its workdir, and nothing else.
+WORKDIR_FILES = ("config.json", "history.json", "metrics.json", "model.keras",
+                 "learning_curves.png")
+WORKDIR_DIRS = ("checkpoints", "train", "validation", "saved_model")
+WORKDIR_PATTERN = re.compile(r"eval_[\w.-]+(\.json|_confusion\.png|_predictions\.png)")
+
+
+def clear_workdir(workdir: str) -> None:
+  """Removes what runs wrote into a local workdir (named exactly, links as links,
+  never what they point to); anything else stays. Hold the workdir's lock."""
+  if not os.path.isdir(workdir):
+    return
+  for name in os.listdir(workdir):
+    path = os.path.join(workdir, name)
+    ours = name in WORKDIR_FILES or WORKDIR_PATTERN.fullmatch(name)
+    if name in WORKDIR_DIRS and os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif (ours or name in WORKDIR_DIRS) and (os.path.islink(path) or os.path.isfile(path)):
+      os.remove(path)
+
+
 def check_workdir(workdir: str) -> None:
   if not storage.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir={workdir} is a file, not a directory: pass another --workdir.")
