@@ -119,3 +119,21 @@ def test_sigterm_to_one_worker_makes_both_save_the_same_step_and_resume(digits_d
     assert f"Resumed from {latest}" in err
     assert result["step"] == step + 10
   assert again[0][0]["weights_fingerprint"] == again[1][0]["weights_fingerprint"]
+
+
+def test_a_lost_worker_is_one_line_saying_what_to_do(digits_dir, tmp_path):
+  """kill -9 of a worker (a lost VM): the other says so in one line, not a traceback."""
+  workdir = str(tmp_path / "w")
+  procs = _start_workers(digits_dir, [workdir, workdir], 5000, tmp_path,
+                         "--config.log_every_steps=5")
+  deadline = time.time() + 240
+  while not re.search(r"step [1-9]\d*/5000", (tmp_path / "worker0.log").read_text()):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), (
+        (tmp_path / "worker0.log").read_text()[-3000:])
+    time.sleep(0.1)
+  procs[1].kill()
+  (code0, _, err0), _ = _wait(procs, tmp_path, timeout=180)
+  assert code0 == 2 and "Traceback" not in err0, err0[-3000:]
+  errors = [line for line in err0.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "A worker of this job was lost" in errors[0], err0[-2000:]
+  assert "Start every worker again with the same command" in errors[0]

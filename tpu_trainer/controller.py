@@ -258,11 +258,17 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
   while step < plan.total_steps:
     n = min(plan.steps_per_execution, plan.total_steps - step)
     profiler.before(step)
+    first = not speed.first_rate
+    if first:
+      report.progress.log("Compiling the training step (the first execution, %d steps)...", n)
     start = time.perf_counter()
     with profiler.step_marker(step):
       agreed = runner.execute(n, [sigterm.received, report.progress.line_due(), clock.due()])
     step = runner.step()
     speed.executed(n, time.perf_counter() - start)
+    if first:
+      report.progress.log("First execution, compilation included: %.1f s.",
+                          time.perf_counter() - start)
     report.progress.update(n)
     profiler.after(step)
     if agreed.diverged:

@@ -147,9 +147,11 @@ def forward_flops(model, input_shape) -> float:
   from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
   fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
       tf.TensorSpec([1] + list(input_shape), tf.uint8))
+  from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
   options = option_builder.ProfileOptionBuilder.float_operation()
   options["output"] = "none"
-  return float(model_analyzer.profile(fn.graph, options=options).total_float_ops)
+  with deprecation.silence():  # TF's own profiler calls its own deprecated helpers
+    return float(model_analyzer.profile(fn.graph, options=options).total_float_ops)
 
 
 def _jax_step(config, model, optimizer, shape, num_classes: int, per_replica: int):

@@ -72,8 +72,9 @@ def warn_if_too_few_steps(total_steps: int, batch: int, train_examples: int) -> 
   """A warning (also returned) when a run has too few optimizer steps to converge."""
   if total_steps >= TOO_FEW_STEPS:
     return ""
+  advice = ("raise config.epochs" if batch <= MIN_BATCH else
+            "lower config.batch_size (0 picks one for the dataset) or raise config.epochs")
   message = (f"Only {total_steps} optimizer steps (batch {batch} over {train_examples} "
-             "examples): too few to converge for most models. Lower config.batch_size "
-             "(0 picks one for the dataset) or raise config.epochs.")
+             f"examples): too few to converge for most models; {advice}.")
   logging.warning(message)
   return message

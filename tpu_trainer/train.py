@@ -186,6 +186,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+      if runner.processes == 1:
+        raise
+      raise UserError(f"A worker of this job was lost ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200]}). Start every worker again with the "
+                      "same command: they resume from the last checkpoint "
+                      f"({checkpoints.latest() or 'none yet'}).") from None
     report.scalars("validation", final, step)
     report.close()
 

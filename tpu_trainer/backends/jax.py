@@ -219,6 +219,7 @@ class Runner:
     # path exists on one of them); processes on one machine share its disk.
     self.hosts = jax.process_count() if jax.default_backend() == "tpu" else 1
     self.chief = jax.process_index() == 0
+    self.processes = jax.process_count()
     self.platform = jax.default_backend()
     self.description = f"DataParallel over {self.replicas} {self.platform} devices"
     logging.info("JAX backend: %s, %d process(es) [%s].", self.description, self.hosts,

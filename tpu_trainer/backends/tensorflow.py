@@ -93,6 +93,10 @@ class Runner:
     self.replicas = self.strategy.num_replicas_in_sync
     self.hosts = strategy_lib.num_hosts(self.strategy)
     self.chief = is_chief(self.strategy)
+    # Programs in the job (MultiWorkerMirroredStrategy's workers; one client drives a TPU).
+    self.processes = (pipeline.num_input_pipelines(self.strategy)
+                      if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                      else 1)
     self.description = type(self.strategy).__name__
 
   def precision(self, requested: str) -> tuple[str, str]:

@@ -229,6 +229,10 @@ def run(main, record_stop_signals: bool = False) -> None:
         message = message[1:-1]
       if isinstance(e, AttributeError):  # ml_collections: an override of no such key
         message = f"no such config key {message}"
+      if ("Unknown command line flag 'config." in message and "config" in flags.FLAGS
+          and not any(a.startswith("--config=") for a in argv)):
+        message = ("--config.KEY overrides need a --config to override, e.g. "
+                   "--config=configs/cnn.py")
       # ml_collections wraps what the config file raised in its traceback's text.
       wrapped = re.search(r"Error whilst parsing config file: Traceback .* ([\w.]+): (.*)$",
                           message)
