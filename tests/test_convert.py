@@ -493,3 +493,32 @@ def test_flags_and_names_that_cannot_apply_are_refused(tmp_path):
   os.rename(tmp_path / "f" / "roses", tmp_path / "f" / "ro\nses")
   with pytest.raises(ValueError, match="control character"):
     sources.load(f"folder:{tmp_path / 'f'}")
+
+
+def test_metadata_stopped_half_published_is_refused_and_a_rerun_mends_it(tmp_path, monkeypatch):
+  """A conversion into a directory holding another dataset, stopped while replacing
+  the metadata (the disk full at dataset_info.json): the old shards must not be
+  read under the new class names; the same command again finishes."""
+  rng = np.random.default_rng(4)
+  x, y = rng.integers(0, 256, (30, 4, 4), dtype=np.uint8), np.arange(30) % 3
+  out = str(tmp_path / "out")
+  convert.convert(sources.load(f"npz:{_npz(tmp_path / 'a.npz', x, y)}"), out, min_shards=2)
+  other = sources.Source("a", ["x", "y"], (4, 4, 1), {
+      "train": sources.split_from_arrays(x, y % 2)})
+  real_replace = os.replace
+
+  def disk_full_at_the_info_file(src, dst):
+    if dst.endswith("dataset_info.json"):
+      raise OSError(28, "No space left on device", dst)
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", disk_full_at_the_info_file)
+  with pytest.raises(ValueError, match="Cannot write the metadata"):
+    convert.convert(other, out, min_shards=2)
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="a conversion stopped while publishing"):
+    manifest.read(out)
+  with pytest.raises(ValueError, match="a conversion stopped while publishing"):
+    manifest.verify(out)
+  dataset = convert.convert(other, out, min_shards=2)
+  assert dataset.class_names == ["x", "y"] and manifest.verify(out)["examples"] == 30

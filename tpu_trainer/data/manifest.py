@@ -181,9 +181,24 @@ def write(output_dir: str, *, name: str, image_shape, encoding: str, class_names
       json.dump(ours, f, indent=1)
     # dataset_info.json last: until it is replaced, readers see the old dataset whole.
     names = sorted(os.listdir(staging), key=lambda n: n == INFO_FILE)
-    for file_name in names:
-      with open(os.path.join(staging, file_name)) as f:
-        storage.write_text(storage.join(output_dir, file_name), f.read(), client)
+    if storage.is_gcs(output_dir):
+      for file_name in names:
+        with open(os.path.join(staging, file_name)) as f:
+          storage.write_text(storage.join(output_dir, file_name), f.read(), client)
+    else:  # every file written beside its place first (a full disk fails here, before
+      # any old file is replaced), then renamed into place: renames need no space.
+      moves = []
+      try:
+        for file_name in names:
+          tmp = storage.local_temp_path(os.path.join(output_dir, file_name))
+          moves.append((tmp, os.path.join(output_dir, file_name)))
+          shutil.copyfile(os.path.join(staging, file_name), tmp)
+        for tmp, final in moves:
+          os.replace(tmp, final)
+      finally:
+        for tmp, _ in moves:
+          if os.path.exists(tmp):
+            os.remove(tmp)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -285,8 +300,14 @@ def read(data_dir: str, client=None) -> Dataset:
     names = shard_names(info.name, split.name, template, len(split.shard_lengths))
     splits[split.name] = Split(split.name, [storage.join(data_dir, n) for n in names],
                                [int(n) for n in split.shard_lengths], int(split.num_bytes))
+  ours = _read_ours(data_dir, splits, client)
+  recorded = (ours or {}).get("key", {}).get("class_names")
+  if recorded is not None and list(recorded) != list(class_names):
+    raise UserError(f"{data_dir}: its class names ({label_key}.labels.txt) are not those it "
+                    f"was converted with ({OURS_FILE}): a conversion stopped while publishing "
+                    "its metadata. Run the same tpu-trainer-convert command again.")
   return Dataset(data_dir, info.name, image_key, label_key, shape, _encoding_of(image),
-                 class_names, splits, _read_ours(data_dir, splits, client))
+                 class_names, splits, ours)
 
 
 def _class_names(data_dir, label_key, label, client) -> list:
@@ -308,9 +329,12 @@ def _read_ours(data_dir, splits, client):
   ours = json.loads(text)
   files = {os.path.basename(f) for s in splits.values() for f in s.files}
   if not files <= set(ours.get("shards", {})):
-    logging.warning("%s/%s does not describe the shards dataset_info.json names; ignoring it "
-                    "(shard checksums are not checked).", data_dir, OURS_FILE)
-    return None
+    # Ours is written just before dataset_info.json: a conversion stopped between
+    # the two (a full disk, gs:// going away) leaves the new classes beside the old
+    # shards' counts. Reading that would name images with another dataset's classes.
+    raise UserError(f"{data_dir}: its metadata files disagree ({OURS_FILE} describes other "
+                    f"shards than {INFO_FILE}): a conversion stopped while publishing them. "
+                    "Run the same tpu-trainer-convert command again.")
   return ours
 
 
