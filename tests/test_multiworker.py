@@ -137,3 +137,24 @@ def test_a_lost_worker_is_one_line_saying_what_to_do(digits_dir, tmp_path):
   errors = [line for line in err0.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "A worker of this job was lost" in errors[0], err0[-2000:]
   assert "Start every worker again with the same command" in errors[0]
+
+
+def test_workers_started_with_different_settings_are_refused_naming_the_key(digits_dir,
+                                                                            tmp_path):
+  workdir = str(tmp_path / "w")
+  workers = [f"localhost:{p}" for p in _free_ports(2)]
+  procs = []
+  for index, lr in enumerate(("0.002", "0.02")):
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/mlp.py",
+         f"--workdir={workdir}", f"--config.data_dir={digits_dir}",
+         "--config.strategy=multiworker", "--config.steps=20", f"--config.base_lr={lr}"],
+        cwd=REPO, env={**os.environ, "TF_CONFIG": json.dumps(tf_config),
+                       "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for proc in procs:
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 2, err[-3000:]
+    assert "error: The workers of this job disagree on base_lr" in err
+  assert not os.path.exists(os.path.join(workdir, "config.json"))

@@ -13,10 +13,12 @@ import math
 import os
 import re
 import shutil
+import zlib
 
 from absl import logging
 import keras
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
 from tpu_trainer import backends
@@ -103,6 +105,35 @@ def clear_workdir(workdir: str) -> None:
       os.remove(path)
 
 
+def check_workers_agree(runner, config, plan: controller.Plan, dataset) -> None:
+  """Every process of a multi-process job runs the same config on the same data
+  (workers started with another learning rate would train apart, silently);
+  refused before anything is written, naming the keys. data_dir may differ (a
+  copy per host): the dataset's identity may not."""
+  if runner.processes == 1:
+    return
+  values = {**{k: v for k, v in _flat(config.to_dict()).items() if k != "data_dir"},
+            "dataset": dataset.identity, "batch_size (resolved)": plan.batch_size,
+            "precision (resolved)": plan.precision, "total_steps": plan.total_steps}
+  keys = sorted(values)
+  hashes = np.array([zlib.crc32(json.dumps(values[k], sort_keys=True).encode()) for k in keys],
+                    np.int64)
+  differ = [k for k, same in zip(keys, runner.agree(hashes)) if not same]
+  if differ:
+    raise UserError(f"The workers of this job disagree on {', '.join(differ)}: start every "
+                    "worker with the same command and config.")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def check_workdir(workdir: str) -> None:
   if not storage.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir={workdir} is a file, not a directory: pass another --workdir.")
@@ -152,6 +183,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     train_examples = dataset.split(config.input.train_split).num_examples
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision))
+    check_workers_agree(runner, config, plan, dataset)
     workdir_lock = None
     if runner.chief:  # one live run per workdir; the other workers share the chief's
       workdir_lock = lock_lib.WorkdirLock(workdir).acquire()

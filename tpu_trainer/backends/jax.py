@@ -231,6 +231,14 @@ class Runner:
     self._steps_by_batch = jax.sharding.NamedSharding(mesh, spec(None, axis))
     self._replicated = jax.sharding.NamedSharding(mesh, spec())
 
+  def agree(self, values: np.ndarray) -> np.ndarray:
+    """Per value (int64, one per key): whether every process of the job holds the same."""
+    if jax.process_count() == 1:
+      return np.ones(len(values), bool)
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64)))
+    gathered = gathered.reshape(jax.process_count(), -1)
+    return (gathered == gathered[0]).all(axis=0)
+
   def precision(self, requested: str) -> tuple[str, str]:
     if requested != "auto":
       return requested, "as given (config.precision)"

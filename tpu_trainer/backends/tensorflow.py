@@ -99,6 +99,15 @@ class Runner:
                       else 1)
     self.description = type(self.strategy).__name__
 
+  def agree(self, values: np.ndarray) -> np.ndarray:
+    """Per value (int64, one per key): whether every process of the job holds the same."""
+    if self.processes == 1:
+      return np.ones(len(values), bool)
+    per_replica = self.strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant(values, tf.int64))
+    gathered = self.strategy.gather(per_replica, axis=0).numpy().reshape(-1, len(values))
+    return (gathered == gathered[0]).all(axis=0)
+
   def precision(self, requested: str) -> tuple[str, str]:
     resolved = strategy_lib.resolve_precision(requested, self.strategy)
     if requested != "auto":
