@@ -9,7 +9,8 @@ from conftest import REPO
 from tpu_trainer import config as config_lib
 from tpu_trainer.models import BUILDERS
 
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
 
 
 def _load(path):
@@ -29,6 +30,8 @@ def test_recipe_and_its_smoke_variant(path):
     assert set(config.keys()) == set(config_lib.default_config().keys())  # same flat keys
   assert 0 < smoke.steps <= 4 and smoke.batch_size <= 32
   assert smoke.weights == "none"  # smoke runs never download
+  with pytest.raises(ValueError, match="this recipe knows :smoke"):
+    module.get_config("smok")  # never the full recipe, silently
 
 
 def test_every_model_has_a_recipe():
