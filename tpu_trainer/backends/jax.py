@@ -127,10 +127,10 @@ class Checkpoints:
     logging.info("Resumed from %s.", latest)
 
   def save(self, step: int) -> None:
-    values = {f"v{i}": local_value(v.value) for i, v in enumerate(self._variables)}
     if not self._chief:
       wait_for_every_process(f"checkpoint {step}")
       return
+    values = {f"v{i}": local_value(v.value) for i, v in enumerate(self._variables)}
     if not storage.is_gcs(self.directory):
       os.makedirs(self.directory, exist_ok=True)
     final = self._path(step)
