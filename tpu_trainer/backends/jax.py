@@ -13,6 +13,7 @@ TPU environment, or from TF_CONFIG (worker 0's address is the coordinator),
 so one launch recipe serves both backends.
 """
 import contextlib
+import functools
 import io
 import json
 import os
@@ -151,12 +152,10 @@ class Checkpoints:
     pass
 
 
-def execution_fn(model, optimizer, global_batch: int, label_smoothing: float,
-                 num_classes: int):
-  """fn(state, images[steps_max, batch...], labels, steps, host_flags) -> (state,
-  [loss sum, correct, examples], [diverged steps, SIGTERM, line, checkpoint]):
-  `steps` optimizer steps in one call. state: (trainable, non-trainable,
-  optimizer) variable values, as Keras's stateless API takes them."""
+def step_fn(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int):
+  """fn(state, images[batch...], labels) -> (state, [loss sum, correct, examples,
+  diverged]): one optimizer step. state: (trainable, non-trainable, optimizer)
+  variable values, as Keras's stateless API takes them."""
   loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
                                                  reduction=None)
   limit = controller.divergence_limit(num_classes)
@@ -185,6 +184,22 @@ def execution_fn(model, optimizer, global_batch: int, label_smoothing: float,
                       jnp.float32(labels.shape[0]), diverged.astype(jnp.float32)])
     return (trainable, non_trainable, optimizer_variables), sums
 
+  return train_step
+
+
+def agreed_fn(sums, host_flags):
+  """([loss sum, correct, examples], [diverged steps, a host got SIGTERM, wants a
+  line, wants a checkpoint]): host_flags max-reduced over every device."""
+  return sums[:3], jnp.concatenate([sums[3:], jnp.max(host_flags, axis=0)])
+
+
+def execution_fn(model, optimizer, global_batch: int, label_smoothing: float,
+                 num_classes: int):
+  """fn(state, images[steps_max, batch...], labels, steps, host_flags) -> (state,
+  sums, agreed) (see agreed_fn): `steps` optimizer steps in one compiled call,
+  a lax.fori_loop that compiles once whatever the count."""
+  train_step = step_fn(model, optimizer, global_batch, label_smoothing, num_classes)
+
   def execution(state, images, labels, steps, host_flags):
     def body(i, carry):
       state, sums = carry
@@ -192,9 +207,7 @@ def execution_fn(model, optimizer, global_batch: int, label_smoothing: float,
       return state, sums + step_sums
 
     state, sums = jax.lax.fori_loop(0, steps, body, (state, jnp.zeros(4, jnp.float32)))
-    # [diverged steps, a host got SIGTERM, wants a line, wants a checkpoint]
-    agreed = jnp.concatenate([sums[3:], jnp.max(host_flags, axis=0)])
-    return state, sums[:3], agreed
+    return (state,) + agreed_fn(sums, host_flags)
 
   return execution
 
@@ -221,6 +234,7 @@ class Runner:
     self.chief = jax.process_index() == 0
     self.processes = jax.process_count()
     self.platform = jax.default_backend()
+    self._host_loop = self.platform == "cpu"  # see _compile_execution
     self.description = f"DataParallel over {self.replicas} {self.platform} devices"
     logging.info("JAX backend: %s, %d process(es) [%s].", self.description, self.hosts,
                  joined)
@@ -230,6 +244,7 @@ class Runner:
     self._by_batch = jax.sharding.NamedSharding(mesh, spec(axis))
     self._steps_by_batch = jax.sharding.NamedSharding(mesh, spec(None, axis))
     self._replicated = jax.sharding.NamedSharding(mesh, spec())
+    self._identity = jax.jit(lambda tree: tree, out_shardings=self._replicated)
 
   def agree(self, values: np.ndarray) -> np.ndarray:
     """Per value (int64, one per key): whether every process of the job holds the same."""
@@ -274,16 +289,45 @@ class Runner:
     self._execute = self._compile_execution(plan.batch_size, label_smoothing,
                                             dataset.num_classes)
     self._sums = None
+    # The state as the execution returns it (jit outputs carry their mesh in their
+    # type): otherwise the second execution compiles the step all over again.
+    self._assign(self._placed(self._state()))
+
+  def _placed(self, tree):
+    """`tree` put where jit outputs are: replicated over the mesh, typed with it."""
+    return self._identity(tree)
+
+  def _assign(self, state) -> None:
+    for variables, values in zip(self._state_variables, state):
+      for variable, value in zip(variables, values):
+        variable.assign(value)
 
   def _state(self):
     return jax.tree_util.tree_map(lambda v: v.value, self._state_variables)
 
   def _compile_execution(self, global_batch: int, label_smoothing: float, num_classes: int):
-    state_shardings = jax.tree_util.tree_map(lambda v: v.value.sharding,
-                                             self._state_variables)
-    return jax.jit(execution_fn(self.model, self.optimizer, global_batch, label_smoothing,
-                                num_classes), donate_argnums=0,
-                   out_shardings=(state_shardings, self._replicated, self._replicated))
+    """On TPUs and GPUs one compiled call per execution (execution_fn). On a CPU,
+    one compiled step that the host calls `steps` times without waiting: XLA's
+    CPU backend runs a convolution inside a loop about 10x slower than outside
+    one (the seed CNN; README: Speed), and unrolling the steps instead costs a
+    compilation as long as the run."""
+    # DataParallel replicates every variable: the state stays replicated.
+    if not self._host_loop:
+      return jax.jit(execution_fn(self.model, self.optimizer, global_batch, label_smoothing,
+                                  num_classes), donate_argnums=0,
+                     out_shardings=self._replicated)
+    step = jax.jit(step_fn(self.model, self.optimizer, global_batch, label_smoothing,
+                           num_classes), donate_argnums=0, out_shardings=self._replicated)
+    agreed = jax.jit(agreed_fn, out_shardings=self._replicated)
+
+    def execution(state, images, labels, steps, host_flags):
+      sums = self._placed(jnp.zeros(4, jnp.float32))
+      for i in range(int(steps)):
+        state, step_sums = step(state, images[i], labels[i])
+        sums = sums + step_sums
+      return (state,) + agreed(sums, host_flags)
+
+    return execution
 
   def _global(self, sharding, local: np.ndarray):
     return jax.make_array_from_process_local_data(sharding, local)
@@ -311,9 +355,7 @@ class Runner:
     # TensorFlow's distributed iterator prefetches to the devices).
     self._next_input = self._device_input() if self._step < self._total_steps else None
     # The variables hold the new state: checkpoints, evaluation and export read them.
-    for variables, values in zip(self._state_variables, state):
-      for variable, value in zip(variables, values):
-        variable.assign(value)
+    self._assign(state)
     self._sums = sums if self._sums is None else self._sums + sums
     agreed = local_value(agreed)
     return controller.Agreed(diverged=bool(agreed[0]), stop=bool(agreed[1]),
@@ -338,7 +380,7 @@ class Runner:
     model, num_classes = self.model, dataset.num_classes
     loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=self._replicated)
     def eval_step(trainable, non_trainable, sums, images, labels, weights):
       probabilities, _ = model.stateless_call(trainable, non_trainable, images,
                                               training=False)
@@ -351,7 +393,7 @@ class Runner:
     def evaluate() -> dict:
       trainable = [v.value for v in model.trainable_variables]
       non_trainable = [v.value for v in model.non_trainable_variables]
-      sums = jnp.zeros(3, jnp.float32)
+      sums = self._placed(jnp.zeros(3, jnp.float32))
       for _ in range(steps):
         images, labels, weights = (self._global(self._by_batch, x) for x in next(iterator))
         sums = eval_step(trainable, non_trainable, sums, images, labels, weights)
