@@ -61,6 +61,19 @@ def _wait(procs, tmp_path, timeout=300):
           for i, (proc, out) in enumerate(zip(procs, outs))]
 
 
+def _training_workers(digits_dir, workdir, tmp_path, watch: int):
+  """Two workers on a long run, returned once worker `watch` logs a trained step."""
+  procs = _start_workers(digits_dir, [workdir, workdir], 5000, tmp_path,
+                         "--config.log_every_steps=5")
+  log = tmp_path / f"worker{watch}.log"
+  deadline = time.time() + 240
+  while not re.search(r"step [1-9]\d*/5000", log.read_text()):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), (
+        log.read_text()[-3000:])
+    time.sleep(0.1)
+  return procs
+
+
 def _train_together(digits_dir, workdirs, steps, tmp_path):
   results = []
   for code, out, err in _wait(_start_workers(digits_dir, workdirs, steps, tmp_path), tmp_path):
@@ -94,13 +107,7 @@ def test_two_workers_agree_on_weights_and_resume_together(digits_dir, tmp_path):
 
 def test_sigterm_to_one_worker_makes_both_save_the_same_step_and_resume(digits_dir, tmp_path):
   workdir = str(tmp_path / "w")
-  procs = _start_workers(digits_dir, [workdir, workdir], 5000, tmp_path,
-                         "--config.log_every_steps=5")
-  deadline = time.time() + 240
-  while not re.search(r"step [1-9]\d*/5000", (tmp_path / "worker1.log").read_text()):
-    assert time.time() < deadline and all(p.poll() is None for p in procs), (
-        (tmp_path / "worker1.log").read_text()[-3000:])
-    time.sleep(0.1)
+  procs = _training_workers(digits_dir, workdir, tmp_path, watch=1)
   procs[1].send_signal(signal.SIGTERM)  # worker 1, not the chief
   (code0, _, err0), (code1, _, err1) = _wait(procs, tmp_path, timeout=120)
   assert (code0, code1) == (143, 143), err0[-2000:] + err1[-2000:]
@@ -123,14 +130,7 @@ def test_sigterm_to_one_worker_makes_both_save_the_same_step_and_resume(digits_d
 
 def test_a_lost_worker_is_one_line_saying_what_to_do(digits_dir, tmp_path):
   """kill -9 of a worker (a lost VM): the other says so in one line, not a traceback."""
-  workdir = str(tmp_path / "w")
-  procs = _start_workers(digits_dir, [workdir, workdir], 5000, tmp_path,
-                         "--config.log_every_steps=5")
-  deadline = time.time() + 240
-  while not re.search(r"step [1-9]\d*/5000", (tmp_path / "worker0.log").read_text()):
-    assert time.time() < deadline and all(p.poll() is None for p in procs), (
-        (tmp_path / "worker0.log").read_text()[-3000:])
-    time.sleep(0.1)
+  procs = _training_workers(digits_dir, str(tmp_path / "w"), tmp_path, watch=0)
   procs[1].kill()
   (code0, _, err0), _ = _wait(procs, tmp_path, timeout=180)
   assert code0 == 2 and "Traceback" not in err0, err0[-3000:]
