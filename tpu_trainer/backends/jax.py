@@ -322,7 +322,7 @@ class Runner:
 
     def execution(state, images, labels, steps, host_flags):
       sums = self._placed(jnp.zeros(4, jnp.float32))
-      for i in range(int(steps)):
+      for i in range(steps):
         state, step_sums = step(state, images[i], labels[i])
         sums = sums + step_sums
       return (state,) + agreed(sums, host_flags)
@@ -348,7 +348,7 @@ class Runner:
       self._next_input = self._device_input()
     images, labels = self._next_input
     flags = np.tile(np.asarray(host_flags, np.float32), (jax.local_device_count(), 1))
-    state, sums, agreed = self._execute(self._state(), images, labels, jnp.int32(steps),
+    state, sums, agreed = self._execute(self._state(), images, labels, steps,
                                         self._global(self._by_batch, flags))
     self._step += steps
     # The next execution's input goes to the devices while this one runs (as
