@@ -54,12 +54,11 @@ class WorkdirLock:
     """(owner dict, generation) of the current lock, or (None, None)."""
     if self.remote:
       blob = self._blob()
+      from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
       try:
         text = blob.download_as_text()
-      except Exception as e:  # pylint: disable=broad-except
-        if storage.is_not_found(e):
-          return None, None
-        raise
+      except exceptions.NotFound:
+        return None, None
       return json.loads(text), blob.generation
     try:
       with open(self.path) as f:
@@ -75,12 +74,11 @@ class WorkdirLock:
     text = json.dumps(owner)
     if self.remote:
       blob = self._blob()
+      from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
       try:
         blob.upload_from_string(text, if_generation_match=if_generation_match)
-      except Exception as e:  # pylint: disable=broad-except
-        if type(e).__name__ == "PreconditionFailed":
-          return False
-        raise
+      except exceptions.PreconditionFailed:  # someone else's write came first
+        return False
       self.generation = blob.generation
       return True
     if if_generation_match == 0:

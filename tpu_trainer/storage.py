@@ -208,7 +208,10 @@ def list_sizes(directory: str, client=None) -> dict:
 
 def is_not_found(error: Exception) -> bool:
   """A missing file or object, whichever library reported it."""
-  if isinstance(error, FileNotFoundError) or type(error).__name__ == "NotFound":
+  if isinstance(error, FileNotFoundError):
+    return True
+  api_core = sys.modules.get("google.api_core.exceptions")  # loaded by any gs:// call
+  if api_core is not None and isinstance(error, api_core.NotFound):
     return True
   tf = sys.modules.get("tensorflow")  # only TensorFlow's own reads raise its errors
   return tf is not None and isinstance(error, tf.errors.NotFoundError)
