@@ -19,8 +19,8 @@ import tensorflow as tf
 from tpu_trainer import config as config_lib
 from tpu_trainer import scaling
 from tpu_trainer import storage
-from tpu_trainer.errors import UserError
 from tpu_trainer.errors import Diverged
+from tpu_trainer.errors import UserError
 from tpu_trainer.progress import Progress
 
 

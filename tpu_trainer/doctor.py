@@ -3,7 +3,6 @@ batch, model compilation, input rate. Each failing check says what to change."""
 import dataclasses
 import math
 import os
-import re
 import time
 
 import keras
