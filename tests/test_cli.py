@@ -219,3 +219,51 @@ def test_plain_bad_input_is_one_error_line_not_a_traceback(digits_dir, tmp_path)
                    f"--workdir={tmp_path / 'w'}", "--config.strategy=multiworker",
                    env={"TF_CONFIG": "{bad"})
   _assert_one_line_error(result, "TF_CONFIG='{bad' is not a cluster description")
+
+
+def _png_header(width, height):
+  """A PNG that declares its size and holds no pixels: what Pillow reads first."""
+  import struct  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff))
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                              0, 0, 0)) + chunk(b"IEND", b""))
+
+
+def test_damaged_files_are_one_error_line_naming_them(digits_dir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for name in ("a", "b"):
+    (tmp_path / "photos" / name).mkdir(parents=True)
+    for i in range(2):
+      Image.fromarray(np.full((6, 6), 40 * i, np.uint8)).save(tmp_path / "photos" / name / f"{i}.png")
+  # 196 megapixels: decoding it would take gigabytes (a decompression bomb).
+  (tmp_path / "photos" / "b" / "huge.png").write_bytes(_png_header(14000, 14000))
+  result = run_cli("convert", f"--source=folder:{tmp_path / 'photos'}",
+                   f"--output_dir={tmp_path / 'out'}")
+  _assert_one_line_error(result, "huge.png has more pixels than Pillow decodes safely",
+                         "downscale it or remove it")
+  assert not os.path.exists(tmp_path / "out")
+
+  for name, text, fragment in [
+      ("features.json", '{"image": ', "features.json is damaged"),
+      ("features.json", '{"no": "features"}', "features.json does not describe TFDS features"),
+      ("tpu_trainer.json", "[1, 2", "tpu_trainer.json is damaged")]:
+    data = tmp_path / f"damaged_{name}"
+    shutil.copytree(digits_dir, data)
+    (data / name).write_text(text)
+    _assert_one_line_error(run_cli("convert", "--verify", f"--output_dir={data}"), fragment)
+    _assert_one_line_error(run_cli("train", "--config=configs/mlp.py:smoke",
+                                   f"--config.data_dir={data}", f"--workdir={tmp_path / 'w'}"),
+                           fragment)
+    shutil.rmtree(data)
+  # Converting over a dataset whose own record is damaged: which shards are ours is unknown.
+  data = tmp_path / "again"
+  shutil.copytree(digits_dir, data)
+  (data / "tpu_trainer.json").write_text("[1, 2")
+  _assert_one_line_error(run_cli("convert", "--source=digits", f"--output_dir={data}"),
+                         "tpu_trainer.json is damaged", "convert into a new directory")
+  assert sorted(os.listdir(data)) == sorted(os.listdir(digits_dir))

@@ -97,7 +97,9 @@ def _existing(output_dir: str, client) -> dict | None:
     return {}
   ours = storage.read_text_if_exists(storage.join(output_dir, manifest.OURS_FILE), client)
   if ours is not None:
-    return json.loads(ours)
+    # Without it our old shards can't be told from files that are not ours.
+    return manifest.parse_json(ours, storage.join(output_dir, manifest.OURS_FILE),
+                               "convert into a new directory, or empty this one first")
   if '"format_version"' in info_text:  # our own format 1: replaced like any conversion
     return {"shards": {s["file"]: s for split in json.loads(info_text)["splits"].values()
                        for s in split["shards"]}}

@@ -220,6 +220,14 @@ def _parse_info(text: str, path: str):
            if old else "; point data_dir at a TFDS dataset directory.")) from None
 
 
+def parse_json(text: str, path: str, todo: str = "convert the dataset again"):
+  """JSON of one of a dataset's metadata files; damaged, a UserError naming it."""
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise UserError(f"{path} is damaged ({e}): {todo}.") from None
+
+
 def _find_image_and_label(features, supervised_keys, data_dir):
   """The (image key, label key) pair: supervised keys when they name such a pair,
   else the one uint8 image feature and the one ClassLabel."""
@@ -282,8 +290,15 @@ def read(data_dir: str, client=None) -> Dataset:
   if features_text is None:
     raise MissingError(f"No {FEATURES_FILE} in data_dir={data_dir!r}: TFDS writes it "
                        "beside dataset_info.json; prepare the dataset again.")
-  features_json = json.loads(features_text)
-  features = tfds.features.FeatureConnector.from_json(features_json)
+  features_path = storage.join(data_dir, FEATURES_FILE)
+  features_json = parse_json(features_text, features_path)
+  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+  try:
+    features = tfds.features.FeatureConnector.from_json(features_json)
+  except (KeyError, TypeError, ValueError, AttributeError, json_format.ParseError) as e:
+    raise UserError(f"{features_path} does not describe TFDS features "
+                    f"({str(e).splitlines()[0]}): prepare or "
+                    "convert the dataset again.") from None
   supervised = [info.supervised_keys.tuple.items[i].feature_key
                 for i in range(len(info.supervised_keys.tuple.items))]
   image_key, label_key = _find_image_and_label(features, supervised, data_dir)
@@ -326,7 +341,7 @@ def _read_ours(data_dir, splits, client):
                     "checked; shard lengths and sizes from TFDS's metadata are.", data_dir,
                     OURS_FILE)
     return None
-  ours = json.loads(text)
+  ours = parse_json(text, storage.join(data_dir, OURS_FILE))
   files = {os.path.basename(f) for s in splits.values() for f in s.files}
   if not files <= set(ours.get("shards", {})):
     # Ours is written just before dataset_info.json: a conversion stopped between

@@ -5,9 +5,10 @@ before sharding and every worker streams only its own shard's examples: nothing
 holds the whole dataset in memory. Sources that can only stream in order
 (TFDS) say so with `random_access=False` and are read in contiguous ranges.
 """
-import dataclasses
 import collections
 import concurrent.futures
+import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -344,20 +345,33 @@ def idx(directory: str) -> Source:
 
 def _load_image(path: str, image_size, channels: int, data: bytes | None = None) -> np.ndarray:
   """An image file (or its bytes, read from `path` elsewhere) as uint8 HxWxC."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with _open_image(path, data) as im:
+    if im.mode.startswith("I"):  # 16- or 32-bit gray: scaled to 8 bits, not clipped
+      wide = np.asarray(im)
+      im = Image.fromarray((wide.astype(np.float64) * 255 / _full_scale(im.mode, wide))
+                           .round().astype(np.uint8))
+    im = im.convert("RGB" if channels == 3 else "L")
+    if image_size:
+      im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
+    array = np.asarray(im, dtype=np.uint8)
+  return array.reshape(array.shape[:2] + (channels,))
+
+
+@contextlib.contextmanager
+def _open_image(path: str, data: bytes | None = None):
+  """A PIL image of a file (or of its bytes, read from `path` elsewhere); an
+  unreadable file, or one over Pillow's decompression-bomb limit (an image that
+  would take gigabytes once decoded), is a UserError naming it."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(io.BytesIO(data) if data is not None else path) as im:
-      if im.mode.startswith("I"):  # 16- or 32-bit gray: scaled to 8 bits, not clipped
-        wide = np.asarray(im)
-        im = Image.fromarray((wide.astype(np.float64) * 255 / _full_scale(im.mode, wide))
-                             .round().astype(np.uint8))
-      im = im.convert("RGB" if channels == 3 else "L")
-      if image_size:
-        im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
-      array = np.asarray(im, dtype=np.uint8)
+      yield im
+  except Image.DecompressionBombError as e:
+    raise UserError(f"Image {path} has more pixels than Pillow decodes safely "
+                    f"({2 * Image.MAX_IMAGE_PIXELS:,}): downscale it or remove it.") from None
   except (UnidentifiedImageError, OSError) as e:
     raise UserError(f"Cannot read image {path}: {e}. Remove or replace it.") from None
-  return array.reshape(array.shape[:2] + (channels,))
 
 
 def _full_scale(mode: str, pixels: np.ndarray) -> float:
@@ -466,16 +480,12 @@ def _folder_channels(paths: list[str], remote: bool) -> tuple[int, tuple]:
   from the images' headers, logged with the counts. On gs:// reading every
   header would download every image: there the first image and 64 others spread
   over the listing decide (the log says it sampled)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   sample = paths if not remote else paths[:1] + paths[1::max(1, len(paths) // 64)][:64]
   modes, first_size = collections.Counter(), None
   for path in sample:
-    try:
-      with Image.open(io.BytesIO(_gcs_read(path)) if remote else path) as im:
-        modes[im.mode] += 1
-        first_size = first_size or (im.height, im.width)
-    except OSError as e:
-      raise UserError(f"Cannot read image {path}: {e}. Remove or replace it.") from None
+    with _open_image(path, _gcs_read(path) if remote else None) as im:
+      modes[im.mode] += 1
+      first_size = first_size or (im.height, im.width)
   gray = sum(n for mode, n in modes.items() if mode in GRAY_MODES)
   channels = 1 if gray == sum(modes.values()) else 3
   logging.info("%d image%s%s: %s; written as %s.", sum(modes.values()),
