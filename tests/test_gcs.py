@@ -113,3 +113,40 @@ def test_gs_paths_without_credentials_are_one_error_line(tool, args, tmp_path):
   assert "gcloud auth application-default login" in lines[-1]
   assert "Traceback" not in result.stderr
   assert not os.path.exists("/tmp/never-written")
+
+
+def test_storage_going_away_mid_upload_is_one_line_and_leaves_no_temp_files(tmp_path):
+  """The server dies after the first shards landed: uploads retry for a bounded
+  time, saying so, then one error line; no temp shard stays in $TMPDIR."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  with Emulator() as emulator:
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator.url, "TMPDIR": str(scratch)}
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+    try:
+      storage.gcs_client().create_bucket("flaky")
+      bucket = storage.gcs_client().bucket("flaky")
+      log = open(tmp_path / "log", "w")
+      proc = subprocess.Popen([sys.executable, "-m", "tpu_trainer.cli.convert", "--source=digits",
+                               "--output_dir=gs://flaky/d", "--num_shards=400"],
+                              stdout=log, stderr=log, env=env)
+      deadline = time.time() + 120
+      while not list(bucket.list_blobs(max_results=1)):
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "log").read_text()
+        time.sleep(0.05)
+    finally:
+      os.environ.pop("STORAGE_EMULATOR_HOST")
+  start = time.perf_counter()  # the emulator is gone from here
+  proc.wait(timeout=240)
+  waited = time.perf_counter() - start
+  text = (tmp_path / "log").read_text()
+  assert proc.returncode == 2, text[-3000:]
+  assert waited < storage.UPLOAD_DEADLINE_S + 60, waited  # bounded, not TensorFlow's minutes
+  assert "retrying for up to 60 s" in text
+  errors = [l for l in text.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and "Cannot write gs://flaky/d/" in errors[0], text[-3000:]
+  assert "Run the same command again" in errors[0] and "Traceback" not in text
+  assert os.listdir(scratch) == []

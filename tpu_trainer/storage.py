@@ -10,10 +10,10 @@ most of a conversion's time on small datasets).
 import base64
 import os
 import shutil
+import sys
 import uuid
 
-import sys
-
+from absl import logging
 import google_crc32c
 
 from tpu_trainer.errors import UserError
@@ -58,14 +58,48 @@ def file_crc32c(path: str) -> str:
   return base64.b64encode(crc.digest()).decode()
 
 
-def local_temp_path(final_path: str) -> str:
+def local_temp_path(final_path: str, staging: str | None = None) -> str:
   """Where to write before publishing: beside the file locally (so rename is
-  atomic), in the system temp dir for gs://."""
+  atomic); for gs://, in `staging` (a directory the caller removes whatever
+  happens) or the system temp dir."""
   name = f".{os.path.basename(final_path)}.tmp-{uuid.uuid4().hex[:8]}"
   if is_gcs(final_path):
     import tempfile  # pylint: disable=g-import-not-at-top
-    return os.path.join(tempfile.gettempdir(), name)
+    return os.path.join(staging or tempfile.gettempdir(), name)
   return os.path.join(os.path.dirname(final_path) or ".", name)
+
+
+# How long one upload may keep failing (server gone, connection reset) before the
+# tool gives up with one line: bounded, and said while it happens.
+UPLOAD_DEADLINE_S = 60.0
+
+
+def _upload(local_tmp: str, final_path: str, crc: str, client) -> None:
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  from google.api_core import retry as retries  # pylint: disable=g-import-not-at-top
+  import requests  # pylint: disable=g-import-not-at-top
+
+  def say(error):
+    logging.warning("Uploading %s failed (%s: %s); retrying for up to %.0f s.", final_path,
+                    type(error).__name__, (str(error).splitlines() or [""])[0][:200],
+                    UPLOAD_DEADLINE_S)
+
+  bucket_name, name = split_gcs(final_path)
+  blob = (client or gcs_client()).bucket(bucket_name).blob(name)
+  blob.crc32c = crc  # the server rejects an upload whose bytes do not match
+  try:  # the same bytes under the same name: an upload may safely be repeated
+    blob.upload_from_filename(local_tmp, checksum="crc32c", timeout=30, retry=retries.Retry(
+        retries.if_exception_type(exceptions.ServerError, exceptions.TooManyRequests,
+                                  requests.exceptions.ConnectionError,
+                                  requests.exceptions.Timeout,
+                                  requests.exceptions.ChunkedEncodingError, ConnectionError),
+        initial=1.0, maximum=10.0, timeout=UPLOAD_DEADLINE_S, on_error=say))
+  except (exceptions.RetryError, exceptions.ServerError, requests.exceptions.RequestException,
+          exceptions.Forbidden, exceptions.Unauthorized) as e:
+    cause = e.cause if isinstance(e, exceptions.RetryError) and e.cause else e
+    raise UserError(f"Cannot write {final_path}: {type(cause).__name__}: "
+                    f"{(str(cause).splitlines() or [''])[0][:200]}. Run the same command "
+                    "again when storage is back: what was written whole is kept.") from None
 
 
 def publish(local_tmp: str, final_path: str, client=None) -> str:
@@ -77,10 +111,7 @@ def publish(local_tmp: str, final_path: str, client=None) -> str:
   try:
     crc = file_crc32c(local_tmp)
     if is_gcs(final_path):
-      bucket_name, name = split_gcs(final_path)
-      blob = (client or gcs_client()).bucket(bucket_name).blob(name)
-      blob.crc32c = crc  # the server rejects an upload whose bytes do not match
-      blob.upload_from_filename(local_tmp, checksum="crc32c")
+      _upload(local_tmp, final_path, crc, client)
     else:
       os.replace(local_tmp, final_path)
   finally:  # interrupted or not, no temp file stays behind

@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -127,11 +128,11 @@ class ShardResult:
 
 
 def write_shard(source: sources_lib.Source, output_dir: str, job: ShardJob, encoding: str,
-                jpeg_quality: int, client=None) -> ShardResult:
+                jpeg_quality: int, client=None, staging: str | None = None) -> ShardResult:
   """Writes one shard to a temp file and publishes it whole. Uses no TensorFlow:
   it runs in forked workers and in Beam workers."""
   final = storage.join(output_dir, job.file)
-  tmp = storage.local_temp_path(final)
+  tmp = storage.local_temp_path(final, staging)
   try:
     with open(tmp, "wb") as f:
       for image, label in source.splits[job.split].read(job.indices):
@@ -208,10 +209,8 @@ def plan(source: sources_lib.Source, output_dir: str, *, encoding: str = "auto",
 
   present = storage.list_sizes(output_dir, client)
   ours = _our_shard_pattern(source.name)
-  for name in present:  # temp files of killed runs of ours; nobody else's
-    match = re.fullmatch(r"\.(.+)\.tmp-[0-9a-f]{8}", name)
-    if match and ours.fullmatch(match.group(1)) and not storage.is_gcs(output_dir):
-      os.remove(os.path.join(output_dir, name))
+  if not storage.is_gcs(output_dir):  # temp files of killed runs of ours; nobody else's
+    _remove_temp_shards(output_dir, ours.fullmatch)
 
   done, todo = [], []
   recorded = (previous or {}).get("shards", {})
@@ -267,6 +266,17 @@ def publish(conversion: Conversion, results: list[ShardResult],
   return manifest.read(output_dir, client)
 
 
+def _remove_temp_shards(output_dir: str, is_our_shard) -> None:
+  """Deletes the temp files (ours, named exactly) of the shards is_our_shard(name)
+  accepts, in a local dir."""
+  for name in os.listdir(output_dir) if os.path.isdir(output_dir) else ():
+    match = re.fullmatch(r"\.(.+)\.tmp-[0-9a-f]{8}", name)
+    path = os.path.join(output_dir, name)
+    if match and is_our_shard(match.group(1)) and os.path.isfile(path) \
+        and not os.path.islink(path):
+      os.remove(path)
+
+
 @dataclasses.dataclass
 class ShardWriter:
   """write_shard for one conversion, as a function of the job alone."""
@@ -275,12 +285,13 @@ class ShardWriter:
   encoding: str
   jpeg_quality: int
   client: object = None
+  staging: str | None = None  # where gs:// shards are written before their upload
 
   def __call__(self, job: ShardJob) -> ShardResult:
     if self.client is None and storage.is_gcs(self.output_dir):
       self.client = storage.gcs_client()  # one per worker process
     return write_shard(self.source, self.output_dir, job, self.encoding, self.jpeg_quality,
-                       self.client)
+                       self.client, self.staging)
 
 
 # The writer forked workers inherit instead of receiving it pickled with every job:
@@ -314,9 +325,13 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
   forkable = sys.platform.startswith("linux")
   in_process = workers <= 1 or not forkable or not all(
       source.splits[s].process_safe for s in {j.split for j in todo})
+  # Workers stopped early (an error elsewhere, Ctrl-C) leave their temp files: gs://
+  # shards are staged in a directory of this run's own, removed whatever happens.
+  staging = (tempfile.mkdtemp(prefix="tpu_trainer_convert_") if storage.is_gcs(output_dir)
+             else None)
   # A client only in this process: a connection pool shared by forks garbles requests.
   writer = ShardWriter(source, output_dir, conversion.encoding, jpeg_quality,
-                       client if in_process else None)
+                       client if in_process else None, staging)
   global _FORKED_WRITER
   try:
     if in_process:
@@ -340,6 +355,10 @@ def convert(source: sources_lib.Source, output_dir: str, *, encoding: str = "aut
     if not in_process:
       pool.terminate()
       pool.join()
+    if staging:
+      shutil.rmtree(staging, ignore_errors=True)
+    else:
+      _remove_temp_shards(output_dir, {job.file for job in todo}.__contains__)
 
   dataset = publish(conversion, results, client)
   elapsed = time.perf_counter() - progress.start
