@@ -47,3 +47,13 @@ def test_training_onto_a_full_disk(digits_dir, tmp_path):
       f"--config.data_dir={digits_dir}", f"--workdir={tmp_path / 'disk' / 'w'}",
       "--config.steps=20", "--config.steps_per_execution=10")
   _assert_disk_full_line(result, disk / "w")
+
+
+def test_export_onto_a_full_disk(digits_dir, tmp_path):
+  # Room for the checkpoint and model.keras, not for saved_model/ beside them.
+  disk, result = _on_tiny_disk(
+      tmp_path, 220, "tpu_trainer.cli.train", "--config=configs/mlp.py",
+      f"--config.data_dir={digits_dir}", f"--workdir={tmp_path / 'disk' / 'w'}",
+      "--config.steps=20", "--config.steps_per_execution=10")
+  _assert_disk_full_line(result, disk / "w")
+  assert "Exporting model.keras and saved_model/" in result.stderr

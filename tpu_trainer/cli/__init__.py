@@ -8,6 +8,7 @@ import json
 import logging as std_logging
 import os
 import re
+import shutil
 import sys
 
 from tpu_trainer import stopping
@@ -44,6 +45,9 @@ def disk_full_path(error: Exception) -> str | None:
   TensorFlow's ResourceExhaustedError), else None."""
   if isinstance(error, OSError) and error.errno == errno.ENOSPC:
     return error.filename or "(a file)"
+  if isinstance(error, shutil.Error):  # copytree: [(source, destination, why), ...]
+    full = [dst for _, dst, why in error.args[0] if "No space left on device" in str(why)]
+    return full[0] if full else None
   match = re.search(r"(\S+); No space left on device", str(error))
   return match.group(1) if match else None
 
