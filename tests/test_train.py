@@ -434,15 +434,35 @@ def test_a_dataset_is_known_by_its_content_not_its_path(tmp_path):
   assert (tmp_path / "w" / "eval_test.json").exists()
 
 
-def test_eval_refuses_classes_in_another_order(digits_dir, tmp_path):
+def test_eval_matches_classes_by_name_and_refuses_other_classes(digits_dir, tmp_path):
+  """The run's classes in another order (the same digits, labels and names both
+  reversed) score what the run's own data scores; other classes are refused."""
   from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "w")
   train.run(_digits_config(mlp_config, digits_dir, steps=10), workdir,
             tf.distribute.OneDeviceStrategy("/cpu:0"))
+  own = evaluate.evaluate(workdir)
   digits = sources.digits()
+
+  def relabelled(split, relabel):
+    return sources.Split(split.num_examples,
+                         lambda indices: ((im, relabel(l)) for im, l in split.read(indices)),
+                         labels=None if split.labels is None else relabel(split.labels))
+
   reordered = sources.Source("digits_reordered", list(reversed(digits.class_names)),
-                             digits.image_shape, digits.splits, digits.fingerprint)
+                             digits.image_shape,
+                             {k: relabelled(v, lambda l: 9 - l) for k, v in digits.splits.items()},
+                             digits.fingerprint + "reordered")
   convert.convert(reordered, str(tmp_path / "r"))
-  with pytest.raises(ValueError, match="in another order classes"):
-    evaluate.evaluate(workdir, data_dir=str(tmp_path / "r"))
-  assert not (tmp_path / "w" / "eval_test.json").exists()
+  other = evaluate.evaluate(workdir, data_dir=str(tmp_path / "r"))
+  assert other["accuracy"] == pytest.approx(own["accuracy"])
+  assert other["loss"] == pytest.approx(own["loss"], rel=1e-5)
+  report = json.loads((tmp_path / "w" / "eval_digits_reordered_test.json").read_text())
+  assert report["class_names"] == list(reversed(digits.class_names))
+
+  renamed = sources.Source("letters", list("abcdefghij"), digits.image_shape, digits.splits,
+                           digits.fingerprint + "letters")
+  convert.convert(renamed, str(tmp_path / "l"))
+  with pytest.raises(ValueError, match="has other classes .* cannot be scored on them"):
+    evaluate.evaluate(workdir, data_dir=str(tmp_path / "l"))
+  assert not (tmp_path / "w" / "eval_letters_test.json").exists()

@@ -64,8 +64,10 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   dataset = manifest.read(data_dir)
   split = split or config.input.eval_split
   manifest.check_shards(dataset, [split])
-  report_name = check_dataset(config, dataset, split)
+  report_name, order = check_dataset(config, dataset, split)
   predict = export_lib.load_serving_fn(os.fspath(model_path))
+  if order is not None:  # the model's probabilities, column by column in the data's order
+    predict = _in_class_order(predict, order)
   evaluator = Evaluator(tf.distribute.get_strategy(), predict, dataset, split,
                         batch_size or config.batch_size or 256, config.input)
   try:
@@ -78,19 +80,24 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   return result
 
 
-def check_dataset(config, dataset: manifest.Dataset, split: str) -> str:
-  """Refuses data the run's model cannot be scored on honestly; returns the
-  report's name: eval_SPLIT for the run's own dataset, eval_NAME_SPLIT for another."""
+def check_dataset(config, dataset: manifest.Dataset, split: str) -> tuple[str, list | None]:
+  """Refuses data the run's model cannot be scored on honestly. Returns the
+  report's name (eval_SPLIT for the run's own dataset, eval_NAME_SPLIT for
+  another) and, for a dataset with the run's classes in another order, the
+  model's index of each of its classes (matched by name), else None."""
   trained = list(config.get("class_names") or [])
+  order = None
   if trained and list(dataset.class_names) != trained:
-    order = "in another order" if sorted(trained) == sorted(dataset.class_names) else "other"
-    raise UserError(f"{dataset.data_dir} has {order} classes ({dataset.class_names[:5]}...) "
-                    f"than the model was trained on ({trained[:5]}...): its class indices "
-                    "would be scored against the wrong names. Evaluate on a dataset with the "
-                    "run's classes, in the run's order.")
+    if sorted(trained) != sorted(dataset.class_names) or len(set(trained)) != len(trained):
+      raise UserError(f"{dataset.data_dir} has other classes ({dataset.class_names[:5]}...) "
+                      f"than the model was trained on ({trained[:5]}...): it cannot be "
+                      "scored on them. Evaluate on a dataset with the run's classes.")
+    order = [trained.index(name) for name in dataset.class_names]
+    logging.info("%s has the run's classes in another order: matched by name (the "
+                 "model's class %d is the data's class 0, ...).", dataset.data_dir, order[0])
   identity = config.get("dataset_identity")
   if not identity or identity == dataset.identity:
-    return f"eval_{split}"
+    return f"eval_{split}", order
   if dataset.data_dir.rstrip("/") == str(config.data_dir).rstrip("/"):
     raise UserError(f"{dataset.data_dir} was converted again since this run trained on it "
                     "(its content differs): its splits may be re-drawn, and the "
@@ -98,7 +105,13 @@ def check_dataset(config, dataset: manifest.Dataset, split: str) -> str:
                     "another directory, or evaluate a run trained on this one.")
   logging.info("Evaluating on %s, another dataset than the run's (same classes); the "
                "report is eval_%s_%s.json.", dataset.data_dir, dataset.name, split)
-  return f"eval_{dataset.name}_{split}"
+  return f"eval_{dataset.name}_{split}", order
+
+
+def _in_class_order(predict, order: list[int]):
+  def reordered(images):
+    return tf.gather(predict(images), order, axis=-1)
+  return reordered
 
 
 def _write_report(workdir, name, split, result, confusion, predict, dataset):
