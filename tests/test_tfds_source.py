@@ -33,3 +33,23 @@ def test_tfds_version_and_resize(tmp_path):
 def test_unknown_tfds_name_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="Unknown TFDS dataset 'no_such_dataset_xyz'"):
     sources.load("tfds:no_such_dataset_xyz", tfds_data_dir=str(tmp_path))
+
+
+def test_offline_download_fails_in_seconds_in_one_line(tmp_path):
+  """A TFDS dataset not prepared yet, no network (a proxy that refuses every
+  connection stands for one): one error line saying where to put the prepared
+  data, in seconds, not TFDS's minutes of retries."""
+  import time  # pylint: disable=g-import-not-at-top
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  closed = "http://127.0.0.1:9"  # the discard port: nothing listens
+  start = time.perf_counter()
+  result = run_cli("convert", "--source=tfds:fashion_mnist", f"--output_dir={tmp_path / 'out'}",
+                   f"--tfds_data_dir={tmp_path / 'tfds'}",
+                   env={"http_proxy": closed, "https_proxy": closed, "HTTP_PROXY": closed,
+                        "HTTPS_PROXY": closed, "NO_GCE_CHECK": "True"})
+  assert time.perf_counter() - start < 90
+  assert result.returncode == 2, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Cannot download TFDS dataset 'fashion_mnist'"), last
+  assert "--tfds_data_dir=DIR" in last and "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()

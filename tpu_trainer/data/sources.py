@@ -552,6 +552,31 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
                             image_size, stats))
 
 
+# TFDS retries each download 10 times with backoff (3.5 minutes offline before the
+# error); a few tries tell a network that is there from one that is not.
+_TFDS_DOWNLOAD_TRIES = 3
+
+
+def _download_and_prepare(builder, name: str) -> None:
+  """builder.download_and_prepare(), failing in seconds, in one line, offline."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  import requests  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+  retries, downloader.MAX_RETRIES = downloader.MAX_RETRIES, _TFDS_DOWNLOAD_TRIES
+  # urllib3's line per retry, from TFDS's download threads: TFDS's progress bar and
+  # our error say it (and the threads may still be retrying after the error line).
+  std_logging.getLogger("urllib3.connectionpool").setLevel(std_logging.ERROR)
+  try:
+    builder.download_and_prepare()
+  except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+    raise UserError(
+        f"Cannot download TFDS dataset {name!r} ({type(e).__name__}; offline?): prepare "
+        f"it where there is a network (`tfds build {name} --data_dir=DIR`), copy DIR here "
+        f"and pass --tfds_data_dir=DIR (it is not yet in {builder.data_dir}).") from None
+  finally:
+    downloader.MAX_RETRIES = retries
+
+
 def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
   """A TensorFlow Datasets dataset, NAME or NAME:VERSION, with 'image' and 'label'.
 
@@ -564,7 +589,7 @@ def tfds_source(arg: str, data_dir: str = "", image_size=None) -> Source:
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f"Unknown TFDS dataset {name!r}; see "
                     "https://www.tensorflow.org/datasets/catalog for names.") from None
-  builder.download_and_prepare()
+  _download_and_prepare(builder, name)
   features = builder.info.features
   if "image" not in features or "label" not in features:
     raise UserError(f"TFDS dataset {name!r} has no 'image' and 'label' features.")
