@@ -48,6 +48,7 @@ def test_beam_writes_what_the_local_converter_writes(tmp_path):
   result = run_cli("convert", f"--source={spec}", f"--output_dir={tmp_path / 'beam'}",
                    "--encoding=png", "--num_shards=4", "--runner=DirectRunner", *TWO_WORKERS)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "Worker: " not in result.stderr  # Beam's relayed worker notes: not our lines
   result = run_cli("convert", "--verify", f"--output_dir={tmp_path / 'beam'}")
   assert result.returncode == 0 and "OK: 8 shards, 120 examples" in result.stdout
   assert _examples(str(tmp_path / "beam")) == sorted(pixels.items())  # each once, right label

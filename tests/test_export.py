@@ -107,4 +107,4 @@ def test_sigterm_at_any_step_of_the_export_stops_there_and_the_rerun_finishes(
   assert metrics["step"] == 10 and (workdir / "metrics.json").exists()
   assert zipfile.is_zipfile(workdir / "model.keras")
   served = tf.saved_model.load(str(workdir / "saved_model")).signatures["serving_default"]
-  assert served(image=tf.zeros([1, 8, 8, 1], tf.uint8))["probabilities"].shape == (1, 10)
+  assert served(image=tf.zeros([1, 8, 8, 1], tf.float32))["probabilities"].shape == (1, 10)

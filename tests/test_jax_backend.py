@@ -178,7 +178,7 @@ def test_dry_run_on_jax_trains_exports_and_serves(tmp_path):
   expected = keras.models.load_model(str(workdir / "model.keras")).predict(images, verbose=0)
   serve = tf.saved_model.load(str(workdir / "saved_model")).signatures["serving_default"]
   assert list(serve.structured_input_signature[1]) == ["image"]
-  out = serve(image=tf.constant(images))
+  out = serve(image=tf.constant(images, tf.float32))
   np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
   assert out["class_id"].numpy().tolist() == expected.argmax(-1).tolist()
   assert [n.decode() for n in out["class_name"].numpy()] == [

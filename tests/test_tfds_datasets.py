@@ -42,7 +42,7 @@ def test_train_and_evaluate_on_a_tfds_prepared_dataset(tmp_path_factory, tmp_pat
   again = evaluate.evaluate(workdir, model_path=os.path.join(workdir, "saved_model"))
   assert again["accuracy"] == pytest.approx(metrics["accuracy"], abs=1 / 60)
   served = tf.saved_model.load(os.path.join(workdir, "saved_model"))
-  out = served.signatures["serving_default"](image=tf.zeros([1, 16, 16, 3], tf.uint8))
+  out = served.signatures["serving_default"](image=tf.zeros([1, 16, 16, 3], tf.float32))
   assert out["class_name"].numpy()[0].decode() in ("a", "b", "c")
 
 

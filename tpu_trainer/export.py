@@ -1,6 +1,9 @@
 """A trained model, exported: model.keras, and a SavedModel whose serving signature
-takes `image` (uint8, as the data pipeline feeds it) and returns named outputs:
-`probabilities`, `class_id` and `class_name` (from the dataset's class names).
+takes `image` (float32 pixels, 0-255 or 0-1: models.base.image_input's rule) and
+returns named outputs: `probabilities`, `class_id` and `class_name` (from the
+dataset's class names). A float signature, not uint8: clients that cast to the
+signature's dtype (saved_model_cli, TF Serving's JSON) would turn 0-1 floats into
+a black uint8 image without a word.
 
 Both are written under temp names and published whole: model.keras by rename
 (or one upload on gs://), saved_model/ by renaming its directory (on gs://,
@@ -74,7 +77,7 @@ def save_serving_model(model: keras.Model, class_names: list[str], path: str) ->
   signature more slowly, walking the model's objects for resources a plain Keras
   model does not have."""
   names = tf.constant(class_names)
-  image_spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.uint8, name="image")
+  image_spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32, name="image")
 
   @tf.function(input_signature=[image_spec], autograph=False)
   def serve(image):
@@ -91,25 +94,14 @@ def save_serving_model(model: keras.Model, class_names: list[str], path: str) ->
   tf.saved_model.save(module, path, signatures={"serving_default": serve})
 
 
-def check_images(images) -> None:
-  """The exported model takes uint8 images, 0-255, as the pipeline feeds them. A
-  float image (0-1, say) would be scored as a near-black one: refused, saying how
-  to convert it."""
-  dtype = tf.as_dtype(images.dtype)
-  if dtype != tf.uint8:
-    raise UserError(f"The model takes uint8 images (0-255); got {dtype.name}. Convert "
-                    "first: images in [0, 1] with np.round(x * 255).astype(np.uint8), "
-                    "images in [0, 255] with x.astype(np.uint8).")
-
-
 def load_serving_fn(path: str):
-  """A .keras file or an exported SavedModel -> fn(uint8 images) -> probabilities."""
+  """A .keras file or an exported SavedModel -> fn(images) -> probabilities, for
+images of any numeric dtype (uint8 as the pipeline feeds them)."""
   if path.endswith(".keras"):
     model = keras.models.load_model(path)
 
     def predict(images):
-      check_images(images)
-      return model(images, training=False)
+      return model(tf.cast(images, tf.float32), training=False)
 
     return predict
   if not any(tf.io.gfile.exists(f"{path.rstrip('/')}/saved_model.{ext}")
@@ -124,7 +116,6 @@ def load_serving_fn(path: str):
 
   def predict(images, loaded=loaded):  # `loaded` bound in: it keeps the variables alive
     del loaded
-    check_images(images)
-    return serve(image=images)["probabilities"]
+    return serve(image=tf.cast(images, tf.float32))["probabilities"]
 
   return predict

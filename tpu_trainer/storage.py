@@ -161,7 +161,7 @@ def read_text(path: str, client=None) -> str:
       return (client or gcs_client()).bucket(bucket_name).blob(name).download_as_text(
           timeout=20, retry=DEFAULT_RETRY.with_deadline(30))
     except Exception as e:  # pylint: disable=broad-except
-      if is_not_found(e):
+      if is_not_found(e) or isinstance(e, UserError):  # no credentials: said already
         raise
       raise access_error(path, e) from None
   with open(path) as f:
@@ -181,9 +181,9 @@ def read_text_if_exists(path: str, client=None) -> str | None:
 def bucket_exists(bucket_name: str, client=None) -> tuple[object, bool]:
   """(the client, whether the bucket exists), asked once with a short timeout: an
   unreachable bucket (credentials, network) is an error in seconds, not minutes of
-  retries. Without a client, one is made (and its failure reported the same way)."""
+  retries. Without a client, one is made (no credentials: gcs_client's error)."""
+  client = client or gcs_client()
   try:
-    client = client or gcs_client()
     return client, client.bucket(bucket_name).exists(timeout=15, retry=None)
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"Cannot reach bucket gs://{bucket_name}: {type(e).__name__}: "

@@ -437,7 +437,7 @@ class Runner:
 
   def save_serving_model(self, model, class_names: list[str], path: str) -> None:
     """The same signature as the TensorFlow backend's (export.save_serving_model):
-    `image` uint8 -> probabilities, class_id, class_name. The model's function is
+    `image` float32 -> probabilities, class_id, class_name. The model's function is
     converted by Keras's export archive (jax2tf); the names are added in TF."""
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -448,10 +448,10 @@ class Runner:
 
     model_fn = archive.add_endpoint(
         "probabilities", probabilities,
-        input_signature=[keras.InputSpec(shape=image_shape, dtype="uint8")])
+        input_signature=[keras.InputSpec(shape=image_shape, dtype="float32")])
     names = tf.constant(class_names)
 
-    @tf.function(input_signature=[tf.TensorSpec(image_shape, tf.uint8, name="image")],
+    @tf.function(input_signature=[tf.TensorSpec(image_shape, tf.float32, name="image")],
                  autograph=False)
     def serve(image):
       probabilities = tf.cast(model_fn(image), tf.float32)

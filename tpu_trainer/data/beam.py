@@ -10,6 +10,7 @@ whole shards and no new metadata: the same command completes it.
 
 On Dataflow, workers install this package: pass --setup_file=./setup.py.
 """
+import logging as std_logging
 import os
 import time
 
@@ -77,6 +78,10 @@ def convert_with_beam(spec: str, output_dir: str, *, runner: str = "DirectRunner
   if conversion.todo:
     logging.info("Writing %d of %d shards with Beam's %s.", len(conversion.todo),
                  len(conversion.jobs), runner)
+    # The portable runner relays every worker log line ("Worker: severity: WARN …",
+    # Beam's own start-up notes) through this logger; a worker's error still shows.
+    std_logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
+        std_logging.ERROR)
     with beam.Pipeline(options=pipeline_options(runner, pipeline_args)) as pipeline:
       build_pipeline(pipeline, conversion.todo, spec, load_args, output_dir,
                      conversion.encoding, jpeg_quality)

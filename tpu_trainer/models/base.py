@@ -2,13 +2,24 @@
 and the keras.applications bases (MobileNetV2, ResNet-50) with their adaptations."""
 import keras
 from keras import layers
+from keras import ops
 
 from tpu_trainer.errors import UserError
 
 
 def image_input(input_shape):
-  """uint8 images, the dtype the pipeline feeds and the exported model serves."""
-  return keras.Input(shape=tuple(input_shape), dtype="uint8", name="image")
+  """(the model's input, its pixels on the 0-255 scale as floats).
+
+  The pipeline feeds uint8 images, 0-255. A user who loads model.keras may pass
+  floats: 0-255 as well, or 0-1 (x / 255, the usual habit). A uint8 input
+  would cast 0-1 floats to 0 (a black image, scored at chance, without a word),
+  so the input is float32 and an image whose pixels all lie in [0, 1] is read
+  as 0-1. Training goes through the same rule, so train and serve agree; only a
+  nearly black image (every pixel 0 or 1 of 255) is read as a bright one.
+  """
+  inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="image")
+  peak = ops.max(inputs, axis=tuple(range(1, len(input_shape) + 1)), keepdims=True)
+  return inputs, inputs * ops.where(peak <= 1.0, 255.0, 1.0)
 
 
 def probabilities(x, num_classes: int):

@@ -11,8 +11,8 @@ from tpu_trainer.models import base
 
 
 def build(input_shape, num_classes, config) -> keras.Model:
-  inputs = base.image_input(input_shape)
-  x = layers.Rescaling(1 / 255)(inputs)
+  inputs, pixels = base.image_input(input_shape)
+  x = layers.Rescaling(1 / 255)(pixels)
   for filters in (32, 64):
     x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     x = layers.MaxPooling2D(2, padding="same")(x)
@@ -25,8 +25,8 @@ def build(input_shape, num_classes, config) -> keras.Model:
 
 def build_deep(input_shape, num_classes, config) -> keras.Model:
   dropout = config.dropout or 0.25
-  inputs = base.image_input(input_shape)
-  x = layers.Rescaling(1 / 255)(inputs)
+  inputs, pixels = base.image_input(input_shape)
+  x = layers.Rescaling(1 / 255)(pixels)
   for filters in (32, 64):
     x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)

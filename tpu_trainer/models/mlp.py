@@ -6,8 +6,8 @@ from tpu_trainer.models import base
 
 
 def build(input_shape, num_classes, config) -> keras.Model:
-  inputs = base.image_input(input_shape)
-  x = layers.Rescaling(1 / 255)(inputs)
+  inputs, pixels = base.image_input(input_shape)
+  x = layers.Rescaling(1 / 255)(pixels)
   x = layers.Flatten()(x)
   x = layers.Dense(128, activation="relu")(x)
   if config.dropout:

@@ -11,8 +11,8 @@ from tpu_trainer.models import base
 
 
 def build(input_shape, num_classes, config) -> keras.Model:
-  inputs = base.image_input(input_shape)
-  x = base.adapt_images(inputs, input_shape)
+  inputs, pixels = base.image_input(input_shape)
+  x = base.adapt_images(pixels, input_shape)
   x = layers.Rescaling(1 / 127.5, offset=-1)(x)  # MobileNetV2 wants [-1, 1]
   net, pretrained = base.pretrained_base(keras.applications.MobileNetV2, input_shape, config)
   # A frozen pretrained base keeps its batch-norm statistics.

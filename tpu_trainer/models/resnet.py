@@ -9,8 +9,8 @@ _IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 def build(input_shape, num_classes, config) -> keras.Model:
-  inputs = base.image_input(input_shape)
-  x = base.adapt_images(inputs, input_shape)
+  inputs, pixels = base.image_input(input_shape)
+  x = base.adapt_images(pixels, input_shape)
   net, pretrained = base.pretrained_base(keras.applications.ResNet50,
                                                  input_shape, config)
   if pretrained:
