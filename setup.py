@@ -51,6 +51,7 @@ setuptools.setup(
             "tpu-trainer-benchmark=tpu_trainer.cli.benchmark:run",
             "tpu-trainer-doctor=tpu_trainer.cli.doctor:run",
             "tpu-trainer-dryrun=tpu_trainer.cli.dryrun:run",
+            "tpu-trainer-data-service=tpu_trainer.cli.data_service:run",
         ],
     },
 )

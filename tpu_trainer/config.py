@@ -29,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.input.augment = False        # random flip + crop (photos, not digits)
   c.input.deterministic = False  # True: reproducible order, a little slower
   c.input.threads = 0            # > 0: a private tf.data thread pool of this size
+  c.input.service = ""           # grpc://HOST:PORT: train input from tf.data service workers
+  c.input.service_job = ""       # a job name trainers share (default: one job per host)
   # Model.
   c.model = "cnn"                # a family of tpu_trainer/models: mlp, cnn, conv_bn, resnet50...
   c.dropout = 0.0                # dropout rate before the classifier
@@ -135,6 +137,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserError("Set config.epochs or config.steps to at least 1.")
   if config.profile_steps:
     parse_profile_steps(config.profile_steps)
+  if config.input.service:
+    from tpu_trainer.data import service  # pylint: disable=g-import-not-at-top
+    service.parse_address(config.input.service)
 
 
 def parse_profile_steps(value: str) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import versions
 from tpu_trainer.data import manifest
+from tpu_trainer.data import service
 from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
 from tpu_trainer.models import build_model
@@ -155,6 +156,14 @@ def check_data(config) -> manifest.Dataset:
   if config.init_from and not tf.io.gfile.exists(config.init_from):
     raise MissingError(f"config.init_from={config.init_from!r} does not exist: pass a "
                        "model.keras file (an earlier run's) or leave it empty.")
+  if config.input.service:
+    service.check_reachable(config.input.service)
+    logging.info("Training input from the tf.data service at %s (%s); evaluation reads "
+                 "locally.%s", config.input.service,
+                 f"job {config.input.service_job!r}" if config.input.service_job
+                 else "one job per host",
+                 " Batches arrive in the order workers finish them: the run is not "
+                 "reproducible." if config.input.deterministic else "")
   return dataset
 
 

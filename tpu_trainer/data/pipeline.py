@@ -12,6 +12,7 @@ from absl import logging
 import tensorflow as tf
 
 from tpu_trainer.data import records
+from tpu_trainer.data import service
 from tpu_trainer.data.manifest import Dataset
 from tpu_trainer.errors import UserError
 
@@ -120,7 +121,10 @@ def train_input_fn(dataset: Dataset, global_batch: int, input_config, seed: int 
     if input_config.augment:
       ds = ds.map(plain(lambda x, y: (augment_batch(x), y)), num_parallel_calls=AUTOTUNE,
                   deterministic=deterministic)
-    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic, input_config.threads))
+    ds = ds.with_options(_options(deterministic, input_config.threads))
+    if input_config.get("service"):  # all of the above runs on the service's workers
+      ds = service.distribute(ds, input_config.service, input_config.get("service_job", ""))
+    return ds.prefetch(AUTOTUNE)
 
   return dataset_fn
 

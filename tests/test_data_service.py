@@ -1,0 +1,153 @@
+"""Training input through tf.data service: a dispatcher and two workers as real
+processes on localhost (tpu-trainer-data-service), trainers reading from them."""
+import json
+import re
+import signal
+import socket
+import time
+
+import pytest
+import tensorflow as tf
+
+from conftest import run_cli
+from conftest import start_cli
+from conftest import wait_for
+from tpu_trainer import train
+
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class Service:
+  """A dispatcher (journal in work_dir) and `workers` workers on localhost."""
+
+  def __init__(self, tmp_path, workers=2):
+    self.tmp_path, self.port = tmp_path, _free_port()
+    self.address = f"grpc://localhost:{self.port}"
+    self.dispatcher = self._dispatcher()
+    self.workers = [self.add_worker(i) for i in range(workers)]
+
+  def _dispatcher(self):
+    log = self.tmp_path / "dispatcher.log"
+    proc = start_cli("data_service", "--role=dispatcher", f"--port={self.port}",
+                     f"--work_dir={self.tmp_path / 'journal'}", "--worker_timeout_s=2", log=log)
+    wait_for(lambda: "dispatcher on port" in log.read_text(), proc, log, timeout=120)
+    return proc
+
+  def add_worker(self, i):
+    log = self.tmp_path / f"worker{i}.log"
+    proc = start_cli("data_service", "--role=worker", f"--dispatcher={self.address}",
+                     "--worker_host=localhost", log=log)
+    wait_for(lambda: "Worker registered" in log.read_text(), proc, log, timeout=120)
+    return proc
+
+  def restart_dispatcher(self):
+    self.dispatcher.kill()
+    self.dispatcher.wait()
+    self.dispatcher = self._dispatcher()
+
+  def stop(self):
+    for proc in [self.dispatcher, *self.workers]:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def data_service(tmp_path):
+  service = Service(tmp_path)
+  yield service
+  service.stop()
+
+
+def _config(digits_dir, **overrides):
+  from configs import cnn  # pylint: disable=g-import-not-at-top
+  config = cnn.get_config()
+  config.data_dir, config.batch_size, config.epochs = digits_dir, 64, 4
+  for key, value in overrides.items():
+    (config.input if key in config.input else config)[key] = value
+  return config
+
+
+def test_training_through_the_service_reaches_the_local_pipelines_accuracy(
+    digits_dir, tmp_path, data_service):
+  one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+  local = train.run(_config(digits_dir), str(tmp_path / "local"), one_device)
+  served = train.run(_config(digits_dir, service=data_service.address),
+                     str(tmp_path / "served"), one_device)
+  assert served["step"] == local["step"] == 4 * (1437 // 64)
+  assert local["accuracy"] > 0.9 and served["accuracy"] > 0.9
+  assert abs(served["accuracy"] - local["accuracy"]) < 0.04
+  assert served["eval_examples"] == 360  # evaluation stays local and exact
+
+
+def test_a_lost_worker_and_a_restarted_dispatcher_do_not_stop_training(digits_dir, tmp_path,
+                                                                        data_service):
+  log = tmp_path / "train.log"
+  trainer = start_cli("train", "--config=configs/cnn.py", f"--config.data_dir={digits_dir}",
+                      f"--workdir={tmp_path / 'w'}", "--config.batch_size=64",
+                      "--config.steps=2500", "--config.log_every_steps=100",
+                      f"--config.input.service={data_service.address}", log=log)
+  wait_for(lambda: "step 100/" in log.read_text(), trainer, log, timeout=300)
+  data_service.workers[0].kill()
+  data_service.restart_dispatcher()
+  assert trainer.wait(timeout=300) == 0, log.read_text()[-3000:]
+  metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+  assert metrics["step"] == 2500 and metrics["accuracy"] > 0.9
+  # The remaining worker stops cleanly on SIGTERM.
+  worker = data_service.workers[1]
+  worker.send_signal(signal.SIGTERM)
+  assert worker.wait(timeout=60) == 0
+  assert "Stopped (SIGTERM)" in (tmp_path / "worker1.log").read_text()
+
+
+def test_workers_do_the_work(digits_dir, tmp_path):
+  """With a dispatcher and no worker, a run waits; the first worker that joins
+  feeds it to the end: the batches come from the workers, not this host."""
+  service = Service(tmp_path, workers=0)
+  try:
+    log = tmp_path / "train.log"
+    trainer = start_cli("train", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                        f"--workdir={tmp_path / 'w'}", "--config.steps=200",
+                        f"--config.input.service={service.address}", log=log)
+    wait_for(lambda: "Compiling" in log.read_text(), trainer, log, timeout=300)
+    time.sleep(5)
+    assert not re.search(r"step \d+/", log.read_text()) and trainer.poll() is None
+    service.workers.append(service.add_worker(0))
+    assert trainer.wait(timeout=300) == 0, log.read_text()[-3000:]
+  finally:
+    service.stop()
+
+
+def test_bad_addresses_and_ports_are_one_error_line(digits_dir, tmp_path):
+  closed = _free_port()
+  cases = [
+      (("train", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+        f"--workdir={tmp_path / 'w'}", f"--config.input.service=grpc://127.0.0.1:{closed}"),
+       "No tf.data service dispatcher answers at grpc://127.0.0.1:"),
+      (("train", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+        f"--workdir={tmp_path / 'w'}", "--config.input.service=http://somewhere"),
+       "expected grpc://HOST:PORT"),
+      (("data_service", "--role=worker", f"--dispatcher=grpc://127.0.0.1:{closed}"),
+       "fix --dispatcher"),
+      (("data_service", "--role=worker"), "--role=worker needs --dispatcher"),
+  ]
+  for args, fragment in cases:
+    start = time.perf_counter()
+    result = run_cli(*args)
+    assert time.perf_counter() - start < 60, args  # no hang
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last, last
+    assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
+
+  with socket.socket() as taken:
+    taken.bind(("", 0))
+    taken.listen()
+    result = run_cli("data_service", "--role=dispatcher", f"--port={taken.getsockname()[1]}")
+  assert result.returncode == 2 and "is taken" in result.stderr.strip().splitlines()[-1]
