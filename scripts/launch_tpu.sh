@@ -6,13 +6,19 @@
 #     --config=configs/resnet50.py --workdir=gs://my-bucket/runs/r1 \
 #     [--data_dir=gs://my-bucket/imagenet] [--backend=tensorflow|jax] \
 #     [--runtime=IMAGE] [--project=P] [--spot] [--queued] [--no_create] [--delete_after] \
+#     [--data_service_workers=N [--data_service_machine_type=n2-standard-16]] \
 #     [--dry_run] [-- --config.epochs=10 ...]
-#   scripts/launch_tpu.sh --name=my-tpu --zone=us-central2-b [--queued] --delete
+#   scripts/launch_tpu.sh --name=my-tpu --zone=us-central2-b [--queued] \
+#     [--data_service_workers=N] --delete
 #
 # --backend=jax trains through Keras's JAX backend (v6e and newer: TensorFlow there is
 # experimental or absent) on a JAX runtime image with jax[tpu] and a CPU TensorFlow
 # for tf.data, every host running the job; the image per accelerator and backend
 # comes from tpu_trainer/tpus.py (the README's support table).
+# --data_service_workers=N creates N CPU VMs (NAME-data-0..N-1) beside the TPU, runs a
+# tf.data service dispatcher on the first and a worker on each, and trains with
+# --config.input.service pointing at them: input-bound jobs get more CPUs than the
+# TPU hosts have. They are deleted with the TPU (--delete_after, --delete).
 # --queued creates the slice through a queued resource (Google's advice when
 # capacity is short) and waits for it to be ACTIVE. --dry_run prints every
 # command, quoted so that pasting it runs exactly that, instead of running it.
@@ -22,6 +28,7 @@ launch_args=("$@")
 
 name="" zone="" accelerator="v4-8" runtime="" backend="tensorflow" project="" config="" workdir="" data_dir=""
 spot=0 queued=0 dry_run=0 create=1 delete_only=0 delete_after=0 extra=()
+data_workers=0 data_machine_type="n2-standard-16"
 while [ $# -gt 0 ]; do
   case "$1" in
     --name=*) name="${1#*=}" ;;
@@ -33,6 +40,8 @@ while [ $# -gt 0 ]; do
     --config=*) config="${1#*=}" ;;
     --workdir=*) workdir="${1#*=}" ;;
     --data_dir=*) data_dir="${1#*=}" ;;
+    --data_service_workers=*) data_workers="${1#*=}" ;;
+    --data_service_machine_type=*) data_machine_type="${1#*=}" ;;
     --spot) spot=1 ;;
     --queued) queued=1 ;;
     --no_create) create=0 ;;
@@ -61,6 +70,7 @@ run() {  # print the command, quoted; run it unless --dry_run
   echo "+ $(quoted "$@")"
   [ "$dry_run" = 1 ] || "$@"
 }
+[[ "$data_workers" =~ ^[0-9]+$ ]] || die "--data_service_workers=$data_workers must be a number of VMs."
 gc=(gcloud compute tpus tpu-vm)
 qr=(gcloud compute tpus queued-resources)
 where=(--zone="$zone")
@@ -69,8 +79,18 @@ delete_cmd=("${gc[@]}" delete "$name" "${where[@]}" --quiet)
 # Deleting a queued resource with --force deletes its TPU VM too.
 [ "$queued" = 1 ] && delete_cmd=("${qr[@]}" delete "$name" "${where[@]}" --force --quiet)
 
-if [ "$delete_only" = 1 ]; then
+# The data service's CPU VMs, deleted with the TPU.
+data_vms=()
+for ((i = 0; i < data_workers; i++)); do data_vms+=("$name-data-$i"); done
+gce=(gcloud compute)
+delete_data_cmd=("${gce[@]}" instances delete "${data_vms[@]}" "${where[@]}" --quiet)
+delete_all() {
   run "${delete_cmd[@]}"
+  [ "$data_workers" = 0 ] || run "${delete_data_cmd[@]}"
+}
+
+if [ "$delete_only" = 1 ]; then
+  delete_all
   exit 0
 fi
 [ -n "$config" ] || die "--config=configs/X.py is required."
@@ -83,15 +103,21 @@ slice_info="$(PYTHONPATH="$REPO" python3 -m tpu_trainer.tpus --accelerator="$acc
               --backend="$backend")" || exit 2
 hosts="${slice_info%% *}"
 [ -n "$runtime" ] || runtime="${slice_info#* }"
+data_seen="$data_dir"
+for a in "${extra[@]}"; do
+  case "$a" in --config.data_dir=*) data_seen="${a#*=}" ;; esac
+done
 if [ "$hosts" -gt 1 ]; then
   [ "$backend" = jax ] || [[ "$runtime" == *-pod* ]] || die "--accelerator=$accelerator has $hosts hosts: use a -pod runtime (e.g. tpu-vm-tf-2.16.1-pod-pjrt)."
-  data_seen="$data_dir"
-  for a in "${extra[@]}"; do
-    case "$a" in --config.data_dir=*) data_seen="${a#*=}" ;; esac
-  done
   case "$data_seen" in
     gs://*) ;;
     *) die "--accelerator=$accelerator has $hosts hosts, which cannot read a local data_dir: pass --data_dir=gs://BUCKET/PATH." ;;
+  esac
+fi
+if [ "$data_workers" -gt 0 ]; then
+  case "$data_seen" in
+    gs://*) ;;
+    *) die "--data_service_workers: the data service's VMs read the shards themselves; pass --data_dir=gs://BUCKET/PATH." ;;
   esac
 fi
 
@@ -149,6 +175,28 @@ else
          --config.strategy=tpu "--config.tpu=$tpu_arg")
 fi
 [ -n "$data_dir" ] && train+=("--config.data_dir=$data_dir")
+
+if [ "$data_workers" -gt 0 ]; then
+  # The workers run the same pipeline graph the trainers would: the same TensorFlow
+  # as the TPU image's (or the CPU one the JAX install adds), and read data_dir themselves.
+  tf_version="2.21.*"
+  [[ "$runtime" =~ ^tpu-vm-tf-([0-9]+[.][0-9]+[.][0-9]+) ]] && tf_version="${BASH_REMATCH[1]}"
+  if [ "$create" = 1 ]; then
+    run "${gce[@]}" instances create "${data_vms[@]}" "${where[@]}" \
+      --machine-type="$data_machine_type" --image-family=ubuntu-2204-lts \
+      --image-project=ubuntu-os-cloud --scopes=cloud-platform
+  fi
+  dispatcher="grpc://$name-data-0:5050"  # the zone's internal DNS names the VM
+  for vm in "${data_vms[@]}"; do
+    run "${gce[@]}" scp "$tarball" "$vm:tpu_trainer.tar.gz" "${where[@]}"
+    serve="python3 -m tpu_trainer.cli.data_service"
+    start=""
+    [ "$vm" = "$name-data-0" ] && start="setsid nohup $serve --role=dispatcher --port=5050 $(quoted "--work_dir=$workdir/data_service") > ~/dispatcher.log 2>&1 < /dev/null & sleep 5; "
+    run "${gce[@]}" ssh "$vm" "${where[@]}" --command \
+      "sudo apt-get -qq update && sudo apt-get -qq install -y python3-pip > /dev/null && rm -rf tpu_trainer && tar xzf tpu_trainer.tar.gz && python3 -m pip install -q 'tensorflow-cpu==$tf_version' -e tpu_trainer && cd tpu_trainer && ${start}setsid nohup $serve --role=worker --dispatcher=$dispatcher > ~/worker.log 2>&1 < /dev/null &"
+  done
+  train+=("--config.input.service=$dispatcher")
+fi
 train+=("${extra[@]}")
 run "${gc[@]}" ssh "$name" "${where[@]}" --worker="$job_workers" --command \
   "cd tpu_trainer && bash scripts/tpu_job.sh ${env_vars[*]:+env ${env_vars[*]} }$(quoted "${train[@]}")"
@@ -161,7 +209,7 @@ run "${gc[@]}" ssh "$name" "${where[@]}" --worker=0 --command \
   "tail --pid=\$(cat ~/train.pid) -n +1 -f ~/train.log; exit \$(cat ~/train.status 2>/dev/null || echo 255)" || status=$?
 
 if [ "$status" = 0 ]; then
-  [ "$delete_after" = 1 ] && run "${delete_cmd[@]}"
+  [ "$delete_after" = 1 ] && delete_all
   exit 0
 fi
 if [ "$status" = 143 ] || [ "$status" = 255 ]; then
@@ -169,7 +217,7 @@ if [ "$status" = 143 ] || [ "$status" = 255 ]; then
   cat >&2 <<MSG
 Training stopped (status $status): the VM was preempted or went away. A checkpoint is in
 $workdir. To resume, delete the VM and launch again with the same command:
-  $(quoted "$0" --name="$name" --zone="$zone" ${project:+--project="$project"} $([ "$queued" = 1 ] && echo --queued) --delete)
+  $(quoted "$0" --name="$name" --zone="$zone" ${project:+--project="$project"} $([ "$queued" = 1 ] && echo --queued) $([ "$data_workers" = 0 ] || echo --data_service_workers="$data_workers") --delete)
   $(quoted "$0" "${launch_args[@]}")
 MSG
 else

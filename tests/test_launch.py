@@ -217,3 +217,36 @@ def test_help():
                           timeout=30)
   assert result.returncode == 0 and "--backend=tensorflow|jax" in result.stdout
   assert not result.stdout.startswith("#")
+
+
+def test_data_service_workers_beside_the_tpu():
+  cmds = _commands(_launch("--name=t1", "--zone=us-central2-b", "--config=configs/resnet50.py",
+                           "--workdir=gs://b/r", "--data_dir=gs://b/imagenet",
+                           "--data_service_workers=2", "--data_service_machine_type=n2-highcpu-32",
+                           "--delete_after"))
+  create = next(c for c in cmds if c.startswith("gcloud compute instances create"))
+  assert create.startswith("gcloud compute instances create t1-data-0 t1-data-1 "
+                           "--zone=us-central2-b --machine-type=n2-highcpu-32")
+  starts = [_remote(c) for c in cmds if c.startswith("gcloud compute ssh")]
+  assert len(starts) == 2
+  # The TPU image's TensorFlow on the workers; the dispatcher (journal in the
+  # workdir) on the first VM; a worker on each.
+  assert all("tensorflow-cpu==2.16.1" in s for s in starts)
+  assert "--role=dispatcher --port=5050 --work_dir=gs://b/r/data_service" in starts[0]
+  assert all("--role=worker --dispatcher=grpc://t1-data-0:5050" in s for s in starts)
+  train = _remote(next(c for c in cmds if "tpu_job.sh" in c))
+  assert "--config.input.service=grpc://t1-data-0:5050" in train
+  assert cmds.index(create) < cmds.index(next(c for c in cmds if "tpu_job.sh" in c))
+  # Deleted with the TPU.
+  assert _commands(_launch("--name=t1", "--zone=z", "--data_service_workers=2", "--delete")) == [
+      "gcloud compute tpus tpu-vm delete t1 --zone=z --quiet",
+      "gcloud compute instances delete t1-data-0 t1-data-1 --zone=z --quiet"]
+
+
+def test_data_service_needs_data_the_workers_can_read():
+  result = _launch("--name=t", "--zone=z", "--config=configs/cnn.py", "--workdir=gs://b/r",
+                   "--data_dir=/local/digits", "--data_service_workers=1")
+  assert result.returncode == 2 and "--data_dir=gs://" in result.stderr
+  result = _launch("--name=t", "--zone=z", "--config=configs/cnn.py", "--workdir=gs://b/r",
+                   "--data_service_workers=many")
+  assert result.returncode == 2 and "must be a number" in result.stderr
