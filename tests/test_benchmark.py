@@ -34,3 +34,13 @@ def test_verdict_says_which_side_waits():
 def test_benchmark_needs_a_subcommand():
   result = run_cli("benchmark", "--config=configs/cnn.py")
   assert result.returncode == 2 and "usage: tpu-trainer-benchmark input" in result.stderr
+
+
+def test_one_service_workers_rate_and_the_workers_it_takes(digits_dir):
+  from configs import cnn as cnn_config  # pylint: disable=g-import-not-at-top
+  config = cnn_config.get_config()
+  config.data_dir, config.batch_size = digits_dir, 64
+  rate = benchmark.service_worker_rate(config, 0.5)
+  assert rate > 1000
+  advice = benchmark.workers_needed(10 * rate, rate)
+  assert "~10 such worker(s)" in advice and "--data_service_workers=10" in advice

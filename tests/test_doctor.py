@@ -1,6 +1,7 @@
 """tpu-trainer-doctor: each check passes on good input and fails, with what to
 change, on bad input."""
 import os
+import re
 import shutil
 import time
 
@@ -148,3 +149,16 @@ def test_bucket_checks_against_the_emulator(gcs_bucket, gcs_emulator):
                                              ("us-central1", "FAIL"), ("", "FAIL")])
 def test_region_check(location, status):
   assert doctor.region_check(location, "europe-west4").status == status
+
+
+def test_an_input_bound_job_is_told_how_many_service_workers_would_feed_it(digits_dir):
+  # Batch 1024 at the 1 ms floor per step: ~1M examples/s per host, more than the
+  # uncached pipeline gives here; the doctor times a tf.data service worker on it.
+  result = run_cli("doctor", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                   "--config.batch_size=1024", "--config.input.cache=false",
+                   "--accelerator=v4-8", "--input_seconds=0.5")
+  line = next(l for l in result.stdout.splitlines() if "input rate vs step rate" in l)
+  assert line.split()[0] == "WARN" and "input-bound" in line, result.stdout
+  workers = re.search(r"gives ([\d,]+) examples/s on this pipeline: ~(\d+) such worker", line)
+  assert workers and int(workers.group(1).replace(",", "")) > 0, line
+  assert f"--data_service_workers={workers.group(2)}" in line

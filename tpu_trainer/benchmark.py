@@ -1,4 +1,6 @@
 """Is a job input-bound? The input pipeline's rate alone vs the training rate."""
+import math
+import os
 import tempfile
 import time
 
@@ -41,6 +43,26 @@ def input_rates(config, seconds: float = 5.0) -> dict:
           "cached": pipeline.fits_cache(dataset, config.input.train_split, 1, config.input)}
 
 
+def service_worker_rate(config, seconds: float = 5.0) -> float:
+  """Examples/s one tf.data service worker delivers on this job's training
+  pipeline, with this machine's cores (a worker and a dispatcher in this process):
+  what one worker VM of the same size adds."""
+  from tpu_trainer.data import service  # pylint: disable=g-import-not-at-top
+  with service.local_service(workers=1) as address:
+    config = config.copy_and_resolve_references()
+    config.input.service, config.input.service_job = address, ""
+    return input_rates(config, seconds)["steady"]
+
+
+def workers_needed(need_per_s: float, worker_per_s: float) -> str:
+  """How many such workers feed `need_per_s`, said as advice."""
+  workers = max(1, math.ceil(need_per_s / max(worker_per_s, 1e-9)))
+  return (f"one tf.data service worker with this machine's {os.cpu_count()} cores gives "
+          f"{worker_per_s:,.0f} examples/s on this pipeline: ~{workers} such worker(s) would "
+          f"feed {need_per_s:,.0f} examples/s (scripts/launch_tpu.sh "
+          f"--data_service_workers={workers}; bigger machines need fewer).")
+
+
 def training_rate(config, steps: int = 0) -> dict:
   """Trains a few executions into a temp workdir; the steady-state rate."""
   config = config.copy_and_resolve_references()
@@ -51,9 +73,13 @@ def training_rate(config, steps: int = 0) -> dict:
     return train.run(config, workdir)
 
 
+# Input below this multiple of the training rate leaves the accelerator waiting.
+INPUT_BOUND_RATIO = 1.2
+
+
 def verdict(input_per_s: float, train_per_s: float) -> str:
   ratio = input_per_s / train_per_s
-  if ratio < 1.2:
+  if ratio < INPUT_BOUND_RATIO:
     return (f"INPUT-BOUND: the pipeline gives {ratio:.1f}x what training consumes; the "
             "accelerator will wait. More shards/hosts, raw encoding, cache, or tf.data service.")
   if ratio < 3:

@@ -229,8 +229,10 @@ def _input_check(config, tpu_slice, forward, input_seconds):
             f"{forward / 1e6:.1f} MFLOP forward per example at {_ASSUMED_UTILISATION:.0%} of "
             f"peak bf16, at least {_MIN_STEP_SECONDS * 1e3:.0f} ms)")
   if have < need:
+    worker = benchmark.service_worker_rate(config, input_seconds)
     return Check("input rate vs step rate", "WARN", detail + ": input-bound; use raw encoding "
-                 "for small images, cache, or tf.data service.")
+                 "for small images, cache, or tf.data service: "
+                 + benchmark.workers_needed(need * tpu_slice.hosts, worker))
   return Check("input rate vs step rate", "OK", detail)
 
 

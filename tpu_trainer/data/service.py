@@ -12,6 +12,7 @@ rate, not the job; a dispatcher restarted with the same work_dir (its journal)
 picks its jobs up again. Evaluation stays local: exactly every example once is a
 guarantee the service's streaming cannot keep through a lost worker.
 """
+import contextlib
 import socket
 import time
 import urllib.parse
@@ -110,3 +111,19 @@ def start_worker(dispatcher: str, port: int = 0, host: str = ""):
   logging.info("Worker registered with the dispatcher at %s:%d.", dispatcher_host,
                dispatcher_port)
   return server
+
+
+@contextlib.contextmanager
+def local_service(workers: int = 1):
+  """A dispatcher and `workers` workers in this process, on free ports: the
+  address to distribute to. For measuring what one worker delivers."""
+  dispatcher = tf.data.experimental.service.DispatchServer(
+      tf.data.experimental.service.DispatcherConfig(port=0))
+  address = dispatcher.target  # grpc://localhost:PORT
+  servers = [tf.data.experimental.service.WorkerServer(
+      tf.data.experimental.service.WorkerConfig(dispatcher_address=address.split("://")[1]))
+             for _ in range(workers)]
+  try:
+    yield address
+  finally:
+    del servers, dispatcher  # the servers stop with their objects
