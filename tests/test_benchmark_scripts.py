@@ -50,3 +50,13 @@ def test_accuracy_compares_each_recipe_on_digits_and_a_given_npz(tmp_path):
 def test_convert_throughput_compares_with_a_bare_writer():
   out = _run("convert_throughput.py", "--examples=3000", "--encodings=raw", "--nobeam")
   assert "bare TFRecordWriter" in out and "tpu-trainer-convert" in out and "--verify" in out
+
+
+def test_data_service_throughput_times_the_pipeline_with_and_without_workers():
+  out = _run("data_service_throughput.py", "--examples=64", "--image_size=32",
+             "--batch_size=16", "--seconds=1", "--workers=0,1")
+  rows = json.loads(out.splitlines()[-1])
+  assert [r["workers"] for r in rows] == [0, 1]
+  assert all(r["examples_per_second"] > 0 for r in rows)
+  assert rows[1]["per_worker"] == rows[1]["examples_per_second"]
+  assert "1 worker process(es)" in out and "per worker" in out
