@@ -113,7 +113,8 @@ def test_a_workdir_that_is_a_file_is_refused(digits_dir, tmp_path):
 @pytest.mark.parametrize("tool,flag", [("convert", "--source"), ("train", "--workdir"),
                                        ("evaluate", "--workdir"), ("doctor", "--accelerator"),
                                        ("benchmark", "--model_rate"),
-                                       ("dryrun", "--output_dir")])
+                                       ("dryrun", "--output_dir"),
+                                       ("data_service", "--dispatcher")])
 def test_help_shows_the_tools_own_flags_and_examples(tool, flag):
   result = run_cli(tool, "--help")
   assert result.returncode == 0, result.stderr
@@ -121,7 +122,7 @@ def test_help_shows_the_tools_own_flags_and_examples(tool, flag):
   assert "Examples:" in out and out.count("  tpu-trainer-") >= 2
   assert f"  {flag}: " in out and "--helpfull" in out
   assert "--alsologtostderr" not in out  # absl's own flags only under --helpfull
-  if tool != "convert":
+  if tool not in ("convert", "data_service"):
     assert "--show_config" in out
 
 
@@ -129,8 +130,8 @@ def test_help_shows_the_tools_own_flags_and_examples(tool, flag):
                                   ["--config=configs/cnn.py", "--config.nope=1"]])
 def test_help_show_config_and_flag_errors_never_import_tensorflow(args):
   """They answer at once: TensorFlow's import is seconds of the answer's time."""
-  for tool in ("train", "evaluate", "doctor", "benchmark", "dryrun"):
-    if tool == "evaluate" and args[0] != "--help":
+  for tool in ("train", "evaluate", "doctor", "benchmark", "dryrun", "data_service"):
+    if tool in ("evaluate", "data_service") and args[0] != "--help":
       continue
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"tpu_trainer.cli.{tool}",
                              *args], capture_output=True, text=True, timeout=120, cwd=REPO)

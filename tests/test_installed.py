@@ -46,6 +46,8 @@ def test_every_console_script_runs_as_installed(tmp_path):
   assert rates["input_examples_per_second"] > 0
   dry = _run("dryrun", f"--output_dir={tmp_path / 'dry'}", "--help", cwd=tmp_path).stdout
   assert "tpu-trainer-dryrun" in dry  # its full run is tests/test_dryrun.py's
+  served = _run("data-service", "--help", cwd=tmp_path).stdout  # tests/test_data_service.py
+  assert "--role=dispatcher" in served
 
 
 def test_a_built_wheel_carries_the_recipes(tmp_path):
