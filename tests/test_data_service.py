@@ -151,3 +151,13 @@ def test_bad_addresses_and_ports_are_one_error_line(digits_dir, tmp_path):
     taken.listen()
     result = run_cli("data_service", "--role=dispatcher", f"--port={taken.getsockname()[1]}")
   assert result.returncode == 2 and "is taken" in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_jax_backend_trains_through_the_service(digits_dir, tmp_path, data_service):
+  result = run_cli("train", "--config=configs/cnn.py", f"--config.data_dir={digits_dir}",
+                   f"--workdir={tmp_path / 'w'}", "--config.backend=jax",
+                   f"--config.input.service={data_service.address}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Training input from the tf.data service at {data_service.address}" in result.stderr
+  metrics = json.loads(result.stdout.splitlines()[0])
+  assert metrics["backend"] == "jax" and metrics["accuracy"] > 0.9
