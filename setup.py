@@ -35,7 +35,9 @@ setuptools.setup(
         "cpu": ["tensorflow-cpu==2.21.*; sys_platform != 'darwin'",
                 "tensorflow==2.21.*; sys_platform == 'darwin'"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "profile": ["tensorboard-plugin-profile"],
+        # xprof: TensorBoard's profile plugin (tensorboard-plugin-profile is now a
+        # shim over it) and the converter the profile summary reads the trace with.
+        "profile": ["xprof"],
         # The JAX backend (config.backend=jax): TPU generations without TensorFlow.
         # On TPU VMs install jax[tpu] instead; tf.data still needs a CPU TensorFlow.
         "jax": ["jax[cpu]"],

@@ -168,8 +168,14 @@ def test_dry_run_on_jax_trains_exports_and_serves(tmp_path):
   assert _scalar_tags(str(workdir / "train")) == {
       "epoch_loss", "epoch_accuracy", "epoch_learning_rate", "examples_per_second"}
   assert _scalar_tags(str(workdir / "validation")) == {"epoch_loss", "epoch_accuracy"}
-  # jax.profiler's trace, where TensorBoard's profile plugin looks for TensorFlow's.
+  # jax.profiler's trace, where TensorBoard's profile plugin looks for TensorFlow's,
+  # and what xprof's converter reads in it: steps, and the share waiting for input.
   assert list((workdir / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  summary, = (workdir / "train" / "plugins" / "profile").glob("*/profile_summary.json")
+  summary = json.loads(summary.read_text())
+  assert summary["steps"] >= 1 and summary["step_ms_average"] > 0
+  assert 0 <= summary["input_share"] < 1
+  assert "Profile: " in result.stderr
 
   # The SavedModel (jax2tf) gives the probabilities model.keras gives through Keras.
   from tpu_trainer.data import manifest, pipeline  # pylint: disable=g-import-not-at-top

@@ -17,7 +17,7 @@ def test_tensorboard_script_serves_the_scalars(digits_dir, tmp_path):
   workdir = str(tmp_path / "w")
   config = mlp_config.get_config()
   config.update({"data_dir": digits_dir, "batch_size": 64, "steps": 30,
-                 "steps_per_execution": 5})
+                 "steps_per_execution": 5, "profile_steps": "10,20"})
   train.run(config, workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))
 
   with socket.socket() as s:
@@ -43,6 +43,11 @@ def test_tensorboard_script_serves_the_scalars(digits_dir, tmp_path):
     assert tags and {"epoch_loss", "epoch_accuracy", "epoch_learning_rate",
                      "examples_per_second"} == set(tags["train"]), tags
     assert {"epoch_loss", "epoch_accuracy"} == set(tags["validation"])
+    # The profile plugin (xprof) is there, with the run's profile.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing",
+                                timeout=10) as response:
+      plugins = json.load(response)
+    assert plugins.get("profile", {}).get("enabled"), plugins.get("profile")
   finally:
     proc.terminate()
     proc.wait(timeout=20)

@@ -17,6 +17,7 @@ from absl import logging
 import tensorflow as tf
 
 from tpu_trainer import config as config_lib
+from tpu_trainer import profiling
 from tpu_trainer import scaling
 from tpu_trainer import storage
 from tpu_trainer.errors import Diverged
@@ -198,10 +199,17 @@ class Profiler:
                   if profile_steps and chief else None)
     self.runner, self.logdir, self.active = runner, logdir, False
 
-  def before(self, step: int) -> None:
-    if self.steps and not self.active and self.steps[0] <= step < self.steps[1]:
+  def before(self, step: int, steps: int) -> None:
+    """Before the execution of `steps` steps from `step`: the profile starts with
+    the first execution whose first step is in [START, END); the runner prepares
+    its profiled executions one execution earlier."""
+    if not self.steps or self.active:
+      return
+    if self.steps[0] <= step < self.steps[1]:
       self.runner.start_profile(self.logdir)
       self.active = True
+    elif self.steps[0] <= step + steps < self.steps[1]:
+      self.runner.prepare_profile()
 
   def step_marker(self, step: int):
     """Around one execution while profiling: a profiler step (the overview and
@@ -211,6 +219,7 @@ class Profiler:
   def after(self, step: int) -> None:
     if self.active and step >= self.steps[1]:
       self.close()
+      profiling.write_summary(self.logdir)  # what the trace says, in one line
 
   def close(self) -> None:
     if self.active:
@@ -257,7 +266,7 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
   speed, clock = Speed(plan.batch_size), CheckpointClock(plan.checkpoint_min_secs)
   while step < plan.total_steps:
     n = min(plan.steps_per_execution, plan.total_steps - step)
-    profiler.before(step)
+    profiler.before(step, n)
     first = not speed.first_rate
     if first:
       report.progress.log("Compiling the training step (the first execution, %d steps)...", n)

@@ -22,20 +22,28 @@ class Evaluator:
   """Builds the distributed eval input and step once; each call is a full pass."""
 
   def __init__(self, strategy, predict, dataset: manifest.Dataset, split: str,
-               global_batch: int, input_config):
+               global_batch: int, input_config, profiling=lambda: False):
     dataset_fn, self.steps = pipeline.eval_input_fn(
         dataset, global_batch, pipeline.num_input_pipelines(strategy), split, input_config)
     self._dataset = strategy.distribute_datasets_from_function(dataset_fn)
     self._iterator = None  # made at the first call, then kept: each call reads one pass
     self.totals = metrics.Totals(strategy, "eval", dataset.num_classes)
-    self._run_steps = loop.compile_steps(
-        strategy, loop.eval_step(predict, dataset.num_classes, self.totals))
+    step = loop.eval_step(predict, dataset.num_classes, self.totals)
+    self._run_steps = loop.compile_steps(strategy, step)
+    # While a profile runs: one step per call, no while loop (loop.compile_steps says
+    # why); the training steps around it keep their step markers.
+    self._run_step = loop.compile_steps(strategy, step, unrolled=True)
+    self._profiling = profiling
 
   def __call__(self) -> dict:
     self.totals.reset()
     if self._iterator is None:
       self._iterator = iter(self._dataset)
-    self._run_steps(self._iterator, tf.constant(self.steps))
+    if self._profiling():
+      for _ in range(self.steps):
+        self._run_step(self._iterator, 1)
+    else:
+      self._run_steps(self._iterator, tf.constant(self.steps))
     return self.totals.result()
 
 

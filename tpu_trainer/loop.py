@@ -13,10 +13,16 @@ from tpu_trainer.controller import Agreed
 from tpu_trainer.controller import divergence_limit
 
 
-def compile_steps(strategy, step_fn, signals=None):
+def compile_steps(strategy, step_fn, signals=None, unrolled=False):
   """tf.function(iterator, steps[, host_flags]): `steps` calls of
   step_fn(*next(iterator)) on every replica, in one execution. With signals,
-  this host's flags (see Signals.add_host_flags) are added after the steps."""
+  this host's flags (see Signals.add_host_flags) are added after the steps.
+
+  unrolled: `steps` is a Python int and the steps are laid out one after the
+  other in the graph instead of in a tf.while_loop (one trace per count). For
+  profiling: the profiler groups the events of a graph with a while loop by its
+  iterations and then finds no step at all (xprof's overview and input-pipeline
+  pages go empty); without one it groups them by our step markers."""
 
   # No autograph (as Keras's own train step): converting the loop, the step and
   # everything they call costs the first run of every process seconds of Python.
@@ -26,7 +32,11 @@ def compile_steps(strategy, step_fn, signals=None):
       strategy.run(step_fn, args=next(iterator))
       return i + 1
 
-    tf.while_loop(lambda i: i < steps, step, [tf.constant(0)])
+    if unrolled:
+      for i in range(steps):
+        step(i)
+    else:
+      tf.while_loop(lambda i: i < steps, step, [tf.constant(0)])
     if signals is not None:
       strategy.run(signals.add_host_flags, args=(host_flags,))
 

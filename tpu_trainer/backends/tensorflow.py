@@ -98,6 +98,7 @@ class Runner:
                       if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
                       else 1)
     self.description = type(self.strategy).__name__
+    self._profiling = False  # while a profile runs (start_profile .. stop_profile)
 
   def agree(self, values: np.ndarray) -> np.ndarray:
     """Per value (int64, one per key): whether every process of the job holds the same."""
@@ -123,9 +124,12 @@ class Runner:
     self.model, self.optimizer, self.schedule = model, optimizer, schedule
     self._totals = metrics.Totals(self.strategy, "train")
     self._signals = loop.Signals(self.strategy)
-    self._run = loop.compile_steps(self.strategy, loop.train_step(
-        model, optimizer, plan.batch_size, label_smoothing, dataset.num_classes,
-        self._totals, self._signals), self._signals)
+    step_fn = loop.train_step(model, optimizer, plan.batch_size, label_smoothing,
+                              dataset.num_classes, self._totals, self._signals)
+    self._run = loop.compile_steps(self.strategy, step_fn, self._signals)
+    # While profiling: the same steps without a while loop (see compile_steps).
+    self._run_unrolled = loop.compile_steps(self.strategy, step_fn, self._signals,
+                                            unrolled=True)
     self._input = lambda step: iter(self.strategy.distribute_datasets_from_function(
         pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed=seed + step)))
     self._iterator = None
@@ -137,7 +141,10 @@ class Runner:
   def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
     if self._iterator is None:  # a resumed run reads in another order (seed + step)
       self._iterator = self._input(self.step())
-    self._run(self._iterator, tf.constant(steps), tf.constant(host_flags, tf.float32))
+    if self._profiling:
+      self._run_unrolled(self._iterator, steps, tf.constant(host_flags, tf.float32))
+    else:
+      self._run(self._iterator, tf.constant(steps), tf.constant(host_flags, tf.float32))
     return self._signals.read()
 
   def train_totals(self) -> dict:
@@ -151,15 +158,23 @@ class Runner:
 
   def evaluator(self, dataset, split: str, batch_size: int, input_config):
     return Evaluator(self.strategy, lambda x: self.model(x, training=False), dataset, split,
-                     batch_size, input_config)
+                     batch_size, input_config, profiling=lambda: self._profiling)
 
   def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
     return Checkpoints(self.model, self.optimizer, workdir, self.chief, keep)
 
+  def prepare_profile(self) -> None:
+    """From the next execution on, the unrolled steps (loop.compile_steps): the
+    controller asks one execution before the profile, so that their first run
+    (tracing, graph optimisation: a second or more) is not in it."""
+    self._profiling = True
+
   def start_profile(self, logdir: str) -> None:
+    self._profiling = True
     tf.profiler.experimental.start(logdir)
 
   def stop_profile(self) -> None:
+    self._profiling = False
     tf.profiler.experimental.stop()
 
   def trace_step(self, step: int):
