@@ -120,9 +120,9 @@ def _count_training_steps(monkeypatch):
   executed, before = [], []
   real = loop.compile_steps
 
-  def counting(strategy, step_fn, signals=None):
-    run_steps = real(strategy, step_fn, signals)
-    if signals is None:  # evaluation
+  def counting(strategy, step_fn, signals=None, unrolled=False):
+    run_steps = real(strategy, step_fn, signals, unrolled)
+    if signals is None or unrolled:  # evaluation, or the profiled variant (not used here)
       return run_steps
 
     def run(iterator, steps, *args):
