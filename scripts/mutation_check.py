@@ -102,6 +102,18 @@ MUTANTS = (
            "weights = tf.pad(tf.ones([n], tf.float32), [[0, pad]])",
            "weights = tf.ones([batch], tf.float32)",
            ("tests/test_pipeline.py",)),
+    Mutant("0-1 float images read as 0-255", "tpu_trainer/models/base.py",
+           "ops.where(peak <= 1.0, 255.0, 1.0)", "1.0",
+           ("tests/test_train.py::test_the_exported_models_score_images_in_either_convention",)),
+    Mutant("profiled executions keep their while loop", "tpu_trainer/loop.py",
+           "    if unrolled:\n", "    if False:\n",
+           ("tests/test_profiling.py::test_the_overview_page_has_steps_and_the_summary_reads_them",)),
+    Mutant("input.service ignored", "tpu_trainer/data/pipeline.py",
+           'if input_config.get("service"):', "if False:",
+           ("tests/test_data_service.py::test_workers_do_the_work",)),
+    Mutant("eval classes by index, not by name", "tpu_trainer/evaluate.py",
+           "predict = _in_class_order(predict, order)", "pass",
+           ("tests/test_train.py::test_eval_matches_classes_by_name_and_refuses_other_classes",)),
 )
 
 
