@@ -67,9 +67,21 @@ def test_rerun_keeps_uploaded_shards_and_a_changed_one_replaces_them(gcs_bucket)
 def test_missing_bucket_fails_fast(gcs_emulator, monkeypatch):
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
   start = time.perf_counter()
-  with pytest.raises(ValueError, match="Bucket gs://no-such-bucket does not exist"):
+  with pytest.raises(ValueError, match=r"Bucket gs://no-such-bucket \(of gs://no-such-bucket/x\) "
+                                       "does not exist"):
     convert.convert(sources.digits(), "gs://no-such-bucket/x")
   assert time.perf_counter() - start < 60  # no minutes of retries
+
+
+def test_a_workdir_in_a_missing_bucket_is_one_line_before_anything(gcs_emulator, digits_dir):
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  result = run_cli("train", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                   "--workdir=gs://no-such-bucket/run",
+                   env={"STORAGE_EMULATOR_HOST": gcs_emulator.url})
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Bucket gs://no-such-bucket (of gs://no-such-bucket/run) "
+                         "does not exist; create it"), last
 
 
 def test_missing_credentials_fail_fast(monkeypatch, tmp_path):

@@ -191,6 +191,18 @@ def bucket_exists(bucket_name: str, client=None) -> tuple[object, bool]:
                     "login` or check the bucket name).") from None
 
 
+def require_bucket(path: str, client=None):
+  """The client, once gs://BUCKET of `path` is known to exist (asked once, in
+  seconds); a missing bucket is a UserError saying how to create it."""
+  bucket_name, _ = split_gcs(path)
+  client, exists = bucket_exists(bucket_name, client)
+  if not exists:
+    raise UserError(f"Bucket gs://{bucket_name} (of {path}) does not exist; create it "
+                    f"(gcloud storage buckets create gs://{bucket_name} --location=REGION), "
+                    "or fix the path.")
+  return client
+
+
 def access_error(path: str, error: Exception) -> ValueError:
   """One line for a gs:// path that cannot be reached: credentials, permissions,
   network."""

@@ -136,7 +136,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def check_workdir(workdir: str) -> None:
-  if not storage.is_gcs(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+  if storage.is_gcs(workdir):
+    storage.require_bucket(workdir)  # before the lock's first write into it
+  elif os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir={workdir} is a file, not a directory: pass another --workdir.")
 
 

@@ -36,12 +36,7 @@ def _check_output_dir(output_dir: str, client):
   """Fails in seconds, with what to do, when output_dir cannot be written.
   Returns the Cloud Storage client for gs:// paths."""
   if storage.is_gcs(output_dir):
-    bucket_name, _ = storage.split_gcs(output_dir)
-    client, exists = storage.bucket_exists(bucket_name, client)
-    if not exists:
-      raise UserError(f"Bucket gs://{bucket_name} does not exist; create it "
-                      f"(gcloud storage buckets create gs://{bucket_name} --location=REGION).")
-    return client
+    return storage.require_bucket(output_dir, client)
   try:
     os.makedirs(output_dir, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-probe-")
