@@ -30,6 +30,12 @@ class Service:
     self.address = f"grpc://localhost:{self.port}"
     self.dispatcher = self._dispatcher()
     self.workers = [self.add_worker(i) for i in range(workers)]
+    self.trainers = []  # stopped with the service, whatever the test's outcome
+
+  def start_trainer(self, *args, log):
+    self.trainers.append(start_cli("train", *args, f"--config.input.service={self.address}",
+                                   log=log))
+    return self.trainers[-1]
 
   def _dispatcher(self):
     log = self.tmp_path / "dispatcher.log"
@@ -51,7 +57,7 @@ class Service:
     self.dispatcher = self._dispatcher()
 
   def stop(self):
-    for proc in [self.dispatcher, *self.workers]:
+    for proc in [*self.trainers, self.dispatcher, *self.workers]:
       if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -88,10 +94,9 @@ def test_training_through_the_service_reaches_the_local_pipelines_accuracy(
 def test_a_lost_worker_and_a_restarted_dispatcher_do_not_stop_training(digits_dir, tmp_path,
                                                                         data_service):
   log = tmp_path / "train.log"
-  trainer = start_cli("train", "--config=configs/cnn.py", f"--config.data_dir={digits_dir}",
-                      f"--workdir={tmp_path / 'w'}", "--config.batch_size=64",
-                      "--config.steps=2500", "--config.log_every_steps=100",
-                      f"--config.input.service={data_service.address}", log=log)
+  trainer = data_service.start_trainer(
+      "--config=configs/cnn.py", f"--config.data_dir={digits_dir}", f"--workdir={tmp_path / 'w'}",
+      "--config.batch_size=64", "--config.steps=2500", "--config.log_every_steps=100", log=log)
   wait_for(lambda: "step 100/" in log.read_text(), trainer, log, timeout=300)
   data_service.workers[0].kill()
   data_service.restart_dispatcher()
@@ -111,9 +116,8 @@ def test_workers_do_the_work(digits_dir, tmp_path):
   service = Service(tmp_path, workers=0)
   try:
     log = tmp_path / "train.log"
-    trainer = start_cli("train", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
-                        f"--workdir={tmp_path / 'w'}", "--config.steps=200",
-                        f"--config.input.service={service.address}", log=log)
+    trainer = service.start_trainer("--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                                    f"--workdir={tmp_path / 'w'}", "--config.steps=200", log=log)
     wait_for(lambda: "Compiling" in log.read_text(), trainer, log, timeout=300)
     time.sleep(5)
     assert not re.search(r"step \d+/", log.read_text()) and trainer.poll() is None
