@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tpu_trainer import strategy as strategy_lib
+from tpu_trainer.config import default_config
 
 
 def test_auto_without_tpu_falls_back_to_cpu_replicas_quickly():
@@ -98,3 +99,22 @@ def test_which_runs_probe_for_a_tpu(monkeypatch, kind, tpu, google_device, probe
   except ValueError:
     assert kind == "tpu"
   assert bool(calls) == probed
+
+
+@pytest.mark.parametrize("model,bf16,expected", [
+    ("mobilenet_v2", True, "float32"),    # bf16 makes its depthwise convolutions slower
+    ("resnet50", True, "mixed_bfloat16"),
+    ("cnn", False, "float32"),
+])
+def test_auto_precision_on_a_cpu_is_the_faster_one_for_the_model_and_says_why(
+    monkeypatch, model, bf16, expected):
+  from tpu_trainer.backends import tensorflow as tf_backend  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(strategy_lib, "cpu_has_bf16", lambda: bf16)
+  config = default_config()
+  config.strategy = "cpu"
+  runner = tf_backend.Runner(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  precision, reason = runner.precision("auto", model)
+  assert precision == expected
+  if model in tf_backend.CPU_BF16_SLOWER:
+    assert f"float32 for {model}" in reason and "slower in bfloat16" in reason
+  assert runner.precision("mixed_bfloat16", model)[0] == "mixed_bfloat16"  # as given

@@ -193,7 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                                     {"config.data_dir": config.data_dir, "workdir": workdir})
     train_examples = dataset.split(config.input.train_split).num_examples
     plan = controller.plan_run(config, train_examples, runner.replicas,
-                               runner.precision(config.precision))
+                               runner.precision(config.precision, config.model))
     check_workers_agree(runner, config, plan, dataset)
     workdir_lock = None
     if runner.chief:  # one live run per workdir; the other workers share the chief's
