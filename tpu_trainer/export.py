@@ -96,7 +96,7 @@ def save_serving_model(model: keras.Model, class_names: list[str], path: str) ->
 
 def load_serving_fn(path: str):
   """A .keras file or an exported SavedModel -> fn(images) -> probabilities, for
-images of any numeric dtype (uint8 as the pipeline feeds them)."""
+  images of any numeric dtype (uint8 as the pipeline feeds them)."""
   if path.endswith(".keras"):
     model = keras.models.load_model(path)
 

@@ -52,11 +52,11 @@ def main(argv):
     print(f"training {config.model}: {train['examples_per_second']:,.0f} examples/s "
           f"({train['replicas']} replicas, {train['precision']})")
     print(benchmark.verdict(rate, train["examples_per_second"]))
-    if rate < benchmark.INPUT_BOUND_RATIO * train["examples_per_second"]:
+    need = benchmark.INPUT_BOUND_RATIO * train["examples_per_second"]
+    if rate < need:
       worker = benchmark.service_worker_rate(config, FLAGS.seconds)
       result["service_worker_examples_per_second"] = round(worker)
-      print(benchmark.workers_needed(benchmark.INPUT_BOUND_RATIO * train["examples_per_second"],
-                                     worker))
+      print(benchmark.workers_needed(need, worker))
   print(json.dumps(result))
 
 

@@ -11,6 +11,7 @@ Workers read the shards themselves: the dataset must be readable from them
 (gs:// in the cloud). Runs until SIGTERM or Ctrl-C, then stops cleanly (exit 0).
 """
 import signal
+import socket
 import time
 
 from absl import flags
@@ -41,12 +42,12 @@ def main(argv):
   from tpu_trainer.data import service  # pylint: disable=g-import-not-at-top
   if FLAGS.port < 0 or FLAGS.port > 65535:
     raise UserError(f"--port={FLAGS.port} must be a port number (0-65535).")
-  if FLAGS.port or FLAGS.role == "dispatcher":
-    service.check_port_free(FLAGS.port or service.DEFAULT_PORT)
+  port = FLAGS.port or (service.DEFAULT_PORT if FLAGS.role == "dispatcher" else 0)
+  if port:
+    service.check_port_free(port)
   if FLAGS.role == "dispatcher":
     if FLAGS.dispatcher:
       raise UserError("--dispatcher is for --role=worker; a dispatcher takes --port.")
-    port = FLAGS.port or service.DEFAULT_PORT
     try:  # the server lives as long as this object does
       server = service.start_dispatcher(port, cli.expand_path(FLAGS.work_dir),
                                         FLAGS.worker_timeout_s)
@@ -56,13 +57,13 @@ def main(argv):
     logging.info("tf.data service dispatcher on port %d%s; trainers pass "
                  "--config.input.service=grpc://%s:%d.", port,
                  f", journal in {FLAGS.work_dir}" if FLAGS.work_dir else
-                 " (no --work_dir: a restart forgets its jobs)", _hostname(), port)
+                 " (no --work_dir: a restart forgets its jobs)", socket.gethostname(), port)
   else:
     if not FLAGS.dispatcher:
       raise UserError("--role=worker needs --dispatcher=grpc://HOST:PORT.")
     service.check_reachable(FLAGS.dispatcher, "--dispatcher")
     try:
-      server = service.start_worker(FLAGS.dispatcher, FLAGS.port, FLAGS.worker_host)
+      server = service.start_worker(FLAGS.dispatcher, port, FLAGS.worker_host)
     except Exception as e:  # pylint: disable=broad-except
       raise UserError(f"Cannot start a worker: {(str(e).splitlines() or [''])[0][:300]}") \
           from None
@@ -71,11 +72,6 @@ def main(argv):
     time.sleep(0.2)
   logging.info("Stopped (%s).", signal.Signals(signals.signum).name)
   del server
-
-
-def _hostname() -> str:
-  import socket  # pylint: disable=g-import-not-at-top
-  return socket.gethostname()
 
 
 def run():
