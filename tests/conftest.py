@@ -32,11 +32,11 @@ def run_cli(name, *args, timeout=300, env=None):
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
 
 
-def start_cli(name, *args, log):
+def start_cli(name, *args, log, env=None):
   """Starts a console entry point in the background, its stderr into the file `log`."""
   with open(log, "w") as stderr:
     return subprocess.Popen([sys.executable, "-m", f"tpu_trainer.cli.{name}", *args], cwd=REPO,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=stderr)
 
 

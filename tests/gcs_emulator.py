@@ -26,16 +26,27 @@ def _free_port():
 
 
 class Emulator:
-  """Starts on enter, stops on exit; `url` goes in STORAGE_EMULATOR_HOST."""
+  """Starts on enter, stops on exit; `url` goes in STORAGE_EMULATOR_HOST.
 
-  def __enter__(self):
-    port = _free_port()
-    self.url = f"http://127.0.0.1:{port}"
+  root: keep the objects in that directory instead of memory, so that the
+  server can be killed (`proc.kill()`: storage gone) and started again on the
+  same port with them (`start()`: storage back)."""
+
+  def __init__(self, root: str | None = None):
+    self.root, self.port = root, _free_port()
+    self.url = f"http://127.0.0.1:{self.port}"
     # stderr to a file: an unread pipe makes the server hang after a while.
     self.log = tempfile.NamedTemporaryFile(prefix="fake-gcs-", suffix=".log", delete=False)
+
+  def __enter__(self):
+    return self.start()
+
+  def start(self):
+    backend = ["-backend", "filesystem", "-filesystem-root", self.root] if self.root else [
+        "-backend", "memory"]
     self.proc = subprocess.Popen(
-        [_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-         "-backend", "memory", "-external-url", self.url, "-log-level", "warn"],
+        [_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+         *backend, "-external-url", self.url, "-log-level", "warn"],
         stdout=self.log, stderr=self.log)
     deadline = time.time() + 20
     while True:

@@ -4,8 +4,10 @@ tf.io.gfile), as on a TPU VM: fake-gcs-server behind a TLS-terminating proxy
 (gcs_emulator.TensorFlowProxy). google-cloud-storage (uploads, the lock) talks to
 the same emulator."""
 import json
+import re
+import time
 
-from conftest import run_cli
+from conftest import run_cli, start_cli, wait_for
 
 
 def test_train_evaluate_and_resume_on_gs(gcs_bucket, gcs_emulator, tf_gcs_proxy):
@@ -42,3 +44,46 @@ def test_train_evaluate_and_resume_on_gs(gcs_bucket, gcs_emulator, tf_gcs_proxy)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"Resumed from {workdir}/checkpoints/ckpt-40" in again.stderr
   assert json.loads(again.stdout.splitlines()[0])["step"] == 60
+
+
+def test_storage_gone_mid_run_ends_in_bounded_time_and_resumes(digits_dir, tmp_path,
+                                                               monkeypatch):
+  """A gs:// workdir whose storage goes away mid-run (the server killed: the
+  proxy's connections then hang, as in a network partition, and TensorFlow's
+  GCS client would retry each request for ten minutes): notices say what is
+  being retried, then one error line naming the checkpoint to resume from,
+  exit 75, within config.storage_timeout_secs. Storage back, the same command
+  resumes from that checkpoint (the dead run's lock is no obstacle)."""
+  from gcs_emulator import Emulator, TensorFlowProxy  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import storage  # pylint: disable=g-import-not-at-top
+  with Emulator(root=str(tmp_path / "objects")) as emulator, TensorFlowProxy(
+      emulator.url, str(tmp_path)) as proxy:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+    storage.gcs_client().create_bucket("outage")
+    env = {"STORAGE_EMULATOR_HOST": emulator.url, **proxy.env}
+    args = ["--config=configs/mlp.py", "--workdir=gs://outage/run",
+            f"--config.data_dir={digits_dir}", "--config.batch_size=64",
+            "--config.steps_per_execution=10", "--config.log_every_steps=100",
+            "--config.checkpoint_every_steps=100", "--config.storage_timeout_secs=15"]
+    log = tmp_path / "train.log"
+    proc = start_cli("train", *args, "--config.steps=100000", log=log, env=env)
+    wait_for(lambda: "step 300/" in log.read_text(), proc, log)
+    emulator.proc.kill()
+    gone = time.monotonic()
+    assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
+    waited = time.monotonic() - gone
+    lines = log.read_text().splitlines()
+    assert waited < 15 + 15, waited  # the limit, plus the steps before the next write
+    assert any("Still " in l and "retrying; the run gives up at 15 s" in l for l in lines)
+    assert lines[-1].startswith("error: the storage of workdir=gs://outage/run did not answer "
+                                "while "), lines[-5:]
+    assert "Traceback" not in log.read_text()
+    checkpoint = re.search(r"Last checkpoint: (gs://outage/run/checkpoints/ckpt-(\d+))\.",
+                           lines[-1])
+    assert checkpoint and int(checkpoint.group(2)) >= 200, lines[-1]  # saved before the kill
+
+    emulator.start()  # storage back, with what was written before
+    again = run_cli("train", *args, f"--config.steps={int(checkpoint.group(2)) + 20}",
+                    env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resumed from {checkpoint.group(1)}." in again.stderr

@@ -72,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_min_secs = 60.0   # between per-epoch checkpoints (the end and SIGTERM always save)
   c.eval_every_epochs = 1        # evaluate the eval split this often
   c.keep_checkpoints = 3         # the newest checkpoints kept
+  c.storage_timeout_secs = 300.0 # a write to the workdir not done by then ends the run (exit 75)
   c.profile_steps = ""           # "START,END": record a TensorBoard profile
   c.seed = 0                     # initial weights and the input order
   return c
@@ -131,6 +132,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     "least 1.")
   if config.keep_checkpoints < 1:
     raise UserError(f"config.keep_checkpoints={config.keep_checkpoints} must be at least 1.")
+  if config.storage_timeout_secs <= 0:
+    raise UserError(f"config.storage_timeout_secs={config.storage_timeout_secs} must be "
+                    "positive.")
   if config.eval_every_epochs <= 0:
     raise UserError(f"config.eval_every_epochs={config.eval_every_epochs} must be positive.")
   if config.epochs < 1 and config.steps < 1:

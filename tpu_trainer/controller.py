@@ -259,10 +259,11 @@ class CheckpointClock:
 
 def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: Profiler,
           sigterm, early_stopping: EarlyStopping, num_classes: int,
-          step: int, renew_lock=lambda: None) -> tuple[int, Speed]:
+          step: int, watchdog, renew_lock=lambda: None) -> tuple[int, Speed]:
   """Runs executions from `step` to plan.total_steps (or an early stop), with the
-  logs, evaluations and checkpoints that fall due between them. Returns the
-  last step and the speed. Raises Diverged, or Preempted after saving."""
+  logs, evaluations and checkpoints that fall due between them, each write to
+  the workdir under `watchdog` (watchdog.StorageWatchdog). Returns the last
+  step and the speed. Raises Diverged, or Preempted after saving."""
   speed, clock = Speed(plan.batch_size), CheckpointClock(plan.checkpoint_min_secs)
   while step < plan.total_steps:
     n = min(plan.steps_per_execution, plan.total_steps - step)
@@ -290,21 +291,25 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
                      f"learning rate (peak {plan.peak_lr:.3g}) or check the data.")
     done = step >= plan.total_steps
     if step % plan.log_every == 0 or done or agreed.line_due:
-      report.train(step, {**runner.train_totals(), "examples_per_second": speed.interval_rate(),
-                          "learning_rate": runner.learning_rate(step)})
-      renew_lock()
+      values = {**runner.train_totals(), "examples_per_second": speed.interval_rate(),
+                "learning_rate": runner.learning_rate(step)}
+      with watchdog.waiting(f"writing step {step}'s summaries and renewing the lock"):
+        report.train(step, values)
+        renew_lock()
     stop_early = False
     if step % plan.eval_every == 0 and not done:
       eval_start = time.perf_counter()
       values = evaluate()
-      report.validation(step, values)
+      with watchdog.waiting(f"writing step {step}'s validation summaries"):
+        report.validation(step, values)
       stop_early = early_stopping.stop(values["accuracy"])
       speed.exclude(time.perf_counter() - eval_start)
     if ((step % plan.checkpoint_every == 0 and agreed.checkpoint_due) or done
         or agreed.stop or stop_early):
-      checkpoints.save(step)
+      with watchdog.waiting(f"saving checkpoint {step}"):
+        watchdog.saved(checkpoints.save(step))
+        report.save_history()
       clock.saved()
-      report.save_history()
     if agreed.stop:
       where = "here" if sigterm.received else "on another worker"
       raise sigterm.stopped(f"{where} at step {step}/{plan.total_steps}; every worker saved "

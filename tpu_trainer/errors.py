@@ -14,3 +14,11 @@ class MissingError(UserError, FileNotFoundError):
 class Diverged(UserError):
   """The loss diverged (NaN, infinite or exploding): training stopped, nothing was
   exported. The tools exit with 3."""
+
+
+class StorageUnavailable(UserError):
+  """The workdir's storage stopped answering (watchdog.py): nothing more could be
+  written; rerunning the same command resumes from the last checkpoint. The
+  tools exit with 75 (sysexits' EX_TEMPFAIL: try again later) at once, without
+  the cleanup that would wait on storage again."""
+  exit_status = 75

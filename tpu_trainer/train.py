@@ -32,6 +32,7 @@ from tpu_trainer import stopping
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import versions
+from tpu_trainer import watchdog as watchdog_lib
 from tpu_trainer.data import manifest
 from tpu_trainer.data import service
 from tpu_trainer.errors import MissingError
@@ -195,16 +196,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
     check_workers_agree(runner, config, plan, dataset)
+    # Every write to the workdir from here on: bounded, said while it waits.
+    watchdog = watchdog_lib.StorageWatchdog(workdir, config.storage_timeout_secs)
+    cleanup.callback(watchdog.close)
     workdir_lock = None
     if runner.chief:  # one live run per workdir; the other workers share the chief's
-      workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
-      cleanup.callback(workdir_lock.release)
-      config_path = storage.join(workdir, "config.json")
-      if not tf.io.gfile.exists(config_path):
-        # A run that fails before its first checkpoint leaves no config.json behind:
-        # nothing then stops a retry with other settings.
-        cleanup.push(lambda failed, *_: failed and _forget_config(workdir, config_path))
-      config_lib.save(_resolved(config, plan, dataset, runner, stack), config_path)
+      with watchdog.waiting("taking the workdir's lock and writing config.json"):
+        workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
+        cleanup.callback(watchdog.guarded("releasing the workdir's lock", workdir_lock.release))
+        config_path = storage.join(workdir, "config.json")
+        if not tf.io.gfile.exists(config_path):
+          # A run that fails before its first checkpoint leaves no config.json
+          # behind: nothing then stops a retry with other settings.
+          forget = watchdog.guarded("removing config.json", _forget_config, workdir,
+                                    config_path)
+          cleanup.push(lambda failed, *_: failed and forget())
+        config_lib.save(_resolved(config, plan, dataset, runner, stack), config_path)
     _log_plan(config, plan, train_examples, runner)
 
     model, optimizer, schedule = build(config, plan, dataset, runner.scope())
@@ -212,20 +219,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                  config.label_smoothing)
     checkpoints = runner.checkpoints(workdir, config.keep_checkpoints)
     cleanup.callback(checkpoints.close)
-    checkpoints.restore()
-    step = runner.step()
+    with watchdog.waiting("reading the latest checkpoint and history.json"):
+      restored = checkpoints.restore()
+      step = runner.step()
+      report = controller.Report(workdir, runner.chief, plan.total_steps, step,
+                                 plan.batch_size)
+    if restored:
+      watchdog.saved(restored)
     evaluate = runner.evaluator(dataset, config.input.eval_split, plan.batch_size, config.input)
-    report = controller.Report(workdir, runner.chief, plan.total_steps, step, plan.batch_size)
-    cleanup.callback(report.close)
+    cleanup.callback(watchdog.guarded("writing the last summaries", report.close))
     profiler = controller.Profiler(runner, config.profile_steps,
                                    storage.join(workdir, "train"), runner.chief)
-    cleanup.callback(profiler.close)
+    cleanup.callback(watchdog.guarded("writing the profile", profiler.close))
 
     try:
       step, speed = controller.train(
           runner, plan, report, checkpoints, evaluate, profiler, sigterm,
           controller.EarlyStopping(config.early_stopping_patience), dataset.num_classes, step,
-          renew_lock=workdir_lock.renew if workdir_lock else lambda: None)
+          watchdog, renew_lock=workdir_lock.renew if workdir_lock else lambda: None)
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
@@ -236,21 +247,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                       f"{str(e).splitlines()[0][:200]}). Start every worker again with the "
                       "same command: they resume from the last checkpoint "
                       f"({checkpoints.latest() or 'none yet'}).") from None
-    report.scalars("validation", final, step)
-    report.close()
+    with watchdog.waiting("writing the final summaries"):
+      report.scalars("validation", final, step)
+      report.close()
 
     result = _results(config, plan, runner, speed, final, step)
     if runner.chief:  # the export; a SIGTERM stops it at a safe point, exit 143
       sigterm.check_export()
-      report.save_history()
-      with runner.export_scope():
-        export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model,
-                          safe_point=sigterm.check_export)
-      sigterm.check_export()
-      # Last: its presence means the run and its export are complete. A run stopped
-      # before it (SIGTERM during export, say) finishes the export when rerun.
-      storage.write_text(storage.join(workdir, "metrics.json"),
-                         json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
+      with watchdog.waiting(f"exporting the model to {workdir}"):
+        report.save_history()
+        with runner.export_scope():
+          export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model,
+                            safe_point=sigterm.check_export)
+        sigterm.check_export()
+        # Last: its presence means the run and its export are complete. A run
+        # stopped before it (SIGTERM during export, say) finishes the export when rerun.
+        storage.write_text(storage.join(workdir, "metrics.json"),
+                           json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
     runner.finish()
     return result
 

@@ -113,10 +113,11 @@ class Checkpoints:
     steps = self._steps()
     return self._path(steps[-1]) if steps else None
 
-  def restore(self) -> None:
+  def restore(self) -> str | None:
+    """The checkpoint restored, or None."""
     latest = self.latest()
     if not latest:
-      return
+      return None
     with storage.open_read(latest) as f:
       saved = np.load(io.BytesIO(f.read()))
     names = [v.path for v in self._variables]
@@ -126,15 +127,16 @@ class Checkpoints:
     for i, variable in enumerate(self._variables):
       variable.assign(saved[f"v{i}"])
     logging.info("Resumed from %s.", latest)
+    return latest
 
-  def save(self, step: int) -> None:
+  def save(self, step: int) -> str:
+    final = self._path(step)
     if not self._chief:
       wait_for_every_process(f"checkpoint {step}")
-      return
+      return final
     values = {f"v{i}": local_value(v.value) for i, v in enumerate(self._variables)}
     if not storage.is_gcs(self.directory):
       os.makedirs(self.directory, exist_ok=True)
-    final = self._path(step)
     tmp = storage.local_temp_path(final)
     try:
       with open(tmp, "wb") as f:
@@ -147,6 +149,7 @@ class Checkpoints:
     for old in self._steps()[:-self._keep]:
       storage.delete(self._path(old))
     wait_for_every_process(f"checkpoint {step}")
+    return final
 
   def close(self) -> None:
     pass

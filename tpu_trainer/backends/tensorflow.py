@@ -49,16 +49,18 @@ class Checkpoints:
   def latest(self) -> str | None:
     return tf.train.latest_checkpoint(self.directory)
 
-  def restore(self) -> None:
+  def restore(self) -> str | None:
+    """The checkpoint restored, or None."""
     if self._chief:
       self._remove_half_written()
     latest = self.latest()
     if latest:
       self._checkpoint.restore(latest).assert_existing_objects_matched()
       logging.info("Resumed from %s.", latest)
+    return latest
 
-  def save(self, step: int) -> None:
-    self._manager.save(checkpoint_number=step)
+  def save(self, step: int) -> str:
+    return self._manager.save(checkpoint_number=step)
 
   # What TensorFlow writes while saving (ckpt-N_temp/, then renamed): a killed
   # run's leftovers. Only these, named exactly; a link is removed, not followed.

@@ -1,0 +1,67 @@
+"""The storage watchdog: bounded waits on the workdir, one line when storage is
+gone. End to end (a gs:// workdir losing its storage mid-run): test_tf_gcs.py."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import tensorflow as tf
+
+from tpu_trainer import watchdog as watchdog_lib
+from tpu_trainer.errors import StorageUnavailable
+
+
+def test_a_storage_error_is_one_line_and_later_writes_are_skipped():
+  watchdog = watchdog_lib.StorageWatchdog("gs://bucket/run", limit_s=60)
+  watchdog.saved("gs://bucket/run/checkpoints/ckpt-200")
+  with pytest.raises(StorageUnavailable) as raised:
+    with watchdog.waiting("saving checkpoint 400"):
+      raise tf.errors.AbortedError(None, None, "All 10 retry attempts failed. The last "
+                                   "failure: Unavailable: Error executing an HTTP request")
+  message = str(raised.value)
+  assert "workdir=gs://bucket/run did not answer while saving checkpoint 400" in message
+  assert "AbortedError: All 10 retry attempts failed" in message
+  assert "Last checkpoint: gs://bucket/run/checkpoints/ckpt-200." in message
+  assert watchdog.down
+  released = []
+  watchdog.guarded("releasing the lock", released.append, "released")()
+  assert not released  # storage is gone: the cleanup would only wait on it again
+  with pytest.raises(StorageUnavailable, match="it failed before"):
+    with watchdog.waiting("writing history.json"):
+      pass
+  watchdog.close()
+
+
+def test_other_errors_pass_through():
+  watchdog = watchdog_lib.StorageWatchdog("/tmp/run", limit_s=60)
+  with pytest.raises(tf.errors.NotFoundError):
+    with watchdog.waiting("saving checkpoint 1"):
+      raise tf.errors.NotFoundError(None, None, "no such file")
+  assert not watchdog.down
+  done = []
+  watchdog.guarded("releasing the lock", done.append, 1)()
+  assert done == [1]
+  watchdog.close()
+
+
+def test_a_wait_past_the_limit_ends_the_process_with_75():
+  """The main thread stuck inside a call (here a sleep; in a run, TensorFlow's
+  C++ retries) can't be interrupted: the watchdog's thread says so and exits."""
+  code = textwrap.dedent("""
+      import time
+      from absl import logging
+      from tpu_trainer import watchdog
+      logging.set_verbosity(logging.WARNING)
+      w = watchdog.StorageWatchdog("gs://bucket/run", limit_s=3)
+      with w.waiting("saving checkpoint 7"):
+        time.sleep(60)
+      """)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=False)
+  assert result.returncode == 75, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert any("Still saving checkpoint 7 after 1 s" in l for l in lines), lines
+  assert lines[-1] == ("error: the storage of workdir=gs://bucket/run did not answer while "
+                       "saving checkpoint 7 (no answer in 3 s); nothing more was written. Last "
+                       "checkpoint: none (none saved yet). Run the same command again once it "
+                       "answers: it resumes from there.")

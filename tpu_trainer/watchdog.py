@@ -1,0 +1,129 @@
+"""Bounded waits on the workdir's storage.
+
+When a workdir's storage stops answering, TensorFlow's gs:// filesystem retries
+each request inside C++ (ten attempts, each waiting up to 61 s for a silent
+connection), unseen and uninterruptible from Python, and google-cloud-storage
+(the lock) retries for two minutes: a run sat silent for over ten minutes per
+write. Here each of the run's writes (checkpoints, summaries, history, the
+lock, the export) happens inside StorageWatchdog.waiting(what): after NOTICE_S
+a line says what is being retried, again every NOTICE_S; a write that fails
+with a storage error raises StorageUnavailable; one still not done after the
+limit (config.storage_timeout_secs) ends the process with that same one line
+and exit status 75, since the main thread can't be interrupted inside
+TensorFlow. Either way the line names the last checkpoint saved, from which
+the same command resumes.
+"""
+import contextlib
+import os
+import sys
+import threading
+import time
+
+from absl import logging
+
+from tpu_trainer.errors import StorageUnavailable
+
+NOTICE_S = 30.0
+
+
+def is_storage_error(error: BaseException) -> bool:
+  """Whether `error` is storage not answering (after the client's own retries):
+  TensorFlow's file system, google-cloud-storage, or the HTTP under it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+    return True
+  if isinstance(error, tf.errors.AbortedError):  # TensorFlow's GCS: "All N retry attempts failed"
+    return "retry attempts failed" in str(error)
+  try:
+    import requests  # pylint: disable=g-import-not-at-top
+    from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+    from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return isinstance(error, (exceptions.RetryError, exceptions.ServerError,
+                            exceptions.TooManyRequests, auth_exceptions.TransportError,
+                            requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+
+
+class StorageWatchdog:
+  """Watches the run's writes to `workdir` from a thread of its own (started on
+  the first wait, stopped by close())."""
+
+  def __init__(self, workdir: str, limit_s: float, notice_s: float = NOTICE_S):
+    # A short limit (tests, impatient users) still gets notices before it.
+    self.workdir, self.limit_s, self.notice_s = workdir, limit_s, min(notice_s, limit_s / 3)
+    self.last_checkpoint = "none (none saved yet)"
+    self.down = False  # a write failed: cleanup that writes is skipped
+    self._what, self._since = None, 0.0
+    self._lock = threading.Lock()
+    self._closed = threading.Event()
+    self._thread = None
+
+  def message(self, what: str, cause: str) -> str:
+    return (f"the storage of workdir={self.workdir} did not answer while {what} ({cause}); "
+            f"nothing more was written. Last checkpoint: {self.last_checkpoint}. Run the "
+            "same command again once it answers: it resumes from there.")
+
+  def saved(self, path: str) -> None:
+    """A checkpoint is written: the one to resume from, named without asking
+    storage (which may be gone by the time it is needed)."""
+    self.last_checkpoint = path
+
+  @contextlib.contextmanager
+  def waiting(self, what: str):
+    """Around one write: `what` says it in the notices ("saving checkpoint 400").
+    A wait inside another is the outer one's."""
+    if self.down:  # storage failed before: don't wait on it again
+      raise StorageUnavailable(self.message(what, "it failed before"))
+    with self._lock:
+      outer = self._what is not None
+      if not outer:
+        self._what, self._since = what, time.monotonic()
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._watch, name="storage-watchdog",
+                                      daemon=True)
+      self._thread.start()
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_storage_error(e):
+        raise
+      self.down = True
+      first = (str(e).strip().splitlines() or [""])[0][:200]
+      raise StorageUnavailable(self.message(what, f"{type(e).__name__}: {first}")) from None
+    finally:
+      if not outer:
+        with self._lock:
+          self._what = None
+
+  def guarded(self, what: str, fn, *args):
+    """A cleanup that writes: `fn(*args)` watched as `what`, skipped once storage
+    has failed (it would only wait again)."""
+    def cleanup():
+      if not self.down:
+        with self.waiting(what):
+          fn(*args)
+    return cleanup
+
+  def _watch(self) -> None:
+    notices, watched = 0, None
+    while not self._closed.wait(1.0):
+      with self._lock:
+        what, since = self._what, self._since
+      if what is None:
+        continue
+      if since != watched:  # another wait: its own notices
+        notices, watched = 0, since
+      waited = time.monotonic() - since
+      if waited >= self.limit_s:
+        print(f"error: {self.message(what, f'no answer in {waited:.0f} s')}", file=sys.stderr,
+              flush=True)
+        os._exit(StorageUnavailable.exit_status)  # pylint: disable=protected-access
+      if waited >= (notices + 1) * self.notice_s:
+        notices += 1
+        logging.warning("Still %s after %.0f s: storage is slow or not answering, retrying; "
+                        "the run gives up at %.0f s (config.storage_timeout_secs).", what,
+                        waited, self.limit_s)
+
+  def close(self) -> None:
+    self._closed.set()
