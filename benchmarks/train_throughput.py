@@ -1,23 +1,31 @@
-"""Training examples/s: the tutorials' Keras, the best plain Keras, and tpu_trainer.
+"""Training examples/s: the tutorials' Keras, the best plain Keras, tpu_trainer, and
+the compute limit.
 
-Four columns from the same run, same architecture, data, batch and epochs,
-each timed the same way: examples trained after the first execution (tracing
-and compilation) divided by the time they took.
+Columns from the same run, same architecture, data, batch and epochs, each
+timed the same way: examples trained after the first execution (tracing and
+compilation) divided by the time they took.
 
   tutorial   the seed tutorials' model.fit: float32, one step per call, tf.data
              from numpy arrays.
-  +precision the same with the precision tpu_trainer resolves here (bf16 on
-             CPUs with bf16 units and on TPUs).
+  +precision the same with the precision tpu_trainer resolves for this model here
+             (bf16 on CPUs with bf16 units and on TPUs; float32 for mobilenet_v2
+             on a CPU).
   best Keras the same plus steps_per_execution (as ours): the best plain Keras
              one can write on one device.
   ours       tpu_trainer's loop on TFRecords written by its converter.
   ours_jax   the same recipe and data through --config.backend=jax (Keras's JAX
              backend, one jitted call per execution; its own process, as Keras's
              backend is fixed per process; precision auto: float32 on a CPU).
+             Only for --jax_models: XLA:CPU has no oneDNN convolutions, the big
+             models would take hours.
+  limit      the compute limit: ours' train step on one batch held on the device,
+             repeated in one compiled loop, no input and no host work
+             (tpu_trainer.benchmark.compute_limit).
 
-The gain of ours over the tutorial is the product of the columns' ratios:
-precision, steps per call, and the rest (our input and loop). The data:
-scikit-learn's digits upscaled to 28x28 (Fashion-MNIST's size), repeated.
+Ours is reported as a ratio to the best plain Keras and as a share of the limit.
+The data: scikit-learn's digits upscaled to 28x28 (Fashion-MNIST's size) for
+mlp, cnn and conv_bn, to --big_image_size (64) for mobilenet_v2 and resnet50
+(from scratch: no download here), repeated.
 
   python benchmarks/train_throughput.py [--models=cnn,mlp] [--epochs=4] [--repeat=20]
 """
@@ -37,28 +45,36 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from tpu_trainer import backends  # pylint: disable=g-import-not-at-top
+from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
 from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-from tpu_trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
 from tpu_trainer import train  # pylint: disable=g-import-not-at-top
 from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
 from tpu_trainer.models import build_model  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_list("models", ["cnn", "mlp"], "Models to compare.")
-flags.DEFINE_integer("epochs", 4, "Epochs for every column.")
-flags.DEFINE_integer("repeat", 20, "Copies of the digits training set.")
-flags.DEFINE_integer("batch_size", 1024, "Global batch for every column.")
+BIG_MODELS = ("mobilenet_v2", "resnet50")
+flags.DEFINE_list("models", ["mlp", "cnn", "conv_bn", *BIG_MODELS], "Models to compare.")
+flags.DEFINE_list("jax_models", ["mlp", "cnn"], "Models also run on the JAX "
+                  "backend.")
+flags.DEFINE_integer("epochs", 4, "Epochs for every column (28x28 models).")
+flags.DEFINE_integer("repeat", 20, "Copies of the digits training set (28x28 models).")
+flags.DEFINE_integer("batch_size", 1024, "Global batch for every column (28x28 models).")
 flags.DEFINE_integer("steps_per_execution", 20, "For best Keras and ours.")
+flags.DEFINE_integer("big_image_size", 64, "Image side for mobilenet_v2 and resnet50.")
+flags.DEFINE_integer("big_batch_size", 32, "Global batch for mobilenet_v2 and resnet50.")
+flags.DEFINE_integer("big_epochs", 2, "Epochs for mobilenet_v2 and resnet50.")
+flags.DEFINE_integer("big_repeat", 1, "Copies of the digits training set for them.")
 FLAGS = flags.FLAGS
 
 
-def digits28(repeat):
-  """Digits at 28x28, uint8: train (repeated) and test arrays."""
+def digits_at(size, repeat):
+  """Digits at size x size, uint8: train (repeated) and test arrays."""
   source = sources.digits()
 
   def arrays(split, copies):
     s = source.splits[split]
     xs, ys = zip(*s.read(range(s.num_examples)))
-    x = np.stack([np.asarray(Image.fromarray(im[..., 0]).resize((28, 28), Image.BILINEAR))
+    x = np.stack([np.asarray(Image.fromarray(im[..., 0]).resize((size, size), Image.BILINEAR))
                   for im in xs])[..., None]
     return np.tile(x, (copies, 1, 1, 1)), np.tile(np.array(ys), copies)
 
@@ -87,7 +103,7 @@ def plain_keras(name, train_xy, test_xy, epochs, batch, precision, steps_per_exe
   config = config_lib.default_config()
   config.model = name
   keras.utils.set_random_seed(0)
-  model = build_model(config, (28, 28, 1), 10)
+  model = build_model(config, train_xy[0].shape[1:], 10)
   # Adam at the rate tpu_trainer's rule gives this batch (sqrt scaling from 1e-3 at 32).
   model.compile(keras.optimizers.Adam(1e-3 * (batch / 32) ** 0.5),
                 "sparse_categorical_crossentropy", metrics=["accuracy"],
@@ -102,10 +118,15 @@ def plain_keras(name, train_xy, test_xy, epochs, batch, precision, steps_per_exe
   return timed * batch / timer.seconds, accuracy
 
 
-def ours(name, data_dir, workdir, epochs, batch, steps_per_execution):
+def ours_config(name, data_dir, epochs, batch, steps_per_execution):
   config = config_lib.default_config()
   config.update({"model": name, "data_dir": data_dir, "batch_size": batch, "epochs": epochs,
                  "steps_per_execution": steps_per_execution, "eval_every_epochs": epochs})
+  return config
+
+
+def ours(name, data_dir, workdir, epochs, batch, steps_per_execution):
+  config = ours_config(name, data_dir, epochs, batch, steps_per_execution)
   metrics = train.run(config, workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))
   if metrics["examples_per_second_includes_compilation"]:
     raise SystemExit("Too few steps to time after the first (compiling) execution: raise "
@@ -130,54 +151,83 @@ def ours_jax(name, data_dir, workdir, epochs, batch, steps_per_execution):
   return metrics["examples_per_second"], metrics["accuracy"], metrics["precision"]
 
 
+precision_jax = {}  # model: the JAX run's precision
+
+
+def compare(name, train_xy, test_xy, data_dir, workdir, epochs, batch, spe):
+  """Every column for one model: {column: (examples/s, accuracy)}, precision."""
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  precision = backends.runner(config_lib.default_config(), strategy).precision("auto", name)[0]
+  columns = {
+      "tutorial": plain_keras(name, train_xy, test_xy, epochs, batch, "float32", 1),
+      "+precision": plain_keras(name, train_xy, test_xy, epochs, batch, precision, 1),
+      "best_keras": plain_keras(name, train_xy, test_xy, epochs, batch, precision, spe)}
+  rate, accuracy, _ = ours(name, data_dir, os.path.join(workdir, name), epochs, batch, spe)
+  columns["ours"] = (rate, accuracy)
+  if name in FLAGS.jax_models:
+    jax_rate, jax_accuracy, jax_precision = ours_jax(name, data_dir, os.path.join(workdir, f"{name}_jax"),
+                                         epochs, batch, spe)
+    columns["ours_jax"] = (jax_rate, jax_accuracy)
+    precision_jax[name] = jax_precision
+  limit = benchmark.compute_limit(ours_config(name, data_dir, epochs, batch, spe), strategy)
+  columns["limit"] = (limit["examples_per_second"], float("nan"))
+  return columns, precision
+
+
 def main(_):
   logging.set_verbosity(logging.WARNING)
-  train_xy, test_xy = digits28(FLAGS.repeat)
-  precision = strategy_lib.resolve_precision("auto", tf.distribute.OneDeviceStrategy("/cpu:0"))
-  batch, spe = FLAGS.batch_size, FLAGS.steps_per_execution
+  spe = FLAGS.steps_per_execution
   tmp = tempfile.mkdtemp(prefix="bench_train_")
   try:
-    source = sources.Source("digits28", [str(i) for i in range(10)], (28, 28, 1), {
-        "train": sources.split_from_arrays(*train_xy),
-        "test": sources.split_from_arrays(*test_xy)})
-    convert.convert(source, os.path.join(tmp, "data"), min_shards=8)
-    print(f"{len(train_xy[0])} train images 28x28, batch {batch}, {FLAGS.epochs} epochs, "
-          f"{os.cpu_count()} cores, one device; precision here: {precision}")
+    workloads = {}  # image side: (train, test, data_dir, epochs, batch)
+    for name in FLAGS.models:
+      big = name in BIG_MODELS
+      size = FLAGS.big_image_size if big else 28
+      if size not in workloads:
+        train_xy, test_xy = digits_at(size, FLAGS.big_repeat if big else FLAGS.repeat)
+        source = sources.Source(f"digits{size}", [str(i) for i in range(10)], (size, size, 1), {
+            "train": sources.split_from_arrays(*train_xy),
+            "test": sources.split_from_arrays(*test_xy)})
+        data_dir = os.path.join(tmp, f"data{size}")
+        convert.convert(source, data_dir, min_shards=8)
+        workloads[size] = (train_xy, test_xy, data_dir,
+                           FLAGS.big_epochs if big else FLAGS.epochs,
+                           FLAGS.big_batch_size if big else FLAGS.batch_size)
+    print(f"{os.cpu_count()} cores, one device; {spe} steps per execution")
     rows = []
     for name in FLAGS.models:
-      columns = {
-          "tutorial": plain_keras(name, train_xy, test_xy, FLAGS.epochs, batch, "float32", 1),
-          "+precision": plain_keras(name, train_xy, test_xy, FLAGS.epochs, batch, precision, 1),
-          "best_keras": plain_keras(name, train_xy, test_xy, FLAGS.epochs, batch, precision,
-                                    spe)}
-      rate, accuracy, _ = ours(name, os.path.join(tmp, "data"), os.path.join(tmp, name),
-                               FLAGS.epochs, batch, spe)
-      columns["ours"] = (rate, accuracy)
-      jax_rate, jax_accuracy, jax_precision = ours_jax(
-          name, os.path.join(tmp, "data"), os.path.join(tmp, f"{name}_jax"), FLAGS.epochs,
-          batch, spe)
-      columns["ours_jax"] = (jax_rate, jax_accuracy)
-      row = {"model": name, "precision": precision,
+      size = FLAGS.big_image_size if name in BIG_MODELS else 28
+      train_xy, test_xy, data_dir, epochs, batch = workloads[size]
+      columns, precision = compare(name, train_xy, test_xy, data_dir, tmp, epochs, batch, spe)
+      rate, best, limit = columns["ours"][0], columns["best_keras"][0], columns["limit"][0]
+      row = {"model": name, "image_size": size, "train_images": len(train_xy[0]),
+             "batch_size": batch, "epochs": epochs, "precision": precision,
              **{f"{k}_ex_s": round(r) for k, (r, _) in columns.items()},
-             **{f"{k}_accuracy": round(a, 4) for k, (_, a) in columns.items()},
+             **{f"{k}_accuracy": round(a, 4) for k, (_, a) in columns.items() if k != "limit"},
              "gain_precision": round(columns["+precision"][0] / columns["tutorial"][0], 2),
-             "gain_steps_per_call": round(columns["best_keras"][0] / columns["+precision"][0], 2),
-             "gain_input_and_loop": round(rate / columns["best_keras"][0], 2),
+             "gain_steps_per_call": round(best / columns["+precision"][0], 2),
+             "ours_vs_best_keras": round(rate / best, 2),
              # Against whichever plain-Keras column was faster in this run.
-             "ours_vs_fastest_keras": round(rate / max(r for k, (r, _) in columns.items()
-                                                       if not k.startswith("ours")), 2),
+             "ours_vs_fastest_keras": round(rate / max(
+                 r for k, (r, _) in columns.items() if k in ("tutorial", "+precision",
+                                                             "best_keras")), 2),
              "ours_vs_tutorial": round(rate / columns["tutorial"][0], 2),
-             "jax_precision": jax_precision,
-             "jax_vs_tensorflow": round(jax_rate / rate, 2)}
+             "ours_share_of_limit": round(rate / limit, 2)}
+      if "ours_jax" in columns:
+        row["jax_precision"] = precision_jax[name]
+        row["jax_vs_tensorflow"] = round(columns["ours_jax"][0] / rate, 2)
       rows.append(row)
-      print(f"{name}: " + " | ".join(f"{k} {r:7.0f} ex/s (acc {a:.3f})"
-                                     for k, (r, a) in columns.items()))
-      print(f"{name}: ours / best plain Keras {row['gain_input_and_loop']:.2f}x (/ the fastest "
-            f"plain-Keras column {row['ours_vs_fastest_keras']:.2f}x), ours / "
-            f"tutorial {row['ours_vs_tutorial']:.2f}x = precision {row['gain_precision']:.2f}x"
-            f" * steps per call {row['gain_steps_per_call']:.2f}x * input and loop "
-            f"{row['gain_input_and_loop']:.2f}x; JAX backend ({jax_precision}) / ours "
-            f"{row['jax_vs_tensorflow']:.2f}x")
+      print(f"{name} ({size}x{size}, batch {batch}, {precision}): " + " | ".join(
+          f"{k} {r:7.0f} ex/s" + (f" (acc {a:.3f})" if k != "limit" else "")
+          for k, (r, a) in columns.items()))
+      print(f"{name}: ours / best plain Keras {row['ours_vs_best_keras']:.2f}x (/ the fastest "
+            f"plain-Keras column {row['ours_vs_fastest_keras']:.2f}x), ours / compute limit "
+            f"{row['ours_share_of_limit']:.0%}; ours / tutorial {row['ours_vs_tutorial']:.2f}x "
+            f"= precision {row['gain_precision']:.2f}x * steps per call "
+            f"{row['gain_steps_per_call']:.2f}x * input and loop "
+            f"{row['ours_vs_best_keras']:.2f}x"
+            + (f"; JAX backend / ours {row['jax_vs_tensorflow']:.2f}x"
+               if "jax_vs_tensorflow" in row else ""), flush=True)
     print(json.dumps(rows))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -44,3 +44,19 @@ def test_one_service_workers_rate_and_the_workers_it_takes(digits_dir):
   assert rate > 1000
   advice = benchmark.workers_needed(10 * rate, rate)
   assert "~10 such worker(s)" in advice and "--data_service_workers=10" in advice
+
+
+def test_compute_limit_times_the_runs_own_step_without_input(digits_dir):
+  """The step a run takes (its batch and precision), on one batch held on the
+  device, timed on one replica and on 2."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from configs import cnn as cnn_config  # pylint: disable=g-import-not-at-top
+  config = cnn_config.get_config()
+  config.update({"data_dir": digits_dir, "batch_size": 64, "steps_per_execution": 5,
+                 "precision": "float32"})
+  limit = benchmark.compute_limit(config, tf.distribute.OneDeviceStrategy("/cpu:0"), 1.0)
+  assert limit["batch_size"] == 64 and limit["precision"] == "float32"
+  assert limit["examples_per_second"] > 1000
+  two = benchmark.compute_limit(config, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                                1.0)
+  assert two["batch_size"] == 64 and two["examples_per_second"] > 1000

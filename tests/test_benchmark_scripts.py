@@ -14,14 +14,18 @@ def _run(script, *args):
   return result.stdout
 
 
-def test_train_throughput_reports_five_columns_and_the_gains():
+def test_train_throughput_reports_every_column_the_gains_and_the_limit():
   out = _run("train_throughput.py", "--models=mlp", "--epochs=2", "--repeat=2",
              "--batch_size=64", "--steps_per_execution=5")
   row, = json.loads(out.splitlines()[-1])
   for column in ("tutorial", "+precision", "best_keras", "ours", "ours_jax"):
     assert row[f"{column}_ex_s"] > 0 and 0 <= row[f"{column}_accuracy"] <= 1
   assert row["ours_vs_tutorial"] == round(row["ours_ex_s"] / row["tutorial_ex_s"], 2)
-  assert "ours / best plain Keras" in out
+  assert row["ours_vs_best_keras"] == round(row["ours_ex_s"] / row["best_keras_ex_s"], 2)
+  # The compute limit: the same step with no input, so above any real run's rate.
+  assert row["limit_ex_s"] > row["ours_ex_s"] / 2
+  assert row["ours_share_of_limit"] == round(row["ours_ex_s"] / row["limit_ex_s"], 2)
+  assert "ours / best plain Keras" in out and "ours / compute limit" in out
   assert row["jax_precision"] == "float32"  # auto under JAX on a CPU
   assert row["jax_vs_tensorflow"] == round(row["ours_jax_ex_s"] / row["ours_ex_s"], 2)
 

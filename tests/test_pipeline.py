@@ -84,6 +84,38 @@ def test_epochs_differ_and_runs_reproduce_in_deterministic_mode(digits_dir):
   assert first != _two_epochs(dataset, seed=4)
 
 
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_a_cached_split_is_served_whole_and_reshuffled_every_epoch(digits_dir, pipelines):
+  """Cached: each pipeline's share decoded once, then every epoch a permutation
+  of it (no example twice, all but the remainder), another one each epoch, the
+  same for the same seed; the pipelines' shares stay disjoint."""
+  import collections  # pylint: disable=g-import-not-at-top
+  dataset = manifest.read(digits_dir)
+  everything = collections.Counter(_keys(*map(tf.constant, pipeline.sample(
+      dataset, "train", 1437))))
+  counts = pipeline._pipeline_counts(dataset, "train", pipelines)  # pylint: disable=protected-access
+  batch, shares = 100, []
+  for index in range(pipelines):
+    fn = pipeline.train_input_fn(dataset, batch * pipelines, _input(), seed=3)
+    epochs = []
+    for _ in range(2):
+      it = iter(fn(_ctx(pipelines, index)))
+      steps = counts[index] // batch
+      epochs.append([[k for _ in range(steps) for k in _keys(*next(it))] for _ in range(2)])
+    first, second = epochs[0]
+    assert epochs[0] == epochs[1]  # the same seed, the same order
+    assert first != second
+    for epoch in (first, second):
+      assert len(epoch) == counts[index] // batch * batch
+      assert not collections.Counter(epoch) - everything  # no example more often than it is
+    shares.append(collections.Counter(first + second))
+  assert sum(counts) == 1437
+  if pipelines == 2:
+    assert not (shares[0] & shares[1])
+  other = iter(pipeline.train_input_fn(dataset, batch, _input(), seed=4)(_ctx()))
+  assert _keys(*next(other)) != epochs[0][0][:batch]
+
+
 @pytest.mark.parametrize("num_shards,pipelines,batch", [(5, 1, 7), (5, 3, 12), (2, 3, 6),
                                                         (16, 2, 64)])
 def test_eval_sees_every_example_once(tmp_path_factory, num_shards, pipelines, batch):

@@ -6,6 +6,10 @@ import time
 
 import tensorflow as tf
 
+from tpu_trainer import backends
+from tpu_trainer import controller
+from tpu_trainer import loop
+from tpu_trainer import metrics
 from tpu_trainer import scaling
 from tpu_trainer import train
 from tpu_trainer.data import manifest
@@ -71,6 +75,44 @@ def training_rate(config, steps: int = 0) -> dict:
   config.profile_steps = ""
   with tempfile.TemporaryDirectory(prefix="tpu_trainer_bench_") as workdir:
     return train.run(config, workdir)
+
+
+def compute_limit(config, strategy=None, seconds: float = 10.0) -> dict:
+  """The compute limit of a training config on this machine (TensorFlow backend):
+  the same train step (model, optimizer, precision, batch, loss, metrics) on one
+  batch of the real input held on the devices, repeated in one compiled loop.
+  No input pipeline, no host work between steps: the rate a run can approach.
+  Returns examples_per_second, precision and batch_size."""
+  dataset = manifest.read(config.data_dir)
+  runner = backends.runner(config, strategy)
+  plan = controller.plan_run(config, dataset.split(config.input.train_split).num_examples,
+                             runner.replicas, runner.precision(config.precision, config.model))
+  model, optimizer, _ = train.build(config, plan, dataset, runner.scope())
+  strategy = runner.strategy
+  step_fn = loop.train_step(model, optimizer, plan.batch_size, config.label_smoothing,
+                            dataset.num_classes, metrics.Totals(strategy, "train"),
+                            loop.Signals(strategy))
+  batch = next(iter(strategy.distribute_datasets_from_function(pipeline.train_input_fn(
+      dataset, plan.batch_size, config.input, seed=config.seed))))
+
+  @tf.function(autograph=False)
+  def repeat(steps):
+    def step(i):
+      strategy.run(step_fn, args=batch)
+      return i + 1
+    tf.while_loop(lambda i: i < steps, step, [tf.constant(0)])
+
+  def timed(steps: int) -> float:
+    start = time.perf_counter()
+    repeat(tf.constant(steps))
+    optimizer.iterations.numpy()  # waits for the devices
+    return time.perf_counter() - start
+
+  timed(plan.steps_per_execution)  # tracing and compilation
+  per_step = timed(plan.steps_per_execution) / plan.steps_per_execution
+  steps = max(plan.steps_per_execution, int(seconds / per_step))
+  return {"examples_per_second": steps * plan.batch_size / timed(steps),
+          "precision": plan.precision, "batch_size": plan.batch_size}
 
 
 # Input below this multiple of the training rate leaves the accelerator waiting.
