@@ -2,7 +2,10 @@
 
 Order (the TPU guide / Model Garden way): list files -> seeded file shuffle ->
 shard per input pipeline -> interleave reads -> shuffle -> batch -> parse the
-whole batch -> decode -> augment -> prefetch. Shapes are static: TPUs need them.
+whole batch -> decode -> augment -> prefetch. A split whose share fits in memory
+(input.cache) is read and decoded once into one tensor instead, and each epoch
+is a seeded permutation of it gathered a batch at a time: no per-example work.
+Shapes are static: TPUs need them.
 Images stay uint8 to the model (4x less host-to-device traffic); the model
 rescales them.
 """
