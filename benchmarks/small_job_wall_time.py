@@ -5,9 +5,10 @@ For every recipe, on scikit-learn's digits (1,437 train / 360 test images, 8x8),
 
   ours        tpu-trainer-train --config=configs/RECIPE.py on the converted digits:
               evaluation every epoch, checkpoints, model.keras + SavedModel export,
-              metrics.json, learning curves. The recipe's augmentation, label
-              smoothing and weight decay off: the plain process has none of them
-              (they cost time, but are the recipe's, not the framework's).
+              metrics.json, learning curves. The recipe's augmentation off: the
+              plain process has none (it costs time, but is the recipe's, not the
+              framework's). Its label smoothing and weight decay stay on: nearly
+              free, and resnet50 without them diverged on digits.
   plain Keras the same model, optimizer, batch, peak learning rate, precision,
               steps_per_execution and epochs in model.fit on numpy arrays with
               validation every epoch, then model.save("model.keras") and a
@@ -97,8 +98,7 @@ def main(_):
         seconds, result = timed([
             sys.executable, "-m", "tpu_trainer.cli.train", f"--config=configs/{name}.py",
             f"--config.data_dir={data}", f"--workdir={workdir}", "--config.epochs=10",
-            "--config.input.augment=False", "--config.label_smoothing=0",
-            "--config.weight_decay=0", *offline])
+            "--config.input.augment=False", *offline])
         ours.append(seconds)
         metrics = json.loads(next(line for line in result.stdout.splitlines()
                                   if line.startswith("{")))

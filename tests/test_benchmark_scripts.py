@@ -64,3 +64,14 @@ def test_data_service_throughput_times_the_pipeline_with_and_without_workers():
   assert all(r["examples_per_second"] > 0 for r in rows)
   assert rows[1]["per_worker"] == rows[1]["examples_per_second"]
   assert "1 worker process(es)" in out and "per worker" in out
+
+
+def test_small_job_wall_time_times_both_whole_processes():
+  out = _run("small_job_wall_time.py", "--models=mlp", "--runs=1")
+  row, = json.loads(out.splitlines()[-1])
+  assert row["model"] == "mlp" and len(row["ours_s"]) == len(row["plain_keras_s"]) == 1
+  assert row["ours_s"][0] > 1 and row["plain_keras_s"][0] > 1  # processes, imports included
+  # from the unrounded times: the rounded ones give it within 0.02
+  assert abs(row["plain_over_ours"] - row["plain_keras_s"][0] / row["ours_s"][0]) < 0.02
+  assert row["ours_accuracy"][0] > 0.8 and row["plain_accuracy"][0] > 0.8
+  assert "plain / ours" in out
