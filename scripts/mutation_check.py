@@ -114,6 +114,16 @@ MUTANTS = (
     Mutant("eval classes by index, not by name", "tpu_trainer/evaluate.py",
            "predict = _in_class_order(predict, order)", "pass",
            ("tests/test_train.py::test_eval_matches_classes_by_name_and_refuses_other_classes",)),
+    Mutant("the storage watchdog never gives up", "tpu_trainer/watchdog.py",
+           "if waited >= self.limit_s:", "if False:",
+           ("tests/test_watchdog.py::test_a_wait_past_the_limit_ends_the_process_with_75",)),
+    Mutant("a storage error left raw", "tpu_trainer/watchdog.py",
+           "      if not is_storage_error(e):\n        raise\n", "      raise\n",
+           ("tests/test_watchdog.py",)),
+    Mutant("the same permutation every epoch", "tpu_trainer/data/pipeline.py",
+           "seed=tf.stack([tf.constant(seed, tf.int64), number])",
+           "seed=tf.stack([tf.constant(seed, tf.int64), 0 * number])",
+           ("tests/test_pipeline.py",)),
 )
 
 
