@@ -151,11 +151,9 @@ def ours_jax(name, data_dir, workdir, epochs, batch, steps_per_execution):
   return metrics["examples_per_second"], metrics["accuracy"], metrics["precision"]
 
 
-precision_jax = {}  # model: the JAX run's precision
-
-
 def compare(name, train_xy, test_xy, data_dir, workdir, epochs, batch, spe):
-  """Every column for one model: {column: (examples/s, accuracy)}, precision."""
+  """Every column for one model: ({column: (examples/s, accuracy)}, precision, the
+  JAX run's precision or None)."""
   strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
   precision = backends.runner(config_lib.default_config(), strategy).precision("auto", name)[0]
   columns = {
@@ -164,14 +162,14 @@ def compare(name, train_xy, test_xy, data_dir, workdir, epochs, batch, spe):
       "best_keras": plain_keras(name, train_xy, test_xy, epochs, batch, precision, spe)}
   rate, accuracy, _ = ours(name, data_dir, os.path.join(workdir, name), epochs, batch, spe)
   columns["ours"] = (rate, accuracy)
+  jax_precision = None
   if name in FLAGS.jax_models:
-    jax_rate, jax_accuracy, jax_precision = ours_jax(name, data_dir, os.path.join(workdir, f"{name}_jax"),
-                                         epochs, batch, spe)
+    jax_rate, jax_accuracy, jax_precision = ours_jax(
+        name, data_dir, os.path.join(workdir, f"{name}_jax"), epochs, batch, spe)
     columns["ours_jax"] = (jax_rate, jax_accuracy)
-    precision_jax[name] = jax_precision
   limit = benchmark.compute_limit(ours_config(name, data_dir, epochs, batch, spe), strategy)
   columns["limit"] = (limit["examples_per_second"], float("nan"))
-  return columns, precision
+  return columns, precision, jax_precision
 
 
 def main(_):
@@ -198,7 +196,7 @@ def main(_):
     for name in FLAGS.models:
       size = FLAGS.big_image_size if name in BIG_MODELS else 28
       train_xy, test_xy, data_dir, epochs, batch = workloads[size]
-      columns, precision = compare(name, train_xy, test_xy, data_dir, tmp, epochs, batch, spe)
+      columns, precision, jax_precision = compare(name, train_xy, test_xy, data_dir, tmp, epochs, batch, spe)
       rate, best, limit = columns["ours"][0], columns["best_keras"][0], columns["limit"][0]
       row = {"model": name, "image_size": size, "train_images": len(train_xy[0]),
              "batch_size": batch, "epochs": epochs, "precision": precision,
@@ -214,7 +212,7 @@ def main(_):
              "ours_vs_tutorial": round(rate / columns["tutorial"][0], 2),
              "ours_share_of_limit": round(rate / limit, 2)}
       if "ours_jax" in columns:
-        row["jax_precision"] = precision_jax[name]
+        row["jax_precision"] = jax_precision
         row["jax_vs_tensorflow"] = round(columns["ours_jax"][0] / rate, 2)
       rows.append(row)
       print(f"{name} ({size}x{size}, batch {batch}, {precision}): " + " | ".join(

@@ -74,6 +74,17 @@ def local_temp_path(final_path: str, staging: str | None = None) -> str:
 UPLOAD_DEADLINE_S = 60.0
 
 
+def transient_errors() -> tuple:
+  """What Cloud Storage or the network under it raises while not answering for a
+  while (a server error, throttling, a connection refused, reset or timed out):
+  worth retrying; still there after the retries, storage is gone."""
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  import requests  # pylint: disable=g-import-not-at-top
+  return (exceptions.ServerError, exceptions.TooManyRequests,
+          requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+          requests.exceptions.ChunkedEncodingError, ConnectionError)
+
+
 def _upload(local_tmp: str, final_path: str, crc: str, client) -> None:
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   from google.api_core import retry as retries  # pylint: disable=g-import-not-at-top
@@ -89,10 +100,7 @@ def _upload(local_tmp: str, final_path: str, crc: str, client) -> None:
   blob.crc32c = crc  # the server rejects an upload whose bytes do not match
   try:  # the same bytes under the same name: an upload may safely be repeated
     blob.upload_from_filename(local_tmp, checksum="crc32c", timeout=30, retry=retries.Retry(
-        retries.if_exception_type(exceptions.ServerError, exceptions.TooManyRequests,
-                                  requests.exceptions.ConnectionError,
-                                  requests.exceptions.Timeout,
-                                  requests.exceptions.ChunkedEncodingError, ConnectionError),
+        retries.if_exception_type(*transient_errors()),
         initial=1.0, maximum=10.0, timeout=UPLOAD_DEADLINE_S, on_error=say))
   except (exceptions.RetryError, exceptions.ServerError, requests.exceptions.RequestException,
           exceptions.Forbidden, exceptions.Unauthorized) as e:

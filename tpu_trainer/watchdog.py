@@ -21,6 +21,7 @@ import time
 
 from absl import logging
 
+from tpu_trainer import storage
 from tpu_trainer.errors import StorageUnavailable
 
 NOTICE_S = 30.0
@@ -34,15 +35,10 @@ def is_storage_error(error: BaseException) -> bool:
     return True
   if isinstance(error, tf.errors.AbortedError):  # TensorFlow's GCS: "All N retry attempts failed"
     return "retry attempts failed" in str(error)
-  try:
-    import requests  # pylint: disable=g-import-not-at-top
-    from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
-    from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return False
-  return isinstance(error, (exceptions.RetryError, exceptions.ServerError,
-                            exceptions.TooManyRequests, auth_exceptions.TransportError,
-                            requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
+  return isinstance(error, (exceptions.RetryError, auth_exceptions.TransportError,
+                            *storage.transient_errors()))
 
 
 class StorageWatchdog:
