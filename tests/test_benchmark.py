@@ -15,6 +15,21 @@ def test_input_benchmark_cli_reports_a_rate(digits_dir):
   assert "reading the files" in result.stdout and "(from the cache)" in result.stdout
 
 
+def test_benchmark_cli_reports_the_training_rate_against_the_compute_limit(digits_dir):
+  """A user's own job: how fast it trains, and what share of its step's compute
+  limit on this machine that is."""
+  result = run_cli("benchmark", "input", "--config=configs/mlp.py",
+                   f"--config.data_dir={digits_dir}", "--config.batch_size=64",
+                   "--config.steps_per_execution=5", "--seconds=1")
+  assert result.returncode == 0, result.stderr
+  rates = json.loads(result.stdout.splitlines()[-1])
+  assert rates["training_examples_per_second"] > 0
+  assert rates["compute_limit_examples_per_second"] > 0
+  share = rates["training_examples_per_second"] / rates["compute_limit_examples_per_second"]
+  assert rates["training_share_of_compute_limit"] == round(share, 2)
+  assert f"training reaches {share:.0%} of it" in result.stdout
+
+
 def test_input_rates_cached_and_uncached(digits_dir):
   from configs import cnn as cnn_config  # pylint: disable=g-import-not-at-top
   config = cnn_config.get_config()

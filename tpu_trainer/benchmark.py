@@ -1,4 +1,5 @@
-"""Is a job input-bound? The input pipeline's rate alone vs the training rate."""
+"""Is a job input-bound? The input pipeline's rate alone vs the training rate, and
+the training rate vs the compute limit of its step."""
 import math
 import os
 import tempfile
@@ -67,14 +68,14 @@ def workers_needed(need_per_s: float, worker_per_s: float) -> str:
           f"--data_service_workers={workers}; bigger machines need fewer).")
 
 
-def training_rate(config, steps: int = 0) -> dict:
+def training_rate(config, steps: int = 0, strategy=None) -> dict:
   """Trains a few executions into a temp workdir; the steady-state rate."""
   config = config.copy_and_resolve_references()
   config.steps = steps or 6 * config.steps_per_execution
   config.eval_every_epochs = 10**6
   config.profile_steps = ""
   with tempfile.TemporaryDirectory(prefix="tpu_trainer_bench_") as workdir:
-    return train.run(config, workdir)
+    return train.run(config, workdir, strategy)
 
 
 def compute_limit(config, strategy=None, seconds: float = 10.0) -> dict:

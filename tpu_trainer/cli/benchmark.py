@@ -8,7 +8,9 @@ Examples:
 
 Prints the pipeline's examples/s alone, reading the files and after a first
 pass (from memory when the split is cached); with --model_rate (default on)
-also the training rate of the config's model on this machine, and a verdict.
+also the training rate of the config's model on this machine, and a verdict;
+on the TensorFlow backend also the compute limit (the same train step on a
+batch held on the devices, no input) and the share of it training reaches.
 """
 import json
 
@@ -38,7 +40,11 @@ def main(argv):
   if not config.data_dir:
     raise UserError("Pass --data_dir=DIR or --config.data_dir=DIR.")
   from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
-  train = benchmark.training_rate(config) if FLAGS.model_rate else None
+  strategy = None
+  if FLAGS.model_rate and config.backend == "tensorflow":  # one for both measurements
+    from tpu_trainer import backends  # pylint: disable=g-import-not-at-top
+    strategy = backends.runner(config).strategy
+  train = benchmark.training_rate(config, strategy=strategy) if FLAGS.model_rate else None
   rates = benchmark.input_rates(config, FLAGS.seconds)
   rate = rates["steady"]
   result = {"input_examples_per_second": round(rate),
@@ -51,6 +57,13 @@ def main(argv):
     result["training_examples_per_second"] = round(train["examples_per_second"])
     print(f"training {config.model}: {train['examples_per_second']:,.0f} examples/s "
           f"({train['replicas']} replicas, {train['precision']})")
+    if strategy is not None:
+      limit = benchmark.compute_limit(config, strategy, FLAGS.seconds)["examples_per_second"]
+      share = train["examples_per_second"] / limit
+      result["compute_limit_examples_per_second"] = round(limit)
+      result["training_share_of_compute_limit"] = round(share, 2)
+      print(f"compute limit: {limit:,.0f} examples/s (the train step alone, on a batch held "
+            f"on the devices); training reaches {share:.0%} of it")
     print(benchmark.verdict(rate, train["examples_per_second"]))
     need = benchmark.INPUT_BOUND_RATIO * train["examples_per_second"]
     if rate < need:
