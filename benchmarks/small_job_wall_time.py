@@ -12,7 +12,8 @@ For every recipe, on scikit-learn's digits (1,437 train / 360 test images, 8x8),
               batch, precision, steps_per_execution, epochs, warmup + cosine or
               constant learning rate, label smoothing and weight decay that
               tpu_trainer resolved for the run (its config.json), all in Keras's
-              own classes; validation every epoch, then model.save("model.keras")
+              own classes (built by tpu_trainer.optimizer's functions, which return
+              them); validation every epoch, then model.save("model.keras")
               and a metrics json: the best plain Keras process one would write for
               this job. (Weight decay alone costs resnet50 ~13% a step here: a
               comparison without it on one side measures the recipe, not the
@@ -38,8 +39,8 @@ flags.DEFINE_list("models", list(RECIPES), "Recipes to time.")
 flags.DEFINE_integer("runs", 3, "Runs of each process per recipe.")
 FLAGS = flags.FLAGS
 
-# Keras's own way, with what tpu_trainer resolved for the run (batch, precision,
-# peak learning rate, steps per execution) passed in argv[1] as JSON.
+# Keras's own way. argv: the recipe, what tpu_trainer resolved for the run (its
+# config.json), the workdir.
 PLAIN_KERAS = r"""
 import json, os, runpy, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,6 +48,7 @@ import keras
 import numpy as np
 from sklearn.datasets import load_digits
 from tpu_trainer.models import build_model
+from tpu_trainer.optimizer import learning_rate_schedule, make_optimizer
 recipe, run, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 digits = load_digits()
 x = np.round(digits.images * (255 / 16)).astype("uint8")[..., None]
@@ -57,18 +59,13 @@ keras.mixed_precision.set_global_policy(run["precision"])
 config = runpy.run_path(recipe)["get_config"]()
 config.weights = "none"
 model = build_model(config, (8, 8, 1), 10)
-warmup = min(round(run["warmup_epochs"] * run["steps_per_epoch"]), run["total_steps"] - 1)
-alpha = 0.0 if run["lr_schedule"] == "cosine" else 1.0
-schedule = (keras.optimizers.schedules.CosineDecay(
-    0.0, run["total_steps"] - warmup, alpha=alpha, warmup_target=run["peak_learning_rate"],
-    warmup_steps=warmup) if warmup > 0 else
-    keras.optimizers.schedules.CosineDecay(run["peak_learning_rate"], run["total_steps"],
-                                           alpha=alpha))
-decay = {"weight_decay": run["weight_decay"]} if run["weight_decay"] else {}
-optimizer = {"adam": lambda: keras.optimizers.Adam(schedule, **decay),
-             "adamw": lambda: keras.optimizers.AdamW(schedule, **decay),
-             "sgd": lambda: keras.optimizers.SGD(schedule, momentum=run["momentum"],
-                                                 nesterov=True, **decay)}[run["optimizer"]]()
+# The recipe's keys as resolved for our run; the schedule and optimizer are Keras's
+# own classes, built by the same functions ours uses so that both train alike.
+config.update({key: run[key] for key in ("optimizer", "momentum", "weight_decay",
+                                         "lr_schedule", "warmup_epochs")})
+schedule = learning_rate_schedule(config, run["peak_learning_rate"], run["steps_per_epoch"],
+                                  run["total_steps"])
+optimizer = make_optimizer(config, schedule, run["precision"])
 model.compile(optimizer, keras.losses.CategoricalCrossentropy(
     label_smoothing=run["label_smoothing"]), metrics=["accuracy"],
     steps_per_execution=run["steps_per_execution"])
@@ -111,7 +108,7 @@ def main(_):
         # resnet50's 0.1 per 256 diverged in one of three bf16 runs on 8x8 digits
         # (both sides get the lower rate: plain Keras reads it from config.json).
         recipe_flags = {"mobilenet_v2": ["--config.weights=none"],
-                   "resnet50": ["--config.base_lr=0.05"]}.get(name, [])
+                        "resnet50": ["--config.base_lr=0.05"]}.get(name, [])
         seconds, result = timed([
             sys.executable, "-m", "tpu_trainer.cli.train", f"--config=configs/{name}.py",
             f"--config.data_dir={data}", f"--workdir={workdir}", "--config.epochs=10",

@@ -196,7 +196,8 @@ def main(_):
     for name in FLAGS.models:
       size = FLAGS.big_image_size if name in BIG_MODELS else 28
       train_xy, test_xy, data_dir, epochs, batch = workloads[size]
-      columns, precision, jax_precision = compare(name, train_xy, test_xy, data_dir, tmp, epochs, batch, spe)
+      columns, precision, jax_precision = compare(name, train_xy, test_xy, data_dir, tmp,
+                                                  epochs, batch, spe)
       rate, best, limit = columns["ours"][0], columns["best_keras"][0], columns["limit"][0]
       row = {"model": name, "image_size": size, "train_images": len(train_xy[0]),
              "batch_size": batch, "epochs": epochs, "precision": precision,
