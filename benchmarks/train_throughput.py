@@ -127,7 +127,7 @@ def ours_config(name, data_dir, epochs, batch, steps_per_execution):
 
 def ours(name, data_dir, workdir, epochs, batch, steps_per_execution):
   config = ours_config(name, data_dir, epochs, batch, steps_per_execution)
-  metrics = train.run(config, workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  metrics = train.run(config, workdir, tf.distribute.get_strategy())
   if metrics["examples_per_second_includes_compilation"]:
     raise SystemExit("Too few steps to time after the first (compiling) execution: raise "
                      "--epochs or --repeat.")
@@ -154,7 +154,7 @@ def ours_jax(name, data_dir, workdir, epochs, batch, steps_per_execution):
 def compare(name, train_xy, test_xy, data_dir, workdir, epochs, batch, spe):
   """Every column for one model: ({column: (examples/s, accuracy)}, precision, the
   JAX run's precision or None)."""
-  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  strategy = tf.distribute.get_strategy()
   precision = backends.runner(config_lib.default_config(), strategy).precision("auto", name)[0]
   columns = {
       "tutorial": plain_keras(name, train_xy, test_xy, epochs, batch, "float32", 1),

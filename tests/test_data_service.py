@@ -81,7 +81,7 @@ def _config(digits_dir, **overrides):
 
 def test_training_through_the_service_reaches_the_local_pipelines_accuracy(
     digits_dir, tmp_path, data_service):
-  one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+  one_device = tf.distribute.get_strategy()
   local = train.run(_config(digits_dir), str(tmp_path / "local"), one_device)
   served = train.run(_config(digits_dir, service=data_service.address),
                      str(tmp_path / "served"), one_device)

@@ -92,7 +92,7 @@ def test_sigterm_at_any_step_of_the_export_stops_there_and_the_rerun_finishes(
   workdir = tmp_path / "w"
   config = mlp_config.get_config()
   config.update(data_dir=digits_dir, batch_size=64, steps=10, steps_per_execution=5)
-  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  strategy = tf.distribute.get_strategy()
   with pytest.raises(train.Preempted, match="SIGTERM during the export"):
     train.run(config, str(workdir), strategy)
   assert not (workdir / "metrics.json").exists()

@@ -105,7 +105,7 @@ def test_training_renews_its_lease(digits_dir, tmp_path, monkeypatch):
   config.update(data_dir=digits_dir, batch_size=64, steps=30, steps_per_execution=5,
                 log_every_steps=10)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert len(renewed) == 3  # steps 10, 20, 30
 
 

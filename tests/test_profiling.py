@@ -66,7 +66,7 @@ def test_the_overview_page_has_steps_and_the_summary_reads_them(digits_dir, tmp_
 
 
 def test_the_input_share_rises_when_the_input_is_slow(digits_dir, tmp_path, monkeypatch):
-  one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+  one_device = tf.distribute.get_strategy()
   train.run(_config(digits_dir), str(tmp_path / "fast"), one_device)
   fast = _summary(str(tmp_path / "fast"))["input_share"]
 

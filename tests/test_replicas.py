@@ -30,7 +30,7 @@ def _final_weights(digits_dir, workdir, strategy, optimizer):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_two_replicas_match_one(digits_dir, tmp_path, optimizer):
-  one = _final_weights(digits_dir, tmp_path / "one", tf.distribute.OneDeviceStrategy("/cpu:0"),
+  one = _final_weights(digits_dir, tmp_path / "one", tf.distribute.get_strategy(),
                        optimizer)
   two_replicas = strategy_lib.get_strategy("cpu")
   assert two_replicas.num_replicas_in_sync == 2

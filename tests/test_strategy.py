@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -5,6 +6,7 @@ import tensorflow as tf
 
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.config import default_config
+from conftest import run_cli
 
 
 def test_auto_without_tpu_falls_back_to_cpu_replicas_quickly():
@@ -36,9 +38,12 @@ def test_multiworker_needs_tf_config(monkeypatch):
 @pytest.mark.parametrize("bf16,expected", [(True, "mixed_bfloat16"), (False, "float32")])
 def test_precision_follows_platform(monkeypatch, bf16, expected):
   monkeypatch.setattr(strategy_lib, "cpu_has_bf16", lambda: bf16)
-  strategy = strategy_lib.get_strategy("cpu")
-  assert strategy_lib.resolve_precision("auto", strategy) == expected
-  assert strategy_lib.resolve_precision("float32", strategy) == "float32"
+  # Replicas on logical CPUs, and the default strategy a lone CPU gets (no devices
+  # of its own to ask).
+  for strategy in strategy_lib.get_strategy("cpu"), tf.distribute.get_strategy():
+    assert strategy_lib.platform(strategy) == "cpu"
+    assert strategy_lib.resolve_precision("auto", strategy) == expected
+    assert strategy_lib.resolve_precision("float32", strategy) == "float32"
 
 
 @pytest.mark.parametrize("cpuinfo,expected", [("flags : fpu avx2 avx512_bf16 amx_tile", True),
@@ -112,9 +117,23 @@ def test_auto_precision_on_a_cpu_is_the_faster_one_for_the_model_and_says_why(
   monkeypatch.setattr(strategy_lib, "cpu_has_bf16", lambda: bf16)
   config = default_config()
   config.strategy = "cpu"
-  runner = tf_backend.Runner(config, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  runner = tf_backend.Runner(config, tf.distribute.get_strategy())
   precision, reason = runner.precision("auto", model)
   assert precision == expected
   if model in tf_backend.CPU_BF16_SLOWER:
     assert f"float32 for {model}" in reason and "slower in bfloat16" in reason
   assert runner.precision("mixed_bfloat16", model)[0] == "mixed_bfloat16"  # as given
+
+
+def test_a_lone_cpu_trains_on_the_default_strategy(digits_dir, tmp_path):
+  """As plain Keras does: under OneDeviceStrategy a big model takes fresh pages
+  from the kernel every step (README, Speed). A resumed run restores on it too."""
+  args = ["--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+          f"--workdir={tmp_path / 'w'}", "--config.batch_size=64", "--config.steps_per_execution=5"]
+  first = run_cli("train", *args, "--config.steps=10")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "No TPU found; using the default strategy on the CPU" in first.stderr
+  again = run_cli("train", *args, "--config.steps=20")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resumed from" in again.stderr and "ckpt-10" in again.stderr
+  assert json.loads(again.stdout.splitlines()[0])["step"] == 20

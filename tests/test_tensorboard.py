@@ -18,7 +18,7 @@ def test_tensorboard_script_serves_the_scalars(digits_dir, tmp_path):
   config = mlp_config.get_config()
   config.update({"data_dir": digits_dir, "batch_size": 64, "steps": 30,
                  "steps_per_execution": 5, "profile_steps": "10,20"})
-  train.run(config, workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  train.run(config, workdir, tf.distribute.get_strategy())
 
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -78,7 +78,7 @@ def test_the_exported_models_score_images_in_either_convention(digits_dir, tmp_p
   and TF Serving load it."""
   workdir = str(tmp_path / "w")
   metrics = train.run(_digits_config(mlp_config, digits_dir, steps=60, precision="float32"),
-                      workdir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+                      workdir, tf.distribute.get_strategy())
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   images, labels = tfds.as_numpy(tfds.builder_from_directory(digits_dir).as_dataset(
       split="test", as_supervised=True, batch_size=-1))
@@ -197,7 +197,7 @@ def test_the_first_execution_is_not_part_of_the_speed(digits_dir, tmp_path, monk
   monkeypatch.setattr(controller.time, "perf_counter", lambda: real() + offset[0])
   before.append(lambda calls: offset.__setitem__(0, 1000.0) if calls == 0 else None)
   config = _digits_config(mlp_config, digits_dir, steps=30, steps_per_execution=10)
-  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert executed == [10, 10, 10]
   assert metrics["examples_per_second"] > 20  # 1280 examples in far less than a minute
   assert metrics["examples_per_second_includes_compilation"] is False
@@ -227,7 +227,7 @@ def test_corrupt_shard_is_named(tmp_path):
     f.write(b"\xff" * 50)
   config = _digits_config(mlp_config, data, steps=30, cache=False)
   with pytest.raises(ValueError, match=os.path.basename(victim)):
-    train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+    train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
 
 
 def _profiled_steps(path):
@@ -251,7 +251,7 @@ def _profiled_steps(path):
 def test_profile_steps_write_a_profile_of_those_steps(digits_dir, tmp_path):
   workdir = str(tmp_path / "w")
   train.run(_digits_config(mlp_config, digits_dir, steps=30, profile_steps="10,20"), workdir,
-            tf.distribute.OneDeviceStrategy("/cpu:0"))
+            tf.distribute.get_strategy())
   profile, = glob.glob(os.path.join(workdir, "train", "plugins", "profile", "*", "*.xplane.pb"))
   # One marker per execution (5 steps each), numbered by its first step: 10 and 15.
   assert _profiled_steps(profile) == {10, 15}
@@ -261,7 +261,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(digits_dir, tmp_path):
   # A vanishing learning rate cannot improve: the second evaluation ends the run.
   config = _digits_config(mlp_config, digits_dir, epochs=10, base_lr=1e-12,
                           steps_per_execution=1, early_stopping_patience=1)
-  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert metrics["step"] == 2 * (1437 // 64)
 
 
@@ -303,7 +303,7 @@ def test_label_smoothing_reaches_the_loss(digits_dir, tmp_path):
   for smoothing in (0.0, 0.2):
     config = _digits_config(mlp_config, digits_dir, steps=60, label_smoothing=smoothing,
                             precision="float32", seed=1)
-    train.run(config, str(tmp_path / str(smoothing)), tf.distribute.OneDeviceStrategy("/cpu:0"))
+    train.run(config, str(tmp_path / str(smoothing)), tf.distribute.get_strategy())
     with open(tmp_path / str(smoothing) / "history.json") as f:
       losses[smoothing] = [h["loss"] for h in json.load(f) if h["kind"] == "train"][-1]
   assert losses[0.2] > losses[0.0] + 0.1
@@ -322,7 +322,7 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_exports_nothin
   config = _digits_config(mlp_config, digits_dir, steps=40, steps_per_execution=5,
                           checkpoint_every_steps=5, precision="float32", optimizer="sgd",
                           base_lr=0.05)
-  train.run(config, str(workdir), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  train.run(config, str(workdir), tf.distribute.get_strategy())
   os.remove(workdir / "metrics.json")
   good = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
   shutil.rmtree(workdir / "saved_model")
@@ -334,7 +334,7 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_exports_nothin
   with pytest.raises(train.Diverged, match=r"diverged \(NaN, infinite, or a mean cross-entropy above 12.1: the true "
                      r"class given under 6e-06 on average\) between steps 41 and 45.*"
                      r"Last good checkpoint: .*ckpt-40"):
-    train.run(config, str(workdir), tf.distribute.OneDeviceStrategy("/cpu:0"))
+    train.run(config, str(workdir), tf.distribute.get_strategy())
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) == good
   assert not (workdir / "model.keras").exists() and not (workdir / "saved_model").exists()
   assert not (workdir / "metrics.json").exists()
@@ -347,7 +347,7 @@ def test_metrics_json_is_strict_json():
 
 def test_resuming_another_model_is_refused_before_the_workdir_changes(digits_dir, tmp_path):
   workdir = tmp_path / "w"
-  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  strategy = tf.distribute.get_strategy()
   train.run(_digits_config(mlp_config, digits_dir, steps=5), str(workdir), strategy)
   before = (workdir / "config.json").read_text()
   with pytest.raises(ValueError, match=r"another model or data \(model: 'mlp' -> 'cnn'"):
@@ -364,7 +364,7 @@ def test_a_run_killed_during_export_leaves_no_half_files_and_the_rerun_finishes(
   from tpu_trainer import export as export_lib  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "w"
   config = _digits_config(mlp_config, digits_dir, steps=10)
-  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  strategy = tf.distribute.get_strategy()
 
   def killed(*args, **kwargs):
     raise KeyboardInterrupt("killed while exporting")
@@ -403,7 +403,7 @@ def test_resume_restores_batch_norm_statistics(digits_dir, tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "w"
   config = _digits_config(conv_bn_config, digits_dir, steps=20, precision="float32")
-  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  strategy = tf.distribute.get_strategy()
   train.run(config, str(workdir), strategy)
   reader = tf.train.load_checkpoint(str(workdir / "checkpoints"))
   saved = sorted(float(np.sum(reader.get_tensor(k))) for k in reader.get_variable_to_shape_map()
@@ -428,7 +428,7 @@ def test_a_dataset_is_known_by_its_content_not_its_path(tmp_path):
   data, copy, workdir = tmp_path / "data", tmp_path / "copy", str(tmp_path / "w")
   convert.convert(sources.digits(), str(data))
   shutil.copytree(data, copy)
-  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  strategy = tf.distribute.get_strategy()
   train.run(_digits_config(mlp_config, str(data), steps=10), workdir, strategy)
   assert train.run(_digits_config(mlp_config, str(copy) + "/", steps=20), workdir,
                    strategy)["step"] == 20
@@ -450,7 +450,7 @@ def test_eval_matches_classes_by_name_and_refuses_other_classes(digits_dir, tmp_
   from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "w")
   train.run(_digits_config(mlp_config, digits_dir, steps=10), workdir,
-            tf.distribute.OneDeviceStrategy("/cpu:0"))
+            tf.distribute.get_strategy())
   own = evaluate.evaluate(workdir)
   digits = sources.digits()
 
@@ -485,5 +485,5 @@ def test_conv_bn_scores_early_evaluations_with_its_batch_norm_statistics(digits_
   from configs import conv_bn as conv_bn_config  # pylint: disable=g-import-not-at-top
   config = conv_bn_config.get_config()
   config.data_dir, config.steps = digits_dir, 60
-  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert metrics["accuracy"] > 0.5
