@@ -73,7 +73,9 @@ def data_service(tmp_path):
 def _config(digits_dir, **overrides):
   from configs import cnn  # pylint: disable=g-import-not-at-top
   config = cnn.get_config()
-  config.data_dir, config.batch_size, config.epochs = digits_dir, 64, 4
+  # 440 steps: both runs reach the plateau (~0.97), so the comparison is not between two
+  # points on a steep curve (88 steps left 0.88-0.93, order-dependent).
+  config.data_dir, config.batch_size, config.epochs = digits_dir, 32, 10
   for key, value in overrides.items():
     (config.input if key in config.input else config)[key] = value
   return config
@@ -85,9 +87,9 @@ def test_training_through_the_service_reaches_the_local_pipelines_accuracy(
   local = train.run(_config(digits_dir), str(tmp_path / "local"), one_device)
   served = train.run(_config(digits_dir, service=data_service.address),
                      str(tmp_path / "served"), one_device)
-  assert served["step"] == local["step"] == 4 * (1437 // 64)
-  assert local["accuracy"] > 0.9 and served["accuracy"] > 0.9
-  assert abs(served["accuracy"] - local["accuracy"]) < 0.04
+  assert served["step"] == local["step"] == 10 * (1437 // 32)
+  assert local["accuracy"] > 0.93 and served["accuracy"] > 0.93
+  assert abs(served["accuracy"] - local["accuracy"]) < 0.03
   assert served["eval_examples"] == 360  # evaluation stays local and exact
 
 
