@@ -34,7 +34,7 @@ import time
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = ("mlp", "cnn", "conv_bn", "mobilenet_v2", "resnet50")
+RECIPES = ("mlp", "cnn", "cnn_deep", "conv_bn", "mobilenet_v2", "resnet50")
 flags.DEFINE_list("models", list(RECIPES), "Recipes to time.")
 flags.DEFINE_integer("runs", 3, "Runs of each process per recipe.")
 FLAGS = flags.FLAGS

@@ -24,12 +24,17 @@ compilation) divided by the time they took.
 
 Ours is reported as a ratio to the best plain Keras and as a share of the limit.
 The data: scikit-learn's digits upscaled to 28x28 (Fashion-MNIST's size) for
-mlp, cnn and conv_bn, to --big_image_size (64) for mobilenet_v2 and resnet50
+mlp, cnn, cnn_deep and conv_bn, to --big_image_size (64) for mobilenet_v2 and resnet50
 (from scratch: no download here), repeated.
 
-  python benchmarks/train_throughput.py [--models=cnn,mlp] [--epochs=4] [--repeat=20]
+Each model's epochs are at least --epochs (--big_epochs), raised until training at
+the compute limit would take --min_seconds; --runs repeats every column, and the
+markdown table at the end gives each column's range over the runs.
+
+  python benchmarks/train_throughput.py [--models=cnn,mlp] [--runs=3] [--min_seconds=5]
 """
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -53,7 +58,8 @@ from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at
 from tpu_trainer.models import build_model  # pylint: disable=g-import-not-at-top
 
 BIG_MODELS = ("mobilenet_v2", "resnet50")
-flags.DEFINE_list("models", ["mlp", "cnn", "conv_bn", *BIG_MODELS], "Models to compare.")
+flags.DEFINE_list("models", ["mlp", "cnn", "cnn_deep", "conv_bn", *BIG_MODELS],
+                  "Models to compare.")
 flags.DEFINE_list("jax_models", ["mlp", "cnn"], "Models also run on the JAX "
                   "backend.")
 flags.DEFINE_integer("epochs", 4, "Epochs for every column (28x28 models).")
@@ -64,6 +70,9 @@ flags.DEFINE_integer("big_image_size", 64, "Image side for mobilenet_v2 and resn
 flags.DEFINE_integer("big_batch_size", 32, "Global batch for mobilenet_v2 and resnet50.")
 flags.DEFINE_integer("big_epochs", 2, "Epochs for mobilenet_v2 and resnet50.")
 flags.DEFINE_integer("big_repeat", 1, "Copies of the digits training set for them.")
+flags.DEFINE_integer("runs", 1, "Runs of every column per model; the table gives the range.")
+flags.DEFINE_float("min_seconds", 5.0, "Epochs are raised until training at the compute "
+                   "limit would last this long.")
 FLAGS = flags.FLAGS
 
 
@@ -151,11 +160,17 @@ def ours_jax(name, data_dir, workdir, epochs, batch, steps_per_execution):
   return metrics["examples_per_second"], metrics["accuracy"], metrics["precision"]
 
 
-def compare(name, train_xy, test_xy, data_dir, workdir, epochs, batch, spe):
+def compare(name, train_xy, test_xy, data_dir, workdir, epochs, batch, spe, min_seconds):
   """Every column for one model: ({column: (examples/s, accuracy)}, precision, the
-  JAX run's precision or None)."""
+  JAX run's precision or None, the epochs every column trained). The limit comes
+  first: the epochs are raised until training at it would last min_seconds, so
+  that no column is timed over a fraction of a second (the MLP's 4 epochs took
+  0.3 s and read 74-101% of the limit from run to run)."""
   strategy = tf.distribute.get_strategy()
   precision = backends.runner(config_lib.default_config(), strategy).precision("auto", name)[0]
+  limit = benchmark.compute_limit(ours_config(name, data_dir, epochs, batch, spe), strategy)
+  epochs = max(epochs, math.ceil(min_seconds * limit["examples_per_second"]
+                                 / len(train_xy[0])))
   columns = {
       "tutorial": plain_keras(name, train_xy, test_xy, epochs, batch, "float32", 1),
       "+precision": plain_keras(name, train_xy, test_xy, epochs, batch, precision, 1),
@@ -167,9 +182,58 @@ def compare(name, train_xy, test_xy, data_dir, workdir, epochs, batch, spe):
     jax_rate, jax_accuracy, jax_precision = ours_jax(
         name, data_dir, os.path.join(workdir, f"{name}_jax"), epochs, batch, spe)
     columns["ours_jax"] = (jax_rate, jax_accuracy)
-  limit = benchmark.compute_limit(ours_config(name, data_dir, epochs, batch, spe), strategy)
   columns["limit"] = (limit["examples_per_second"], float("nan"))
-  return columns, precision, jax_precision
+  return columns, precision, jax_precision, epochs
+
+
+def row_of(name, size, train_images, batch, epochs, precision, columns, jax_precision):
+  """One run of one model: every column's rate and accuracy, and the ratios."""
+  rate, best, limit = columns["ours"][0], columns["best_keras"][0], columns["limit"][0]
+  row = {"model": name, "image_size": size, "train_images": train_images,
+         "batch_size": batch, "epochs": epochs, "precision": precision,
+         **{f"{k}_ex_s": round(r) for k, (r, _) in columns.items()},
+         **{f"{k}_accuracy": round(a, 4) for k, (_, a) in columns.items() if k != "limit"},
+         "gain_precision": round(columns["+precision"][0] / columns["tutorial"][0], 2),
+         "gain_steps_per_call": round(best / columns["+precision"][0], 2),
+         "ours_vs_best_keras": round(rate / best, 2),
+         # Against whichever plain-Keras column was faster in this run.
+         "ours_vs_fastest_keras": round(rate / max(
+             r for k, (r, _) in columns.items() if k in ("tutorial", "+precision",
+                                                         "best_keras")), 2),
+         "ours_vs_tutorial": round(rate / columns["tutorial"][0], 2),
+         "ours_share_of_limit": round(rate / limit, 2)}
+  if "ours_jax" in columns:
+    row["jax_precision"] = jax_precision
+    row["jax_vs_tensorflow"] = round(columns["ours_jax"][0] / rate, 2)
+  return row
+
+
+def spread(values, fmt, unit=""):
+  """'low–high' (or one value) of the runs, e.g. 1.80–2.01×."""
+  low, high = fmt.format(min(values)), fmt.format(max(values))
+  return (low if low == high else f"{low}–{high}") + unit
+
+
+def markdown_table(rows) -> str:
+  """The README's table: per model, each column's range over the runs (each ratio
+  taken within its own run)."""
+  lines = ["| model | precision (auto) | tutorial Keras (fit, fp32, 1 step per call) | "
+           "+ precision | + steps per call (best plain Keras) | tpu_trainer | compute limit | "
+           "ours / best plain Keras | ours / fastest plain column | ours / limit |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for name in dict.fromkeys(r["model"] for r in rows):
+    runs = [r for r in rows if r["model"] == name]
+    first = runs[0]
+    cells = [f"{name} ({first['image_size']}×{first['image_size']}, batch "
+             f"{first['batch_size']}, {first['epochs']} epochs)",
+             first["precision"].replace("mixed_bfloat16", "bf16")]
+    cells += [spread([r[f"{k}_ex_s"] for r in runs], "{:,}")
+              for k in ("tutorial", "+precision", "best_keras", "ours", "limit")]
+    cells += [spread([r[k] for r in runs], "{:.2f}", "×")
+              for k in ("ours_vs_best_keras", "ours_vs_fastest_keras")]
+    cells.append(spread([round(100 * r["ours_share_of_limit"]) for r in runs], "{}", "%"))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 def main(_):
@@ -196,37 +260,27 @@ def main(_):
     for name in FLAGS.models:
       size = FLAGS.big_image_size if name in BIG_MODELS else 28
       train_xy, test_xy, data_dir, epochs, batch = workloads[size]
-      columns, precision, jax_precision = compare(name, train_xy, test_xy, data_dir, tmp,
-                                                  epochs, batch, spe)
-      rate, best, limit = columns["ours"][0], columns["best_keras"][0], columns["limit"][0]
-      row = {"model": name, "image_size": size, "train_images": len(train_xy[0]),
-             "batch_size": batch, "epochs": epochs, "precision": precision,
-             **{f"{k}_ex_s": round(r) for k, (r, _) in columns.items()},
-             **{f"{k}_accuracy": round(a, 4) for k, (_, a) in columns.items() if k != "limit"},
-             "gain_precision": round(columns["+precision"][0] / columns["tutorial"][0], 2),
-             "gain_steps_per_call": round(best / columns["+precision"][0], 2),
-             "ours_vs_best_keras": round(rate / best, 2),
-             # Against whichever plain-Keras column was faster in this run.
-             "ours_vs_fastest_keras": round(rate / max(
-                 r for k, (r, _) in columns.items() if k in ("tutorial", "+precision",
-                                                             "best_keras")), 2),
-             "ours_vs_tutorial": round(rate / columns["tutorial"][0], 2),
-             "ours_share_of_limit": round(rate / limit, 2)}
-      if "ours_jax" in columns:
-        row["jax_precision"] = jax_precision
-        row["jax_vs_tensorflow"] = round(columns["ours_jax"][0] / rate, 2)
-      rows.append(row)
-      print(f"{name} ({size}x{size}, batch {batch}, {precision}): " + " | ".join(
-          f"{k} {r:7.0f} ex/s" + (f" (acc {a:.3f})" if k != "limit" else "")
-          for k, (r, a) in columns.items()))
-      print(f"{name}: ours / best plain Keras {row['ours_vs_best_keras']:.2f}x (/ the fastest "
-            f"plain-Keras column {row['ours_vs_fastest_keras']:.2f}x), ours / compute limit "
-            f"{row['ours_share_of_limit']:.0%}; ours / tutorial {row['ours_vs_tutorial']:.2f}x "
-            f"= precision {row['gain_precision']:.2f}x * steps per call "
-            f"{row['gain_steps_per_call']:.2f}x * input and loop "
-            f"{row['ours_vs_best_keras']:.2f}x"
-            + (f"; JAX backend / ours {row['jax_vs_tensorflow']:.2f}x"
-               if "jax_vs_tensorflow" in row else ""), flush=True)
+      for run in range(FLAGS.runs):
+        columns, precision, jax_precision, epochs = compare(  # a fresh workdir: no resuming
+            name, train_xy, test_xy, data_dir, os.path.join(tmp, f"run{run + 1}"), epochs,
+            batch, spe, FLAGS.min_seconds if run == 0 else 0)  # the first run's epochs for all
+        row = row_of(name, size, len(train_xy[0]), batch, epochs, precision, columns,
+                     jax_precision)
+        rows.append({**row, "run": run + 1})
+        print(f"{name} ({size}x{size}, batch {batch}, {epochs} epochs, {precision}), run "
+              f"{run + 1}: " + " | ".join(
+                  f"{k} {r:7.0f} ex/s" + (f" (acc {a:.3f})" if k != "limit" else "")
+                  for k, (r, a) in columns.items()))
+        print(f"{name}: ours / best plain Keras {row['ours_vs_best_keras']:.2f}x (/ the "
+              f"fastest plain-Keras column {row['ours_vs_fastest_keras']:.2f}x), ours / compute "
+              f"limit {row['ours_share_of_limit']:.0%}; ours / tutorial "
+              f"{row['ours_vs_tutorial']:.2f}x = precision {row['gain_precision']:.2f}x * steps "
+              f"per call {row['gain_steps_per_call']:.2f}x * input and loop "
+              f"{row['ours_vs_best_keras']:.2f}x"
+              + (f"; JAX backend / ours {row['jax_vs_tensorflow']:.2f}x"
+                 if "jax_vs_tensorflow" in row else ""), flush=True)
+    print(f"\n{markdown_table(rows)}\n\n(python benchmarks/train_throughput.py "
+          f"{' '.join(sys.argv[1:])}; {FLAGS.runs} run(s), the range over them)")
     print(json.dumps(rows))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

@@ -16,8 +16,10 @@ def _run(script, *args):
 
 def test_train_throughput_reports_every_column_the_gains_and_the_limit():
   out = _run("train_throughput.py", "--models=mlp", "--epochs=2", "--repeat=2",
-             "--batch_size=64", "--steps_per_execution=5")
-  row, = json.loads(out.splitlines()[-1])
+             "--batch_size=64", "--steps_per_execution=5", "--min_seconds=0", "--runs=2")
+  rows = json.loads(next(line for line in out.splitlines() if line.startswith("[{")))
+  assert [r["run"] for r in rows] == [1, 2]
+  row = rows[0]
   for column in ("tutorial", "+precision", "best_keras", "ours", "ours_jax"):
     assert row[f"{column}_ex_s"] > 0 and 0 <= row[f"{column}_accuracy"] <= 1
   assert row["ours_vs_tutorial"] == round(row["ours_ex_s"] / row["tutorial_ex_s"], 2)
@@ -28,6 +30,11 @@ def test_train_throughput_reports_every_column_the_gains_and_the_limit():
   assert "ours / best plain Keras" in out and "ours / compute limit" in out
   assert row["jax_precision"] == "float32"  # auto under JAX on a CPU
   assert row["jax_vs_tensorflow"] == round(row["ours_jax_ex_s"] / row["ours_ex_s"], 2)
+  # The README's table: one line per model, each column's range over the two runs.
+  line, = [l for l in out.splitlines() if l.startswith("| mlp (28×28, batch 64, 2 epochs)")]
+  low, high = sorted(r["ours_ex_s"] for r in rows)
+  assert f" {low:,}–{high:,} |" in line or (low == high and f" {low:,} |" in line)
+  assert line.endswith("% |")  # ours / limit
 
 
 def test_accuracy_compares_each_recipe_on_digits_and_a_given_npz(tmp_path):
