@@ -90,7 +90,7 @@ def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 
 def spread(values: list[float], digits: int = 1) -> str:
   low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
-  return low if low == high else f"{low}-{high}"
+  return low if low == high else f"{low}–{high}"
 
 
 def main(_):
@@ -137,6 +137,12 @@ def main(_):
             f"{row['plain_over_ours']:.2f}x (medians; >1: ours is faster); accuracy ours "
             f"{spread(accuracy['ours'], 3)}, plain {spread(accuracy['plain'], 3)}",
             flush=True)
+    print("\n| recipe | tpu_trainer | plain Keras | plain / ours |\n|---|---|---|---|")
+    for row in rows:  # the README's table
+      print(f"| {row['model']} | {spread(row['ours_s'])} s | {spread(row['plain_keras_s'])} s | "
+            f"{row['plain_over_ours']:.2f}× |")
+    print(f"\n(python benchmarks/small_job_wall_time.py {' '.join(sys.argv[1:])}: {FLAGS.runs} "
+          "run(s) of each process, alternating; plain / ours of the medians)")
     print(json.dumps(rows))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

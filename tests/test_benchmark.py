@@ -75,3 +75,35 @@ def test_compute_limit_times_the_runs_own_step_without_input(digits_dir):
   two = benchmark.compute_limit(config, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
                                 1.0)
   assert two["batch_size"] == 64 and two["examples_per_second"] > 1000
+
+
+def test_precision_benchmark_times_both_precisions_and_says_whether_auto_is_faster(digits_dir):
+  """A user on another CPU or GPU: is precision=auto's choice the faster one for
+  this model on this machine?"""
+  from tpu_trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  result = run_cli("benchmark", "precision", "--config=configs/mobilenet_v2.py",
+                   f"--data_dir={digits_dir}", "--config.weights=none", "--config.batch_size=16",
+                   "--config.steps_per_execution=2", "--seconds=0.3", "--runs=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  measured = json.loads(result.stdout.splitlines()[-1])
+  rates = measured["compute_limit_examples_per_second"]
+  bf16 = strategy_lib.cpu_has_bf16()
+  assert list(rates) == (["float32", "mixed_bfloat16"] if bf16 else ["float32"])
+  assert all(len(runs) == 2 and min(runs) > 0 for runs in rates.values())
+  # The per-model rule: float32 for mobilenet_v2 on a bf16 CPU, and the log says why.
+  assert measured["auto"] == "float32"
+  assert "precision=auto for mobilenet_v2: float32 (" in result.stdout
+  verdict = result.stdout.splitlines()[-2]
+  assert verdict.startswith(("precision=auto picks float32", "SLOWER: precision=auto"))
+
+
+def test_precision_verdict_names_the_faster_precision_when_auto_is_slower():
+  fp32, bf16 = "float32", "mixed_bfloat16"
+  assert benchmark.precision_verdict({fp32: [100, 110], bf16: [150, 160]}, bf16).startswith(
+      "precision=auto picks mixed_bfloat16: the faster one here (1.48x float32)")
+  assert "within this measurement's noise (0.95x)" in benchmark.precision_verdict(
+      {fp32: [100], bf16: [95]}, bf16)
+  slower = benchmark.precision_verdict({fp32: [100, 100, 100], bf16: [50, 80, 60]}, bf16)
+  assert slower == ("SLOWER: precision=auto picks mixed_bfloat16, but float32 trains this "
+                    "model 1.67x faster here: pass --config.precision=float32.")
+  assert "the only one" in benchmark.precision_verdict({fp32: [100]}, fp32)

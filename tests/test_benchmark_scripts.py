@@ -82,3 +82,5 @@ def test_small_job_wall_time_times_both_whole_processes():
   assert abs(row["plain_over_ours"] - row["plain_keras_s"][0] / row["ours_s"][0]) < 0.02
   assert row["ours_accuracy"][0] > 0.8 and row["plain_accuracy"][0] > 0.8
   assert "plain / ours" in out
+  table_row = f"| mlp | {row['ours_s'][0]:.1f} s | {row['plain_keras_s'][0]:.1f} s | "
+  assert table_row in out  # the README's table

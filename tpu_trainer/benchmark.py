@@ -1,10 +1,13 @@
 """Is a job input-bound? The input pipeline's rate alone vs the training rate, and
-the training rate vs the compute limit of its step."""
+the training rate vs the compute limit of its step. Is precision=auto's choice the
+faster one for this model here?"""
 import math
 import os
+import statistics
 import tempfile
 import time
 
+import keras
 import tensorflow as tf
 
 from tpu_trainer import backends
@@ -12,6 +15,7 @@ from tpu_trainer import controller
 from tpu_trainer import loop
 from tpu_trainer import metrics
 from tpu_trainer import scaling
+from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import train
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
@@ -128,3 +132,45 @@ def verdict(input_per_s: float, train_per_s: float) -> str:
   if ratio < 3:
     return f"MARGINAL: the pipeline gives {ratio:.1f}x what training consumes; headroom is thin."
   return f"NOT input-bound: the pipeline gives {ratio:.1f}x what training consumes."
+
+
+def precision_rates(config, strategy, runs: int = 2, seconds: float = 5.0) -> dict:
+  """The compute limit of the config's model in float32 and in the platform's mixed
+  precision (what precision=auto gives any model here), alternately `runs` times,
+  so that both see the same machine. Returns {"rates": {precision: [examples/s per
+  run]}, "auto": auto's choice for this model, "reason": why}."""
+  runner = backends.runner(config, strategy)
+  auto, reason = runner.precision("auto", config.model)
+  candidates = dict.fromkeys(["float32", strategy_lib.resolve_precision("auto", runner.strategy)])
+  rates = {precision: [] for precision in candidates}
+  policy = keras.mixed_precision.global_policy()
+  try:
+    for _ in range(runs):
+      for precision in rates:
+        measured = config.copy_and_resolve_references()
+        measured.precision = precision
+        rates[precision].append(
+            compute_limit(measured, runner.strategy, seconds)["examples_per_second"])
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
+  return {"rates": rates, "auto": auto, "reason": reason}
+
+
+# Within this, two precisions' rates are the same on a shared machine.
+SAME_SPEED = 0.9
+
+
+def precision_verdict(rates: dict, auto: str) -> str:
+  """Whether auto's choice is the faster precision here, from precision_rates'
+  rates (the median of the runs' ratios, each within its run)."""
+  if len(rates) == 1:
+    return f"precision=auto picks {auto}: the only one this platform has (no bf16 or fp16 units)."
+  other, = [p for p in rates if p != auto]
+  ratio = statistics.median(a / o for a, o in zip(rates[auto], rates[other]))
+  if ratio >= 1:
+    return f"precision=auto picks {auto}: the faster one here ({ratio:.2f}x {other})."
+  if ratio >= SAME_SPEED:
+    return (f"precision=auto picks {auto}: as fast as {other} here, within this "
+            f"measurement's noise ({ratio:.2f}x).")
+  return (f"SLOWER: precision=auto picks {auto}, but {other} trains this model {1 / ratio:.2f}x "
+          f"faster here: pass --config.precision={other}.")
