@@ -124,6 +124,13 @@ MUTANTS = (
            "seed=tf.stack([tf.constant(seed, tf.int64), number])",
            "seed=tf.stack([tf.constant(seed, tf.int64), 0 * number])",
            ("tests/test_pipeline.py",)),
+    Mutant("a slower precision=auto never said", "tpu_trainer/benchmark.py",
+           "  if ratio >= SAME_SPEED:\n", "  if True:\n",
+           ("tests/test_benchmark.py::"
+            "test_precision_verdict_names_the_faster_precision_when_auto_is_slower",)),
+    Mutant("bf16 on a CPU for a model it slows", "tpu_trainer/backends/tensorflow.py",
+           "      if model in CPU_BF16_SLOWER:\n", "      if False:\n",
+           ("tests/test_strategy.py",)),
 )
 
 
