@@ -3,7 +3,7 @@
 For each recipe, on digits and on any npz/idx dataset given, in the same run:
   plain Keras: the same architecture, float32, model.fit(batch 32, Adam 1e-3,
                constant rate), the seed tutorials' recipe;
-  ours:        tpu-trainer's train.run with the recipe's defaults (batch and
+  ours:        tpu-trainer's training.run with the recipe's defaults (batch and
                learning rate chosen for the dataset), at the same epochs.
 Wall time is the whole call each: setup, training and the final evaluation.
 
@@ -112,12 +112,12 @@ def plain_keras(config, source, epochs, seed):
 
 
 def ours(config, epochs, seed):
-  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import training  # pylint: disable=g-import-not-at-top
   config.epochs = epochs
   config.seed = seed
   with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as workdir:
     start = time.perf_counter()
-    metrics = train.run(config, workdir)
+    metrics = training.run(config, workdir)
     elapsed = time.perf_counter() - start
     import json  # pylint: disable=g-import-not-at-top
     with open(os.path.join(workdir, "config.json")) as f:

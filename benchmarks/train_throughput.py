@@ -53,7 +53,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tpu_trainer import backends  # pylint: disable=g-import-not-at-top
 from tpu_trainer import benchmark  # pylint: disable=g-import-not-at-top
 from tpu_trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+from tpu_trainer import training  # pylint: disable=g-import-not-at-top
 from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
 from tpu_trainer.models import build_model  # pylint: disable=g-import-not-at-top
 
@@ -136,7 +136,7 @@ def ours_config(name, data_dir, epochs, batch, steps_per_execution):
 
 def ours(name, data_dir, workdir, epochs, batch, steps_per_execution):
   config = ours_config(name, data_dir, epochs, batch, steps_per_execution)
-  metrics = train.run(config, workdir, tf.distribute.get_strategy())
+  metrics = training.run(config, workdir, tf.distribute.get_strategy())
   if metrics["examples_per_second_includes_compilation"]:
     raise SystemExit("Too few steps to time after the first (compiling) execution: raise "
                      "--epochs or --repeat.")

@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import run_cli
 from conftest import start_cli
 from conftest import wait_for
-from tpu_trainer import train
+from tpu_trainer import training
 
 
 
@@ -84,8 +84,8 @@ def _config(digits_dir, **overrides):
 def test_training_through_the_service_reaches_the_local_pipelines_accuracy(
     digits_dir, tmp_path, data_service):
   one_device = tf.distribute.get_strategy()
-  local = train.run(_config(digits_dir), str(tmp_path / "local"), one_device)
-  served = train.run(_config(digits_dir, service=data_service.address),
+  local = training.run(_config(digits_dir), str(tmp_path / "local"), one_device)
+  served = training.run(_config(digits_dir, service=data_service.address),
                      str(tmp_path / "served"), one_device)
   assert served["step"] == local["step"] == 10 * (1437 // 32)
   assert local["accuracy"] > 0.93 and served["accuracy"] > 0.93

@@ -12,7 +12,7 @@ import tensorflow as tf
 from configs import mlp as mlp_config
 from tpu_trainer import export as export_lib
 from tpu_trainer import storage
-from tpu_trainer import train
+from tpu_trainer import training
 
 
 def _tree(root):
@@ -93,8 +93,8 @@ def test_sigterm_at_any_step_of_the_export_stops_there_and_the_rerun_finishes(
   config = mlp_config.get_config()
   config.update(data_dir=digits_dir, batch_size=64, steps=10, steps_per_execution=5)
   strategy = tf.distribute.get_strategy()
-  with pytest.raises(train.Preempted, match="SIGTERM during the export"):
-    train.run(config, str(workdir), strategy)
+  with pytest.raises(training.Preempted, match="SIGTERM during the export"):
+    training.run(config, str(workdir), strategy)
   assert not (workdir / "metrics.json").exists()
   assert not [n for n in os.listdir(workdir) if ".tmp-" in n]
   if (workdir / "model.keras").exists():
@@ -103,7 +103,7 @@ def test_sigterm_at_any_step_of_the_export_stops_there_and_the_rerun_finishes(
     tf.saved_model.load(str(workdir / "saved_model"))
 
   monkeypatch.undo()
-  metrics = train.run(config, str(workdir), strategy)
+  metrics = training.run(config, str(workdir), strategy)
   assert metrics["step"] == 10 and (workdir / "metrics.json").exists()
   assert zipfile.is_zipfile(workdir / "model.keras")
   served = tf.saved_model.load(str(workdir / "saved_model")).signatures["serving_default"]

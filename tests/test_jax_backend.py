@@ -22,7 +22,7 @@ from conftest import REPO
 from conftest import run_cli
 from conftest import start_cli
 from conftest import wait_for
-from tpu_trainer import train
+from tpu_trainer import training
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="JAX is not installed (the [jax] extra)")
@@ -67,7 +67,7 @@ def test_tensorflow_and_jax_end_with_the_same_weights(digits_dir, initial_model,
   config = cnn_config.get_config()
   config.update(data_dir=digits_dir, init_from=initial_model, **EQUAL_RUN)
   config.input.update(EQUAL_INPUT)
-  tf_metrics = train.run(config, str(tmp_path / "tf"), tf.distribute.get_strategy())
+  tf_metrics = training.run(config, str(tmp_path / "tf"), tf.distribute.get_strategy())
 
   result = run_cli("train", "--config=configs/cnn.py", "--config.backend=jax",
                    f"--workdir={tmp_path / 'jax'}", f"--config.data_dir={digits_dir}",

@@ -96,7 +96,7 @@ def test_renew_extends_the_lease(tmp_path, monkeypatch):
 def test_training_renews_its_lease(digits_dir, tmp_path, monkeypatch):
   """A run longer than the lease keeps its workdir: every progress line renews."""
   from configs import mlp as mlp_config  # pylint: disable=g-import-not-at-top
-  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import training  # pylint: disable=g-import-not-at-top
   renewed = []
   real = lock_lib.WorkdirLock.renew
   monkeypatch.setattr(lock_lib.WorkdirLock, "renew",
@@ -105,7 +105,7 @@ def test_training_renews_its_lease(digits_dir, tmp_path, monkeypatch):
   config.update(data_dir=digits_dir, batch_size=64, steps=30, steps_per_execution=5,
                 log_every_steps=10)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+  training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert len(renewed) == 3  # steps 10, 20, 30
 
 
@@ -144,7 +144,7 @@ def test_a_dry_run_never_clears_a_workdir_in_use(tmp_path):
 
 
 def test_clearing_a_workdir_removes_only_what_runs_write(tmp_path):
-  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import training  # pylint: disable=g-import-not-at-top
   workdir, outside = tmp_path / "w", tmp_path / "outside"
   for d in (workdir / "checkpoints", workdir / "train", outside):
     d.mkdir(parents=True)
@@ -153,6 +153,6 @@ def test_clearing_a_workdir_removes_only_what_runs_write(tmp_path):
                "notes.txt", "config.json.bak"):
     (workdir / name).write_text("x")
   os.symlink(outside, workdir / "saved_model")
-  train.clear_workdir(str(workdir))
+  training.clear_workdir(str(workdir))
   assert sorted(os.listdir(workdir)) == ["config.json.bak", "notes.txt"]
   assert (outside / "precious.txt").exists()

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from configs import cnn as cnn_config
 from conftest import run_cli
-from tpu_trainer import train
+from tpu_trainer import training
 from tpu_trainer.data import records
 
 raw_to_tool_data = pytest.importorskip("xprof.convert.raw_to_tool_data")
@@ -67,7 +67,7 @@ def test_the_overview_page_has_steps_and_the_summary_reads_them(digits_dir, tmp_
 
 def test_the_input_share_rises_when_the_input_is_slow(digits_dir, tmp_path, monkeypatch):
   one_device = tf.distribute.get_strategy()
-  train.run(_config(digits_dir), str(tmp_path / "fast"), one_device)
+  training.run(_config(digits_dir), str(tmp_path / "fast"), one_device)
   fast = _summary(str(tmp_path / "fast"))["input_share"]
 
   decode = records.decode_batch
@@ -81,6 +81,6 @@ def test_the_input_share_rises_when_the_input_is_slow(digits_dir, tmp_path, monk
   monkeypatch.setattr(records, "decode_batch", slow_decode)
   config = _config(digits_dir)
   config.input.cache = False
-  train.run(config, str(tmp_path / "slow"), one_device)
+  training.run(config, str(tmp_path / "slow"), one_device)
   slow = _summary(str(tmp_path / "slow"))["input_share"]
   assert slow > 0.3 and slow > fast + 0.2, (fast, slow)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from configs import cnn as cnn_config
 from tpu_trainer import strategy as strategy_lib
-from tpu_trainer import train
+from tpu_trainer import training
 
 pytestmark = pytest.mark.core
 
@@ -23,7 +23,7 @@ def _final_weights(digits_dir, workdir, strategy, optimizer):
                 optimizer=optimizer, base_lr=0.05 if optimizer == "sgd" else 0.01,
                 precision="float32", seed=3)
   config.input.deterministic = True
-  train.run(config, str(workdir), strategy)
+  training.run(config, str(workdir), strategy)
   import keras  # pylint: disable=g-import-not-at-top
   return keras.models.load_model(str(workdir / "model.keras")).get_weights()
 

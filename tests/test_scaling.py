@@ -10,7 +10,7 @@ from configs import cnn as cnn_config
 from configs import conv_bn as conv_bn_config
 from configs import mlp as mlp_config
 from tpu_trainer import scaling
-from tpu_trainer import train
+from tpu_trainer import training
 
 
 @pytest.mark.parametrize("examples,replicas,expected", [
@@ -54,7 +54,7 @@ def test_a_run_saves_what_the_defaults_decided(digits_dir, tmp_path):
   config = mlp_config.get_config()
   config.update(data_dir=digits_dir, epochs=1)
   workdir = tmp_path / "w"
-  metrics = train.run(config, str(workdir), tf.distribute.get_strategy())
+  metrics = training.run(config, str(workdir), tf.distribute.get_strategy())
   with open(workdir / "config.json") as f:
     saved = json.load(f)
   assert saved["batch_size"] == 32 and saved["peak_learning_rate"] == pytest.approx(1e-3)
@@ -66,7 +66,7 @@ def test_a_run_saves_what_the_defaults_decided(digits_dir, tmp_path):
 def test_a_run_too_short_to_time_still_reports_a_rate(digits_dir, tmp_path, caplog):
   config = mlp_config.get_config()
   config.update(data_dir=digits_dir, steps=3, steps_per_execution=5)
-  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+  metrics = training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert metrics["examples_per_second"] > 0
   assert metrics["examples_per_second_includes_compilation"] is True
   with open(tmp_path / "w" / "metrics.json") as f:

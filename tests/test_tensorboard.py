@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from configs import mlp as mlp_config
 from conftest import REPO
-from tpu_trainer import train
+from tpu_trainer import training
 
 
 def test_tensorboard_script_serves_the_scalars(digits_dir, tmp_path):
@@ -18,7 +18,7 @@ def test_tensorboard_script_serves_the_scalars(digits_dir, tmp_path):
   config = mlp_config.get_config()
   config.update({"data_dir": digits_dir, "batch_size": 64, "steps": 30,
                  "steps_per_execution": 5, "profile_steps": "10,20"})
-  train.run(config, workdir, tf.distribute.get_strategy())
+  training.run(config, workdir, tf.distribute.get_strategy())
 
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

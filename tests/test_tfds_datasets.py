@@ -8,8 +8,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import mlp as mlp_config
-from tpu_trainer import evaluate
-from tpu_trainer import train
+from tpu_trainer import evaluation
+from tpu_trainer import training
 from tpu_trainer.data import manifest
 import tfds_tiny  # noqa: F401  (registers tiny_encodings)
 
@@ -36,10 +36,10 @@ def test_train_and_evaluate_on_a_tfds_prepared_dataset(tmp_path_factory, tmp_pat
   config_.update(data_dir=data_dir, batch_size=30, epochs=3, base_lr=0.003,
                  steps_per_execution=5, precision="float32")
   workdir = str(tmp_path / "w")
-  metrics = train.run(config_, workdir, tf.distribute.get_strategy())
+  metrics = training.run(config_, workdir, tf.distribute.get_strategy())
   assert metrics["eval_examples"] == 60
   assert metrics["accuracy"] > 0.9  # the classes are easy: it learned from the images
-  again = evaluate.evaluate(workdir, model_path=os.path.join(workdir, "saved_model"))
+  again = evaluation.evaluate(workdir, model_path=os.path.join(workdir, "saved_model"))
   assert again["accuracy"] == pytest.approx(metrics["accuracy"], abs=1 / 60)
   served = tf.saved_model.load(os.path.join(workdir, "saved_model"))
   out = served.signatures["serving_default"](image=tf.zeros([1, 16, 16, 3], tf.float32))
@@ -56,7 +56,7 @@ def test_a_truncated_tfds_shard_is_named_before_training(tmp_path_factory, tmp_p
   config = mlp_config.get_config()
   config.update(data_dir=data_dir, steps=2, batch_size=30)
   with pytest.raises(ValueError, match="the train shards hold .* bytes, TFDS's metadata says"):
-    train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+    training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert not os.path.exists(tmp_path / "w")
 
 
@@ -75,4 +75,4 @@ def test_a_missing_split_names_the_ones_there(tmp_path_factory, tmp_path):
   config.update(data_dir=data_dir, steps=2)
   config.input.eval_split = "validation"
   with pytest.raises(ValueError, match="Split 'validation' is not in .*it has: test, train"):
-    train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+    training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())

@@ -10,12 +10,12 @@ import tensorflow as tf
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from tpu_trainer import evaluate
+from tpu_trainer import evaluation
 from tpu_trainer import export as export_lib
 from tpu_trainer import loop
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import strategy as strategy_lib
-from tpu_trainer import train
+from tpu_trainer import training
 from tpu_trainer.backends import tensorflow as tf_backend
 
 
@@ -44,7 +44,7 @@ def test_two_replicas_train_evaluate_and_export(digits_dir, tmp_path):
   assert strategy.num_replicas_in_sync == 2
   workdir = str(tmp_path / "w")
   config = _digits_config(cnn_config, digits_dir, epochs=4)
-  metrics = train.run(config, workdir, strategy)
+  metrics = training.run(config, workdir, strategy)
 
   assert metrics["accuracy"] > 0.85
   assert metrics["eval_examples"] == 360  # every test example, though 360 % 64 != 0
@@ -65,7 +65,7 @@ def test_two_replicas_train_evaluate_and_export(digits_dir, tmp_path):
 
   # The exported models give the same answer as the final evaluation.
   for model_path in ("", os.path.join(workdir, "saved_model")):
-    again = evaluate.evaluate(workdir, model_path=model_path)
+    again = evaluation.evaluate(workdir, model_path=model_path)
     assert again["examples"] == 360
     assert again["accuracy"] == pytest.approx(metrics["accuracy"], abs=1 / 360)
 
@@ -77,7 +77,7 @@ def test_the_exported_models_score_images_in_either_convention(digits_dir, tmp_p
   from the SavedModel's signature, and through a TF1 session as saved_model_cli
   and TF Serving load it."""
   workdir = str(tmp_path / "w")
-  metrics = train.run(_digits_config(mlp_config, digits_dir, steps=60, precision="float32"),
+  metrics = training.run(_digits_config(mlp_config, digits_dir, steps=60, precision="float32"),
                       workdir, tf.distribute.get_strategy())
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   images, labels = tfds.as_numpy(tfds.builder_from_directory(digits_dir).as_dataset(
@@ -144,7 +144,7 @@ def test_resume_runs_exactly_the_remaining_steps_from_the_restored_state(
   workdir = str(tmp_path / "w")
   strategy = strategy_lib.get_strategy("cpu")
   executed, _ = _count_training_steps(monkeypatch)
-  first = train.run(_digits_config(mlp_config, digits_dir, steps=10), workdir, strategy)
+  first = training.run(_digits_config(mlp_config, digits_dir, steps=10), workdir, strategy)
   assert first["step"] == 10 and sum(executed) == 10
   reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
   saved = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
@@ -162,7 +162,7 @@ def test_resume_runs_exactly_the_remaining_steps_from_the_restored_state(
                      [v.numpy() for v in self._checkpoint.model.weights]))  # pylint: disable=protected-access
 
   monkeypatch.setattr(tf_backend.Checkpoints, "restore", restore_and_look)
-  second = train.run(_digits_config(mlp_config, digits_dir, steps=25), workdir, strategy)
+  second = training.run(_digits_config(mlp_config, digits_dir, steps=25), workdir, strategy)
   assert second["step"] == 25
   assert sum(executed) == 15  # exactly the steps that remained
   (iterations, weights), = restored
@@ -183,7 +183,7 @@ def test_checkpoints_per_epoch_at_most_every_checkpoint_min_secs(
     digits_dir, tmp_path, overrides, saved_steps):
   workdir = tmp_path / "w"
   config = _digits_config(mlp_config, digits_dir, epochs=3, keep_checkpoints=10, **overrides)
-  train.run(config, str(workdir), strategy_lib.get_strategy("cpu"))
+  training.run(config, str(workdir), strategy_lib.get_strategy("cpu"))
   state = tf.train.get_checkpoint_state(str(workdir / "checkpoints"))
   assert [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] == saved_steps
 
@@ -197,7 +197,7 @@ def test_the_first_execution_is_not_part_of_the_speed(digits_dir, tmp_path, monk
   monkeypatch.setattr(controller.time, "perf_counter", lambda: real() + offset[0])
   before.append(lambda calls: offset.__setitem__(0, 1000.0) if calls == 0 else None)
   config = _digits_config(mlp_config, digits_dir, steps=30, steps_per_execution=10)
-  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+  metrics = training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert executed == [10, 10, 10]
   assert metrics["examples_per_second"] > 20  # 1280 examples in far less than a minute
   assert metrics["examples_per_second_includes_compilation"] is False
@@ -214,7 +214,7 @@ def test_bad_config_is_a_clear_error(digits_dir, tmp_path, overrides, message):
   config = _digits_config(cnn_config, digits_dir, **overrides)
   with pytest.raises(ValueError if "dataset_info" not in message else FileNotFoundError,
                      match=message):
-    train.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
+    training.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
@@ -227,7 +227,7 @@ def test_corrupt_shard_is_named(tmp_path):
     f.write(b"\xff" * 50)
   config = _digits_config(mlp_config, data, steps=30, cache=False)
   with pytest.raises(ValueError, match=os.path.basename(victim)):
-    train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+    training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
 
 
 def _profiled_steps(path):
@@ -250,7 +250,7 @@ def _profiled_steps(path):
 
 def test_profile_steps_write_a_profile_of_those_steps(digits_dir, tmp_path):
   workdir = str(tmp_path / "w")
-  train.run(_digits_config(mlp_config, digits_dir, steps=30, profile_steps="10,20"), workdir,
+  training.run(_digits_config(mlp_config, digits_dir, steps=30, profile_steps="10,20"), workdir,
             tf.distribute.get_strategy())
   profile, = glob.glob(os.path.join(workdir, "train", "plugins", "profile", "*", "*.xplane.pb"))
   # One marker per execution (5 steps each), numbered by its first step: 10 and 15.
@@ -261,7 +261,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(digits_dir, tmp_path):
   # A vanishing learning rate cannot improve: the second evaluation ends the run.
   config = _digits_config(mlp_config, digits_dir, epochs=10, base_lr=1e-12,
                           steps_per_execution=1, early_stopping_patience=1)
-  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+  metrics = training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert metrics["step"] == 2 * (1437 // 64)
 
 
@@ -303,7 +303,7 @@ def test_label_smoothing_reaches_the_loss(digits_dir, tmp_path):
   for smoothing in (0.0, 0.2):
     config = _digits_config(mlp_config, digits_dir, steps=60, label_smoothing=smoothing,
                             precision="float32", seed=1)
-    train.run(config, str(tmp_path / str(smoothing)), tf.distribute.get_strategy())
+    training.run(config, str(tmp_path / str(smoothing)), tf.distribute.get_strategy())
     with open(tmp_path / str(smoothing) / "history.json") as f:
       losses[smoothing] = [h["loss"] for h in json.load(f) if h["kind"] == "train"][-1]
   assert losses[0.2] > losses[0.0] + 0.1
@@ -312,7 +312,7 @@ def test_label_smoothing_reaches_the_loss(digits_dir, tmp_path):
 def test_augmented_uncached_training_runs_on_two_replicas(digits_dir, tmp_path):
   config = _digits_config(cnn_config, digits_dir, steps=20, augment=True, cache=False,
                           deterministic=True, threads=2)
-  metrics = train.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
+  metrics = training.run(config, str(tmp_path / "w"), strategy_lib.get_strategy("cpu"))
   assert metrics["step"] == 20 and metrics["eval_examples"] == 360
 
 
@@ -322,7 +322,7 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_exports_nothin
   config = _digits_config(mlp_config, digits_dir, steps=40, steps_per_execution=5,
                           checkpoint_every_steps=5, precision="float32", optimizer="sgd",
                           base_lr=0.05)
-  train.run(config, str(workdir), tf.distribute.get_strategy())
+  training.run(config, str(workdir), tf.distribute.get_strategy())
   os.remove(workdir / "metrics.json")
   good = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
   shutil.rmtree(workdir / "saved_model")
@@ -331,30 +331,30 @@ def test_a_diverging_run_stops_keeps_its_last_good_checkpoint_and_exports_nothin
   config = _digits_config(mlp_config, digits_dir, steps=80, steps_per_execution=5,
                           checkpoint_every_steps=5, precision="float32", optimizer="sgd",
                           base_lr=1e30)
-  with pytest.raises(train.Diverged, match=r"diverged \(NaN, infinite, or a mean cross-entropy above 12.1: the true "
+  with pytest.raises(training.Diverged, match=r"diverged \(NaN, infinite, or a mean cross-entropy above 12.1: the true "
                      r"class given under 6e-06 on average\) between steps 41 and 45.*"
                      r"Last good checkpoint: .*ckpt-40"):
-    train.run(config, str(workdir), tf.distribute.get_strategy())
+    training.run(config, str(workdir), tf.distribute.get_strategy())
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) == good
   assert not (workdir / "model.keras").exists() and not (workdir / "saved_model").exists()
   assert not (workdir / "metrics.json").exists()
 
 
 def test_metrics_json_is_strict_json():
-  assert train._strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": 2}) == {  # pylint: disable=protected-access
+  assert training._strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": 2}) == {  # pylint: disable=protected-access
       "a": None, "b": [1.0, None], "c": 2}
 
 
 def test_resuming_another_model_is_refused_before_the_workdir_changes(digits_dir, tmp_path):
   workdir = tmp_path / "w"
   strategy = tf.distribute.get_strategy()
-  train.run(_digits_config(mlp_config, digits_dir, steps=5), str(workdir), strategy)
+  training.run(_digits_config(mlp_config, digits_dir, steps=5), str(workdir), strategy)
   before = (workdir / "config.json").read_text()
   with pytest.raises(ValueError, match=r"another model or data \(model: 'mlp' -> 'cnn'"):
-    train.run(_digits_config(cnn_config, digits_dir, steps=10), str(workdir), strategy)
+    training.run(_digits_config(cnn_config, digits_dir, steps=10), str(workdir), strategy)
   assert (workdir / "config.json").read_text() == before
   # What does not touch the model or the data resumes.
-  metrics = train.run(_digits_config(mlp_config, digits_dir, steps=10, log_every_steps=5),
+  metrics = training.run(_digits_config(mlp_config, digits_dir, steps=10, log_every_steps=5),
                       str(workdir), strategy)
   assert metrics["step"] == 10
 
@@ -371,7 +371,7 @@ def test_a_run_killed_during_export_leaves_no_half_files_and_the_rerun_finishes(
 
   monkeypatch.setattr(export_lib, "save_serving_model", killed)
   with pytest.raises(KeyboardInterrupt):
-    train.run(config, str(workdir), strategy)
+    training.run(config, str(workdir), strategy)
   assert not (workdir / "model.keras").exists() and not (workdir / "saved_model").exists()
   assert not (workdir / "metrics.json").exists()  # written last: the run is not complete
   assert not [f for f in os.listdir(workdir) if ".tmp-" in f]
@@ -382,7 +382,7 @@ def test_a_run_killed_during_export_leaves_no_half_files_and_the_rerun_finishes(
   outside.mkdir()
   (outside / "keep.txt").write_text("not ours either")
   os.symlink(outside, workdir / "checkpoints" / "ckpt-8_temp")
-  metrics = train.run(config, str(workdir), strategy)  # resumes at step 10: exports
+  metrics = training.run(config, str(workdir), strategy)  # resumes at step 10: exports
   # Only TensorFlow's own leftovers go; a link is removed, never followed.
   assert (workdir / "checkpoints" / "my_temp_notes.txt").read_text() == "not ours"
   assert not os.path.lexists(workdir / "checkpoints" / "ckpt-8_temp")
@@ -404,7 +404,7 @@ def test_resume_restores_batch_norm_statistics(digits_dir, tmp_path):
   workdir = tmp_path / "w"
   config = _digits_config(conv_bn_config, digits_dir, steps=20, precision="float32")
   strategy = tf.distribute.get_strategy()
-  train.run(config, str(workdir), strategy)
+  training.run(config, str(workdir), strategy)
   reader = tf.train.load_checkpoint(str(workdir / "checkpoints"))
   saved = sorted(float(np.sum(reader.get_tensor(k))) for k in reader.get_variable_to_shape_map()
                  if "moving_" in k and k.startswith("model/"))
@@ -412,7 +412,7 @@ def test_resume_restores_batch_norm_statistics(digits_dir, tmp_path):
   os.remove(workdir / "model.keras")
   os.remove(workdir / "metrics.json")
 
-  assert train.run(config, str(workdir), strategy)["step"] == 20  # nothing left to train
+  assert training.run(config, str(workdir), strategy)["step"] == 20  # nothing left to train
   model = keras.models.load_model(str(workdir / "model.keras"))
   exported = sorted(float(np.sum(w.numpy())) for layer in model.layers
                     if isinstance(layer, keras.layers.BatchNormalization)
@@ -429,18 +429,18 @@ def test_a_dataset_is_known_by_its_content_not_its_path(tmp_path):
   convert.convert(sources.digits(), str(data))
   shutil.copytree(data, copy)
   strategy = tf.distribute.get_strategy()
-  train.run(_digits_config(mlp_config, str(data), steps=10), workdir, strategy)
-  assert train.run(_digits_config(mlp_config, str(copy) + "/", steps=20), workdir,
+  training.run(_digits_config(mlp_config, str(data), steps=10), workdir, strategy)
+  assert training.run(_digits_config(mlp_config, str(copy) + "/", steps=20), workdir,
                    strategy)["step"] == 20
 
   convert.convert(sources.digits(seed=7), str(copy))  # another train/test draw, same path
   with pytest.raises(ValueError, match=r"the dataset: .*copy/? as it was then -> .*copy now, "
                                        r"another content \(converted again"):
-    train.run(_digits_config(mlp_config, str(copy), steps=30), workdir, strategy)
+    training.run(_digits_config(mlp_config, str(copy), steps=30), workdir, strategy)
   with pytest.raises(ValueError, match="converted again since this run trained on it"):
-    evaluate.evaluate(workdir, data_dir=str(copy) + "/")
+    evaluation.evaluate(workdir, data_dir=str(copy) + "/")
   # Another dataset with the run's classes is fine, its report named apart.
-  evaluate.evaluate(workdir, data_dir=str(data))
+  evaluation.evaluate(workdir, data_dir=str(data))
   assert (tmp_path / "w" / "eval_test.json").exists()
 
 
@@ -449,9 +449,9 @@ def test_eval_matches_classes_by_name_and_refuses_other_classes(digits_dir, tmp_
   reversed) score what the run's own data scores; other classes are refused."""
   from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "w")
-  train.run(_digits_config(mlp_config, digits_dir, steps=10), workdir,
+  training.run(_digits_config(mlp_config, digits_dir, steps=10), workdir,
             tf.distribute.get_strategy())
-  own = evaluate.evaluate(workdir)
+  own = evaluation.evaluate(workdir)
   digits = sources.digits()
 
   def relabelled(split, relabel):
@@ -464,7 +464,7 @@ def test_eval_matches_classes_by_name_and_refuses_other_classes(digits_dir, tmp_
                              {k: relabelled(v, lambda l: 9 - l) for k, v in digits.splits.items()},
                              digits.fingerprint + "reordered")
   convert.convert(reordered, str(tmp_path / "r"))
-  other = evaluate.evaluate(workdir, data_dir=str(tmp_path / "r"))
+  other = evaluation.evaluate(workdir, data_dir=str(tmp_path / "r"))
   assert other["accuracy"] == pytest.approx(own["accuracy"])
   assert other["loss"] == pytest.approx(own["loss"], rel=1e-5)
   report = json.loads((tmp_path / "w" / "eval_digits_reordered_test.json").read_text())
@@ -474,7 +474,7 @@ def test_eval_matches_classes_by_name_and_refuses_other_classes(digits_dir, tmp_
                            digits.fingerprint + "letters")
   convert.convert(renamed, str(tmp_path / "l"))
   with pytest.raises(ValueError, match="has other classes .* cannot be scored on them"):
-    evaluate.evaluate(workdir, data_dir=str(tmp_path / "l"))
+    evaluation.evaluate(workdir, data_dir=str(tmp_path / "l"))
   assert not (tmp_path / "w" / "eval_letters_test.json").exists()
 
 
@@ -485,5 +485,5 @@ def test_conv_bn_scores_early_evaluations_with_its_batch_norm_statistics(digits_
   from configs import conv_bn as conv_bn_config  # pylint: disable=g-import-not-at-top
   config = conv_bn_config.get_config()
   config.data_dir, config.steps = digits_dir, 60
-  metrics = train.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+  metrics = training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
   assert metrics["accuracy"] > 0.5

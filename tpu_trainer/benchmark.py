@@ -16,7 +16,7 @@ from tpu_trainer import loop
 from tpu_trainer import metrics
 from tpu_trainer import scaling
 from tpu_trainer import strategy as strategy_lib
-from tpu_trainer import train
+from tpu_trainer import training
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
 
@@ -79,7 +79,7 @@ def training_rate(config, steps: int = 0, strategy=None) -> dict:
   config.eval_every_epochs = 10**6
   config.profile_steps = ""
   with tempfile.TemporaryDirectory(prefix="tpu_trainer_bench_") as workdir:
-    return train.run(config, workdir, strategy)
+    return training.run(config, workdir, strategy)
 
 
 def compute_limit(config, strategy=None, seconds: float = 10.0) -> dict:
@@ -92,11 +92,11 @@ def compute_limit(config, strategy=None, seconds: float = 10.0) -> dict:
   runner = backends.runner(config, strategy)
   plan = controller.plan_run(config, dataset.split(config.input.train_split).num_examples,
                              runner.replicas, runner.precision(config.precision, config.model))
-  model, optimizer, _ = train.build(config, plan, dataset, runner.scope())
+  model, optimizer, _, output = training.build(config, plan, dataset, runner)
   strategy = runner.strategy
   step_fn = loop.train_step(model, optimizer, plan.batch_size, config.label_smoothing,
                             dataset.num_classes, metrics.Totals(strategy, "train"),
-                            loop.Signals(strategy))
+                            loop.Signals(strategy), from_logits=output == "logits")
   batch = next(iter(strategy.distribute_datasets_from_function(pipeline.train_input_fn(
       dataset, plan.batch_size, config.input, seed=config.seed))))
 

@@ -32,10 +32,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.input.service = ""           # grpc://HOST:PORT: train input from tf.data service workers
   c.input.service_job = ""       # a job name trainers share (default: one job per host)
   # Model.
-  c.model = "cnn"                # a family of tpu_trainer/models: mlp, cnn, conv_bn, resnet50...
+  # Any callable too (config.model = build, a def in the config file): models/custom.py.
+  c.model = ml_collections.FieldReference("cnn", field_type=object)  # mlp, cnn, cnn_deep, conv_bn, mobilenet_v2, resnet50; or yours: PATH.py:FUNCTION, package.module:FUNCTION, applications:NAME (keras.applications)
   c.dropout = 0.0                # dropout rate before the classifier
   c.pooling = "max"              # conv_bn: max | avg
-  c.weights = "none"             # mobilenet_v2 / resnet50: "imagenet" or "none"
+  c.weights = "none"             # mobilenet_v2 / resnet50 / applications:NAME: "imagenet", "none" or a file
   c.fine_tune_layers = 0         # mobilenet_v2: unfreeze this many top layers
   # Optimisation (see tpu_trainer/scaling.py). Peak learning rate = base_lr at
   # base_batch_size, scaled to the batch (sqrt for Adam, linear for SGD), linear

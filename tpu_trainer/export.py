@@ -26,10 +26,12 @@ from tpu_trainer.errors import UserError
 
 
 def export(model: keras.Model, workdir: str, class_names: list[str], save_serving=None,
-           safe_point=lambda: None) -> None:
-  """save_serving(model, class_names, path): the backend's SavedModel writer
-  (save_serving_model here by default). safe_point() runs between the steps,
-  where a stop (SIGTERM) may raise: nothing is half published then."""
+           safe_point=lambda: None, from_logits: bool = False) -> None:
+  """save_serving(model, class_names, path, from_logits): the backend's SavedModel
+  writer (save_serving_model here by default). safe_point() runs between the
+  steps, where a stop (SIGTERM) may raise: nothing is half published then.
+  model.keras is the model as built (a logits model returns logits); the
+  SavedModel's `probabilities` are probabilities either way."""
   logging.info("Exporting model.keras and saved_model/ to %s.", workdir)
   with tempfile.TemporaryDirectory(prefix="tpu_trainer_export_") as staging:
     local_keras = os.path.join(staging, "model.keras")
@@ -38,7 +40,7 @@ def export(model: keras.Model, workdir: str, class_names: list[str], save_servin
     # Reloaded outside the strategy: the served graph holds plain variables.
     local_saved = os.path.join(staging, "saved_model")
     (save_serving or save_serving_model)(keras.models.load_model(local_keras), class_names,
-                                         local_saved)
+                                         local_saved, from_logits)
     safe_point()
     storage.publish_copy(local_keras, storage.join(workdir, "model.keras"))
     safe_point()
@@ -71,7 +73,8 @@ def publish_directory(local_dir: str, final: str) -> None:
     shutil.rmtree(incoming, ignore_errors=True)
 
 
-def save_serving_model(model: keras.Model, class_names: list[str], path: str) -> None:
+def save_serving_model(model: keras.Model, class_names: list[str], path: str,
+                       from_logits: bool = False) -> None:
   """The serving signature alone, over the model's variables. Saved with
   tf.saved_model.save directly: keras.export.ExportArchive writes the same
   signature more slowly, walking the model's objects for resources a plain Keras
@@ -82,6 +85,8 @@ def save_serving_model(model: keras.Model, class_names: list[str], path: str) ->
   @tf.function(input_signature=[image_spec], autograph=False)
   def serve(image):
     probabilities = tf.cast(model(image, training=False), tf.float32)
+    if from_logits:
+      probabilities = tf.nn.softmax(probabilities)
     class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     return {"probabilities": probabilities, "class_id": class_id,
             "class_name": tf.gather(names, class_id)}
@@ -94,14 +99,16 @@ def save_serving_model(model: keras.Model, class_names: list[str], path: str) ->
   tf.saved_model.save(module, path, signatures={"serving_default": serve})
 
 
-def load_serving_fn(path: str):
+def load_serving_fn(path: str, from_logits: bool = False):
   """A .keras file or an exported SavedModel -> fn(images) -> probabilities, for
-  images of any numeric dtype (uint8 as the pipeline feeds them)."""
+  images of any numeric dtype (uint8 as the pipeline feeds them). from_logits:
+  the .keras model returns logits (config.json's model_output)."""
   if path.endswith(".keras"):
     model = keras.models.load_model(path)
 
     def predict(images):
-      return model(tf.cast(images, tf.float32), training=False)
+      outputs = model(tf.cast(images, tf.float32), training=False)
+      return tf.nn.softmax(tf.cast(outputs, tf.float32)) if from_logits else outputs
 
     return predict
   if not any(tf.io.gfile.exists(f"{path.rstrip('/')}/saved_model.{ext}")

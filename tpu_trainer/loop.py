@@ -82,27 +82,30 @@ class Signals:
 
 
 def train_step(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int,
-               totals, signals):
+               totals, signals, from_logits: bool = False):
   """One optimizer step on one replica's batch of (uint8 images, int labels).
 
-  The loss is averaged over the global batch, so summing the replicas'
-  gradients gives the gradient of the whole batch.
+  The model gets the images as float32 0-255 (models/custom.py's contract) and
+  returns probabilities, or logits (from_logits). The loss is averaged over the
+  global batch, so summing the replicas' gradients gives the gradient of the
+  whole batch.
   """
   limit = divergence_limit(num_classes)
   loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
-                                                 reduction=None)
+                                                 from_logits=from_logits, reduction=None)
 
   def step(images, labels):
     with tf.GradientTape() as tape:
-      probabilities = model(images, training=True)
-      per_example = loss_fn(tf.one_hot(labels, num_classes), probabilities)
+      # float32 whatever the policy: the loss needs the range (low-precision logits).
+      outputs = tf.cast(model(tf.cast(images, tf.float32), training=True), tf.float32)
+      per_example = loss_fn(tf.one_hot(labels, num_classes), outputs)
       loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
       scaled_loss = optimizer.scale_loss(loss)
     grads = tape.gradient(scaled_loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    totals.update(per_example, probabilities, labels)
+    totals.update(per_example, outputs, labels)
     signals.add_diverged(loss, tf.reduce_mean(tf.cast(per_example, tf.float32)), limit)
 
   return step
@@ -115,7 +118,7 @@ def eval_step(predict, num_classes: int, totals):
   SavedModel is evaluated here whichever backend Keras is on."""
 
   def step(images, labels, weights):
-    probabilities = tf.cast(predict(images), tf.float32)
+    probabilities = tf.cast(predict(tf.cast(images, tf.float32)), tf.float32)
     clipped = tf.clip_by_value(probabilities, keras.config.epsilon(), 1 - keras.config.epsilon())
     per_example = -tf.reduce_sum(tf.one_hot(labels, num_classes) * tf.math.log(clipped), -1)
     totals.update(per_example, probabilities, labels, weights)

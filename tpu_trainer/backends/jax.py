@@ -155,20 +155,25 @@ class Checkpoints:
     pass
 
 
-def step_fn(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int):
+def step_fn(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int,
+            from_logits: bool = False):
   """fn(state, images[batch...], labels) -> (state, [loss sum, correct, examples,
   diverged]): one optimizer step. state: (trainable, non-trainable, optimizer)
-  variable values, as Keras's stateless API takes them."""
+  variable values, as Keras's stateless API takes them. The model gets float32
+  0-255 images and returns probabilities, or logits (from_logits)."""
   loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
-                                                 reduction=None)
+                                                 from_logits=from_logits, reduction=None)
   limit = controller.divergence_limit(num_classes)
 
   def train_step(state, images, labels):
     trainable, non_trainable, optimizer_variables = state
 
     def loss_and_outputs(trainable, non_trainable):
-      probabilities, non_trainable, losses = model.stateless_call(
-          trainable, non_trainable, images, training=True, return_losses=True)
+      outputs, non_trainable, losses = model.stateless_call(
+          trainable, non_trainable, images.astype(jnp.float32), training=True,
+          return_losses=True)
+      # float32 whatever the policy: the loss needs the range (low-precision logits).
+      probabilities = outputs.astype(jnp.float32)
       per_example = loss_fn(jax.nn.one_hot(labels, num_classes), probabilities)
       loss = jnp.sum(per_example.astype(jnp.float32)) / global_batch
       if losses:
@@ -197,11 +202,12 @@ def agreed_fn(sums, host_flags):
 
 
 def execution_fn(model, optimizer, global_batch: int, label_smoothing: float,
-                 num_classes: int):
+                 num_classes: int, from_logits: bool = False):
   """fn(state, images[steps_max, batch...], labels, steps, host_flags) -> (state,
   sums, agreed) (see agreed_fn): `steps` optimizer steps in one compiled call,
   a lax.fori_loop that compiles once whatever the count."""
-  train_step = step_fn(model, optimizer, global_batch, label_smoothing, num_classes)
+  train_step = step_fn(model, optimizer, global_batch, label_smoothing, num_classes,
+                       from_logits)
 
   def execution(state, images, labels, steps, host_flags):
     def body(i, carry):
@@ -276,10 +282,18 @@ class Runner:
     hosts = jax.process_count()
     return tf.distribute.InputContext(hosts, jax.process_index(), hosts)
 
+  def made_in_scope(self, variable) -> bool:
+    """Whether a Keras variable was created under this runner's distribution
+    (replicated over every device; one made before it lives on one device)."""
+    value = variable.value
+    return not isinstance(value, jax.Array) or value.sharding.is_equivalent_to(
+        self._replicated, value.ndim)
+
   def start(self, model, optimizer, schedule, plan: controller.Plan, dataset, input_config,
-            seed: int, label_smoothing: float) -> None:
+            seed: int, label_smoothing: float, from_logits: bool = False) -> None:
     """The jitted execution; the input starts at the first one."""
     self.model, self.optimizer, self.schedule = model, optimizer, schedule
+    self._from_logits = from_logits
     self._state_variables = (model.trainable_variables, model.non_trainable_variables,
                              optimizer.variables)
     spe = plan.steps_per_execution
@@ -291,7 +305,7 @@ class Runner:
 
     self._input, self._iterator, self._total_steps = make_input, None, plan.total_steps
     self._execute = self._compile_execution(plan.batch_size, label_smoothing,
-                                            dataset.num_classes)
+                                            dataset.num_classes, from_logits)
     self._sums = None
     # The state as the execution returns it (jit outputs carry their mesh in their
     # type): otherwise the second execution compiles the step all over again.
@@ -309,7 +323,8 @@ class Runner:
   def _state(self):
     return jax.tree_util.tree_map(lambda v: v.value, self._state_variables)
 
-  def _compile_execution(self, global_batch: int, label_smoothing: float, num_classes: int):
+  def _compile_execution(self, global_batch: int, label_smoothing: float, num_classes: int,
+                         from_logits: bool):
     """On TPUs and GPUs one compiled call per execution (execution_fn). On a CPU,
     one compiled step that the host calls `steps` times without waiting: XLA's
     CPU backend runs a convolution inside a loop about 10x slower than outside
@@ -318,10 +333,11 @@ class Runner:
     # DataParallel replicates every variable: the state stays replicated.
     if not self._host_loop:
       return jax.jit(execution_fn(self.model, self.optimizer, global_batch, label_smoothing,
-                                  num_classes), donate_argnums=0,
+                                  num_classes, from_logits), donate_argnums=0,
                      out_shardings=self._replicated)
     step = jax.jit(step_fn(self.model, self.optimizer, global_batch, label_smoothing,
-                           num_classes), donate_argnums=0, out_shardings=self._replicated)
+                           num_classes, from_logits), donate_argnums=0,
+                   out_shardings=self._replicated)
     agreed = jax.jit(agreed_fn, out_shardings=self._replicated)
 
     def execution(state, images, labels, steps, host_flags):
@@ -384,14 +400,16 @@ class Runner:
     dataset_fn, steps = pipeline.eval_input_fn(dataset, batch_size, jax.process_count(),
                                                split, input_config)
     iterator = dataset_fn(self._input_context()).as_numpy_iterator()
-    model, num_classes = self.model, dataset.num_classes
+    model, num_classes, from_logits = self.model, dataset.num_classes, self._from_logits
     loss_fn = keras.losses.CategoricalCrossentropy(reduction=None)
 
     @functools.partial(jax.jit, out_shardings=self._replicated)
     def eval_step(trainable, non_trainable, sums, images, labels, weights):
-      probabilities, _ = model.stateless_call(trainable, non_trainable, images,
-                                              training=False)
-      probabilities = probabilities.astype(jnp.float32)
+      outputs, _ = model.stateless_call(trainable, non_trainable, images.astype(jnp.float32),
+                                        training=False)
+      probabilities = outputs.astype(jnp.float32)
+      if from_logits:
+        probabilities = jax.nn.softmax(probabilities)
       per_example = loss_fn(jax.nn.one_hot(labels, num_classes), probabilities)
       correct = (jnp.argmax(probabilities, -1) == labels).astype(jnp.float32)
       return sums + jnp.stack([jnp.sum(per_example * weights), jnp.sum(correct * weights),
@@ -445,7 +463,8 @@ class Runner:
     """Every process waits for the chief's export."""
     wait_for_every_process("export")
 
-  def save_serving_model(self, model, class_names: list[str], path: str) -> None:
+  def save_serving_model(self, model, class_names: list[str], path: str,
+                         from_logits: bool = False) -> None:
     """The same signature as the TensorFlow backend's (export.save_serving_model):
     `image` float32 -> probabilities, class_id, class_name. The model's function is
     converted by Keras's export archive (jax2tf); the names are added in TF."""
@@ -454,7 +473,8 @@ class Runner:
     image_shape = (None,) + tuple(model.input_shape[1:])
 
     def probabilities(image):
-      return model(image, training=False)
+      outputs = keras.ops.cast(model(image, training=False), "float32")
+      return keras.ops.softmax(outputs) if from_logits else outputs
 
     model_fn = archive.add_endpoint(
         "probabilities", probabilities,

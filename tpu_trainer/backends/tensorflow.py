@@ -19,7 +19,7 @@ from tpu_trainer import metrics
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
-from tpu_trainer.evaluate import Evaluator
+from tpu_trainer.evaluation import Evaluator
 
 
 def is_chief(strategy) -> bool:
@@ -138,14 +138,19 @@ class Runner:
   def scope(self):
     return self.strategy.scope()
 
+  def made_in_scope(self, variable) -> bool:
+    """Whether a Keras variable was created under this runner's scope."""
+    return self.strategy.extended.variable_created_in_scope(variable.value)
+
   def start(self, model, optimizer, schedule, plan: controller.Plan, dataset, input_config,
-            seed: int, label_smoothing: float) -> None:
+            seed: int, label_smoothing: float, from_logits: bool = False) -> None:
     """The compiled execution; the input starts at the first one."""
     self.model, self.optimizer, self.schedule = model, optimizer, schedule
+    self._from_logits = from_logits
     self._totals = metrics.Totals(self.strategy, "train")
     self._signals = loop.Signals(self.strategy)
     step_fn = loop.train_step(model, optimizer, plan.batch_size, label_smoothing,
-                              dataset.num_classes, self._totals, self._signals)
+                              dataset.num_classes, self._totals, self._signals, from_logits)
     self._run = loop.compile_steps(self.strategy, step_fn, self._signals)
     # While profiling: the same steps without a while loop (see compile_steps).
     self._run_unrolled = loop.compile_steps(self.strategy, step_fn, self._signals,
@@ -177,8 +182,12 @@ class Runner:
     return float(self.schedule(step))
 
   def evaluator(self, dataset, split: str, batch_size: int, input_config):
-    return Evaluator(self.strategy, lambda x: self.model(x, training=False), dataset, split,
-                     batch_size, input_config, profiling=lambda: self._profiling)
+    def predict(images):
+      outputs = self.model(images, training=False)
+      return tf.nn.softmax(tf.cast(outputs, tf.float32)) if self._from_logits else outputs
+
+    return Evaluator(self.strategy, predict, dataset, split, batch_size, input_config,
+                     profiling=lambda: self._profiling)
 
   def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
     return Checkpoints(self.model, self.optimizer, workdir, self.chief, keep)
@@ -209,5 +218,6 @@ class Runner:
   def finish(self) -> None:
     """Nothing to wait for: a worker's exit does not end the others."""
 
-  def save_serving_model(self, model, class_names: list[str], path: str) -> None:
-    export_lib.save_serving_model(model, class_names, path)
+  def save_serving_model(self, model, class_names: list[str], path: str,
+                         from_logits: bool = False) -> None:
+    export_lib.save_serving_model(model, class_names, path, from_logits)

@@ -5,12 +5,12 @@ Every tool: `--help` shows what it does, examples and its own flags (exit 0);
 """
 import errno
 import json
-import logging as std_logging
 import os
 import re
 import shutil
 import sys
 
+from tpu_trainer import logs
 from tpu_trainer import stopping
 from tpu_trainer.errors import Diverged
 from tpu_trainer.errors import StorageUnavailable
@@ -123,8 +123,24 @@ def config_from_flags(flag_values):
     return None
   with config.unlocked():
     config.data_dir = expand_path(config.data_dir)
+    config.model = _model_beside_config(config.model, flag_values)
   import_tensorflow_quietly()  # the tool goes on to use it
   return config
+
+
+def _model_beside_config(model, flag_values):
+  """config.model=FILE.py:FUNCTION with a relative FILE that is not in the working
+  directory but beside the --config file (a user's repository): its absolute path."""
+  if not isinstance(model, str) or ":" not in model:
+    return model
+  path, _, function = model.rpartition(":")
+  if not path.endswith(".py") or os.path.isabs(path) or os.path.exists(path):
+    return model
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_dir = os.path.dirname(os.path.abspath(config_flags.get_config_filename(
+      flag_values["config"])))
+  beside = os.path.join(config_dir, path)
+  return f"{beside}:{function}" if os.path.isfile(beside) else model
 
 
 def help_text(module) -> str:
@@ -140,14 +156,6 @@ def help_text(module) -> str:
   lines += ["  -v, --verbosity=1: also TensorFlow's own log lines",
             "  --helpfull: every flag, absl's and TensorFlow's too"]
   return "\n".join(lines)
-
-
-class _OursOrWarnings(std_logging.Filter):
-  """INFO lines from this package; other libraries' only from WARNING up."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or f"{os.sep}tpu_trainer{os.sep}" in (
-        record.pathname or "")
 
 
 def import_tensorflow_quietly() -> None:
@@ -185,11 +193,7 @@ def run(main, record_stop_signals: bool = False) -> None:
   def wrapped(argv):
     logging.set_verbosity(logging.INFO)
     if not VERBOSE:
-      # Our lines, short; TensorFlow's and Keras's INFO chatter hidden.
-      handler = logging.get_absl_handler()
-      handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-      handler.addFilter(_OursOrWarnings())
-      std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+      logs.use_short_lines()  # our lines, short; TensorFlow's and Keras's chatter hidden
     try:
       return main(argv)
     except stopping.Preempted as e:  # saved; the same command resumes

@@ -36,9 +36,9 @@ def main(argv):
   config = cli.config_from_flags(FLAGS)
   if config is None:
     return
-  from tpu_trainer import evaluate  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import evaluation  # pylint: disable=g-import-not-at-top
   from tpu_trainer import lock  # pylint: disable=g-import-not-at-top
-  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import training  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import convert  # pylint: disable=g-import-not-at-top
   from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
   out = cli.expand_path(FLAGS.output_dir)
@@ -46,7 +46,7 @@ def main(argv):
   # A fresh run each time, but never under another live one: the lock first.
   workdir_lock = lock.WorkdirLock(workdir).acquire()
   try:
-    train.clear_workdir(workdir)
+    training.clear_workdir(workdir)
     # One writer process: TensorFlow is loaded here, and forking after that is unsafe.
     dataset = convert.convert(sources.digits(), data, workers=1)
     cli.print_written(dataset, data)
@@ -56,8 +56,8 @@ def main(argv):
         config.input.deterministic = True
       if not config.cpu_devices and config.backend == "tensorflow":
         config.cpu_devices = 2  # the multi-replica path; JAX runs one process per device
-    print(json.dumps(train.run(config, workdir)))
-    print(json.dumps(evaluate.evaluate(workdir,
+    print(json.dumps(training.run(config, workdir)))
+    print(json.dumps(evaluation.evaluate(workdir,
                                        model_path=os.path.join(workdir, "saved_model"))))
   finally:
     workdir_lock.release()

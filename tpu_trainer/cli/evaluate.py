@@ -26,9 +26,9 @@ flags.DEFINE_integer("batch_size", 0, "Default: the config's batch_size.")
 def main(argv):
   del argv
   cli.import_tensorflow_quietly()
-  from tpu_trainer import evaluate  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import evaluation  # pylint: disable=g-import-not-at-top
   workdir = cli.expand_path(FLAGS.workdir)
-  result = evaluate.evaluate(workdir, model_path=cli.expand_path(FLAGS.model),
+  result = evaluation.evaluate(workdir, model_path=cli.expand_path(FLAGS.model),
                              split=FLAGS.split, data_dir=cli.expand_path(FLAGS.data_dir),
                              batch_size=FLAGS.batch_size)
   print(json.dumps(result))

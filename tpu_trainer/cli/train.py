@@ -34,8 +34,8 @@ def main(argv):
   if not FLAGS.workdir:
     raise UserError("--workdir is required: where the run's checkpoints, logs and model go.")
   workdir = cli.expand_path(FLAGS.workdir)
-  from tpu_trainer import train  # pylint: disable=g-import-not-at-top
-  result = train.run(config, workdir)
+  from tpu_trainer import training  # pylint: disable=g-import-not-at-top
+  result = training.run(config, workdir)
   print(json.dumps(result))
   print(f"Model, checkpoints and metrics in {workdir}; "
         f"TensorBoard: scripts/tensorboard.sh {workdir}")

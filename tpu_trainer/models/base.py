@@ -1,5 +1,7 @@
 """What the model families share: uint8 images in, float32 probabilities out,
 and the keras.applications bases (MobileNetV2, ResNet-50) with their adaptations."""
+import re
+
 import keras
 from keras import layers
 from keras import ops
@@ -47,20 +49,32 @@ def adapt_images(x, input_shape, min_size=32):
 SCRATCH_BN_MOMENTUM = 0.9
 
 
-def pretrained_base(application, input_shape, config):
+def pretrained_base(application, input_shape, config, **options):
+  """(the keras.applications base without its top, average-pooled; whether it
+  is pretrained). Built for the images' size, at least the smallest the
+  application takes (32, or what it says: 75 for InceptionV3); adapt_images
+  brings the images to net.input_shape."""
   weights = None if config.weights in ("none", "", None) else config.weights
   height, width, _ = input_shape
-  try:
-    net = application(input_shape=(max(height, 32), max(width, 32), 3), include_top=False,
-                      weights=weights, pooling="avg")
-  except Exception as e:  # pylint: disable=broad-except  (Keras raises a bare Exception)
-    if not weights or not (isinstance(e, OSError) or "URL fetch failure" in str(e)):
-      raise
-    reason = str(e).rsplit(" -- ", 1)[-1][:200]
-    raise UserError(f"config.weights={config.weights!r}: {application.__name__}'s weights "
-                    f"could not be downloaded ({reason}). Offline? Train from scratch with "
-                    "--config.weights=none, or first put the file keras.applications "
-                    "downloads into ~/.keras/models/ (or $KERAS_HOME/models/).") from None
+  size = 32
+  while True:
+    try:
+      net = application(input_shape=(max(height, size), max(width, size), 3),
+                        include_top=False, weights=weights, pooling="avg", **options)
+      break
+    except ValueError as e:
+      smallest = re.search(r"at least (\d+)x(\d+)", str(e))
+      if not smallest or int(smallest.group(1)) <= size:
+        raise
+      size = int(smallest.group(1))
+    except Exception as e:  # pylint: disable=broad-except  (Keras raises a bare Exception)
+      if not weights or not (isinstance(e, OSError) or "URL fetch failure" in str(e)):
+        raise
+      reason = str(e).rsplit(" -- ", 1)[-1][:200]
+      raise UserError(f"config.weights={config.weights!r}: {application.__name__}'s weights "
+                      f"could not be downloaded ({reason}). Offline? Train from scratch with "
+                      "--config.weights=none, or first put the file keras.applications "
+                      "downloads into ~/.keras/models/ (or $KERAS_HOME/models/).") from None
   if not weights:
     for layer in net.layers:
       if isinstance(layer, layers.BatchNormalization):

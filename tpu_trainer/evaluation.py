@@ -16,6 +16,7 @@ from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
 from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
+from tpu_trainer.models import custom
 
 
 class Evaluator:
@@ -73,7 +74,12 @@ def evaluate(workdir: str, *, model_path: str = "", split: str = "", data_dir: s
   split = split or config.input.eval_split
   manifest.check_shards(dataset, [split])
   report_name, order = check_dataset(config, dataset, split)
-  predict = export_lib.load_serving_fn(os.fspath(model_path))
+  model_path = os.fspath(model_path)
+  if model_path.endswith(".keras") and custom.is_reference(config.get("model")):
+    # The user's module registers the custom layers model.keras is made of.
+    custom.resolve_reference(config.model)
+  predict = export_lib.load_serving_fn(model_path,
+                                       from_logits=config.get("model_output") == "logits")
   if order is not None:  # the model's probabilities, column by column in the data's order
     predict = _in_class_order(predict, order)
   evaluator = Evaluator(tf.distribute.get_strategy(), predict, dataset, split,

@@ -37,8 +37,9 @@ from tpu_trainer.data import manifest
 from tpu_trainer.data import service
 from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
-from tpu_trainer.models import build_model
-from tpu_trainer.models import check_model_name
+from tpu_trainer import models
+from tpu_trainer.models import applications
+from tpu_trainer.models import custom
 
 Preempted = stopping.Preempted
 Diverged = errors.Diverged
@@ -150,7 +151,6 @@ def check_data(config) -> manifest.Dataset:
   if not config.data_dir:
     raise UserError("config.data_dir is empty: pass --config.data_dir=DIR (a directory "
                     "written by tpu-trainer-convert).")
-  check_model_name(config.model)
   dataset = manifest.read(config.data_dir)
   splits = {config.input.train_split, config.input.eval_split}
   for split in splits:
@@ -170,6 +170,14 @@ def check_data(config) -> manifest.Dataset:
   return dataset
 
 
+def _with_model_name(config, name: str) -> ml_collections.ConfigDict:
+  """The config with config.model as the string config.json records (a copy
+  when it was a callable or a relative path)."""
+  if config.model == name:
+    return config
+  return ml_collections.ConfigDict({**config.to_dict(), "model": name})
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
   """Trains config.model on config.data_dir; writes everything to workdir.
 
@@ -183,6 +191,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     stack = versions.check()
     logging.info("%s.", versions.describe(stack))
     dataset = check_data(config)
+    builder, model_name, users_code = models.resolve(config.model)
+    config = _with_model_name(config, model_name)
     check_workdir(workdir)
     check_resumable(workdir, {**config.to_dict(), "image_shape": list(dataset.image_shape),
                               "class_names": list(dataset.class_names),
@@ -196,6 +206,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
     check_workers_agree(runner, config, plan, dataset)
+    # The model before the workdir: a builder that breaks the contract leaves nothing.
+    model, optimizer, schedule, output = build(config, plan, dataset, runner, builder,
+                                               users_code)
     # Every write to the workdir from here on: bounded, said while it waits.
     watchdog = watchdog_lib.StorageWatchdog(workdir, config.storage_timeout_secs)
     cleanup.callback(watchdog.close)
@@ -211,12 +224,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
           forget = watchdog.guarded("removing config.json", _forget_config, workdir,
                                     config_path)
           cleanup.push(lambda failed, *_: failed and forget())
-        config_lib.save(_resolved(config, plan, dataset, runner, stack), config_path)
+        config_lib.save(_resolved(config, plan, dataset, runner, stack, output), config_path)
     _log_plan(config, plan, train_examples, runner)
 
-    model, optimizer, schedule = build(config, plan, dataset, runner.scope())
     runner.start(model, optimizer, schedule, plan, dataset, config.input, config.seed,
-                 config.label_smoothing)
+                 config.label_smoothing, from_logits=output == "logits")
     checkpoints = runner.checkpoints(workdir, config.keep_checkpoints)
     cleanup.callback(checkpoints.close)
     with watchdog.waiting("reading the latest checkpoint and history.json"):
@@ -258,7 +270,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         report.save_history()
         with runner.export_scope():
           export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model,
-                            safe_point=sigterm.check_export)
+                            safe_point=sigterm.check_export,
+                            from_logits=output == "logits")
         sigterm.check_export()
         # Last: its presence means the run and its export are complete. A run
         # stopped before it (SIGTERM during export, say) finishes the export when rerun.
@@ -273,23 +286,49 @@ def _forget_config(workdir: str, config_path: str) -> None:
     tf.io.gfile.remove(config_path)
 
 
-def build(config, plan: controller.Plan, dataset, scope):
-  """(model, optimizer, learning-rate schedule), the variables under the runner's
-  scope (replicated over its devices). Same seed, same initial weights: reruns,
-  and runs on another replica count, compare. config.init_from replaces them
-  with a saved model's (the same on both backends, whose random numbers differ)."""
+def build(config, plan: controller.Plan, dataset, runner, builder=None, users_code=False):
+  """(model, optimizer, learning-rate schedule, output kind), the variables under
+  the runner's scope (replicated over its devices). Same seed, same initial
+  weights: reruns, and runs on another replica count, compare. config.init_from
+  replaces them with a saved model's (the same on both backends, whose random
+  numbers differ). A model not of ours (the user's builder, applications:NAME)
+  is checked against the contract (models/custom.py) first; the output kind is
+  'probabilities' or 'logits'."""
+  if builder is None:
+    builder, _, users_code = models.resolve(config.model)
   keras.mixed_precision.set_global_policy(plan.precision)
   keras.utils.set_random_seed(config.seed)
   schedule = optimizer_lib.learning_rate_schedule(config, plan.peak_lr, plan.steps_per_epoch,
                                                   plan.total_steps)
-  with scope:
-    model = build_model(config, dataset.image_shape, dataset.num_classes)
+  shape, classes = tuple(dataset.image_shape), dataset.num_classes
+  with runner.scope():
+    if users_code:
+      model = custom.call_builder(builder, config.model, shape, classes, config, runner.name)
+      outside = custom.variables_outside(model, runner.made_in_scope)
+      if outside:
+        raise UserError(f"config.model={config.model!r} returned a model whose variables "
+                        f"were made outside the strategy's scope ({', '.join(outside[:3])}"
+                        f"{', ...' if len(outside) > 3 else ''}): build the model inside "
+                        "the function (not before it, nor kept from an earlier call), so "
+                        "that its variables live on every replica.")
+    else:
+      model = builder(shape, classes, config)
+    output = "probabilities"
+    if users_code or config.model.startswith(applications.PREFIX):
+      output = custom.check(model, config.model, shape, classes, runner.name)
     if config.init_from:
       _init_from(model, config.init_from)
     optimizer = optimizer_lib.make_optimizer(config, schedule, plan.precision)
     # Without this, MirroredStrategy fails at the first step (placeholder error).
     optimizer.build(model.trainable_variables)
-  return model, optimizer, schedule
+  if users_code:
+    with runner.export_scope():
+      custom.check_round_trip(model, config.model)
+  logging.info("Model %s: %s parameters, %s out%s.", config.model,
+               f"{model.count_params():,}", output,
+               " (the loss and the exported signature apply the softmax)"
+               if output == "logits" else "")
+  return model, optimizer, schedule, output
 
 
 def _init_from(model, path: str) -> None:
@@ -332,7 +371,8 @@ def _results(config, plan: controller.Plan, runner, speed: controller.Speed, fin
               (w.astype("float64") ** 2).sum() for w in runner.weights()))}
 
 
-def _resolved(config, plan: controller.Plan, dataset, runner, stack) -> ml_collections.ConfigDict:
+def _resolved(config, plan: controller.Plan, dataset, runner, stack,
+              output: str) -> ml_collections.ConfigDict:
   """config.json: the config as run, with what was decided for it and why."""
   resolved = ml_collections.ConfigDict(config.to_dict())
   resolved.precision = plan.precision
@@ -340,6 +380,7 @@ def _resolved(config, plan: controller.Plan, dataset, runner, stack) -> ml_colle
   resolved.update({"image_shape": list(dataset.image_shape),
                    "class_names": list(dataset.class_names),
                    "dataset_identity": dataset.identity,
+                   "model_output": output,
                    "replicas": runner.replicas,
                    "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
                    "peak_learning_rate": plan.peak_lr, "strategy_class": runner.description,
