@@ -21,6 +21,7 @@ from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
 from tpu_trainer.models import build_model
 from tpu_trainer.models import check_model_name
+from tpu_trainer.models import custom
 
 _ASSUMED_UTILISATION = 0.4
 _MIN_STEP_SECONDS = 1e-3  # per-step overhead: small models do not reach peak FLOPs
@@ -145,7 +146,7 @@ def forward_flops(model, input_shape) -> float:
   from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
   from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
   fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
-      tf.TensorSpec([1] + list(input_shape), tf.uint8))
+      tf.TensorSpec([1] + list(input_shape), tf.float32))
   from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top
   options = option_builder.ProfileOptionBuilder.float_operation()
   options["output"] = "none"
@@ -153,22 +154,73 @@ def forward_flops(model, input_shape) -> float:
     return float(model_analyzer.profile(fn.graph, options=options).total_float_ops)
 
 
-def _jax_step(config, model, optimizer, shape, num_classes: int, per_replica: int):
+def _jax_step(config, model, optimizer, shape, num_classes: int, per_replica: int,
+              from_logits: bool):
   """(loss, diverged, forward FLOPs per example) from one step of the JAX backend's
   own execution (backends/jax.py), compiled by XLA."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from tpu_trainer.backends import jax as jax_backend  # pylint: disable=g-import-not-at-top
   execution = jax.jit(jax_backend.execution_fn(model, optimizer, config.batch_size,
-                                               config.label_smoothing, num_classes))
+                                               config.label_smoothing, num_classes,
+                                               from_logits))
   state = jax.tree_util.tree_map(lambda v: v.value, (
       model.trainable_variables, model.non_trainable_variables, optimizer.variables))
   _, sums, agreed = execution(state, jnp.zeros((1, per_replica) + tuple(shape), jnp.uint8),
                               jnp.zeros((1, per_replica), jnp.int32), 1, jnp.zeros((1, 3)))
   forward = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0]).lower(
-      state[0], state[1], jnp.zeros((1,) + tuple(shape), jnp.uint8)).compile().cost_analysis()
+      state[0], state[1], jnp.zeros((1,) + tuple(shape), jnp.float32)).compile().cost_analysis()
   forward = forward[0] if isinstance(forward, list) else forward
   return float(sums[0] / sums[2]), bool(agreed[0]), float(forward.get("flops", 0.0))
+
+
+# Optimizer slots per weight (float32): momentum for sgd, two moments for adam(w).
+_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}
+
+
+def activation_values(model) -> int | None:
+  """Values of every layer output for one example (through nested models): what
+  the backward pass keeps. None for a subclassed model (no graph of layers)."""
+  total = 0
+  for layer in model.layers:
+    if isinstance(layer, keras.Model):
+      inner = activation_values(layer)
+      if inner is None:
+        return None
+      total += inner
+      continue
+    nodes = layer._inbound_nodes  # pylint: disable=protected-access
+    if not nodes:  # a subclassed model's layers: called in Python, not a graph
+      return None
+    for node in nodes:
+      total += sum(math.prod(d for d in t.shape[1:] if d) for t in node.output_tensors)
+  return total
+
+
+def memory_check(model, config, per_replica: int, tpu_slice) -> Check:
+  """The training step's memory on one device, estimated: float32 weights, their
+  gradients and optimizer slots, plus every layer's output for the replica's
+  batch in the compute dtype (kept for the backward pass), against the
+  generation's HBM per device."""
+  params = model.count_params()
+  state = params * 4 * (2 + _SLOTS.get(config.optimizer, 2))
+  values = activation_values(model)
+  bytes_per_value = 2 if config.precision in ("auto", "mixed_bfloat16", "mixed_float16") else 4
+  activations = (values or 0) * per_replica * bytes_per_value
+  hbm = tpu_slice.generation.hbm_bytes_per_device
+  total = state + activations
+  gib = lambda n: f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+  detail = (f"{params:,} parameters; ~{gib(total)} per device at {per_replica} per replica "
+            f"(weights, gradients, optimizer: {gib(state)}; activations: "
+            f"{gib(activations) if values is not None else 'unknown for a subclassed model'})"
+            f" of {tpu_slice.generation.name}'s {gib(hbm)} HBM per device")
+  if total > hbm:
+    return Check("memory per device", "WARN", detail + ": it will not fit; lower "
+                 "config.batch_size, use a smaller model, or a slice with more HBM per "
+                 "device")
+  if total > 0.8 * hbm:
+    return Check("memory per device", "WARN", detail + ": close to the limit (an estimate)")
+  return Check("memory per device", "OK", detail)
 
 
 def _model_checks(config, dataset, tpu_slice):
@@ -179,19 +231,20 @@ def _model_checks(config, dataset, tpu_slice):
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
     model = build_model(config, shape, num_classes)
+    from_logits = custom.output_kind(model, shape) == "logits"
     optimizer = optimizer_lib.make_optimizer(config, config.base_lr, "mixed_bfloat16")
     optimizer.build(model.trainable_variables)
     per_replica = max(1, config.batch_size // tpu_slice.replicas)
     start = time.perf_counter()
     if keras.backend.backend() == "jax":
       loss, diverged, flops = _jax_step(config, model, optimizer, shape, num_classes,
-                                        per_replica)
+                                        per_replica, from_logits)
     else:
       strategy = tf.distribute.get_strategy()
       totals, signals = metrics.Totals(strategy, "doctor"), loop.Signals(strategy)
       step = tf.function(loop.train_step(model, optimizer, config.batch_size,
-                                         config.label_smoothing, num_classes, totals, signals),
-                         jit_compile=True)
+                                         config.label_smoothing, num_classes, totals, signals,
+                                         from_logits), jit_compile=True)
       step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
       loss, diverged = totals.result()["loss"], signals.read().diverged
       flops = forward_flops(model, shape)
@@ -205,7 +258,8 @@ def _model_checks(config, dataset, tpu_slice):
   return [Check("model compiles (bf16, XLA)", "OK",
                 f"{config.model}, {model.count_params():,} parameters, the training step "
                 f"at static batch {per_replica}, compiled in "
-                f"{time.perf_counter() - start:.1f} s")], flops
+                f"{time.perf_counter() - start:.1f} s"),
+          memory_check(model, config, per_replica, tpu_slice)], flops
 
 
 def _input_check(config, tpu_slice, forward, input_seconds):

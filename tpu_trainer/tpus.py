@@ -4,6 +4,8 @@ runtime image. The one table the doctor, the launcher and the README read.
 Facts (2026) and where they come from:
 - Peak bf16 TFLOP/s per chip: Cloud TPU's system architecture pages (v2 45, v3
   123, v4 275, v5e 197, v5p 459, v6e 918) and its TPU7x page (2307).
+- HBM per chip, GiB (the same pages): v2 16, v3 32, v4 32, v5e 16, v5p 95, v6e 32,
+  TPU7x 192; a device gets its chip's share (v2/v3 and TPU7x: two per chip).
 - TensorFlow images: Cloud TPU's supported-versions page. TF TPU images stop at
   2.19 (tensorflow-tpu 2.20 on PyPI is the last TPU build); v6e has one,
   tpu-vm-tf-2.18.0-pjrt-v5e-and-v6, and no TF job in Google's own TF-on-TPU
@@ -37,19 +39,25 @@ class Generation:
   tensorflow: str         # "supported" | "experimental" | "none"
   tensorflow_runtime: str  # "" where TensorFlow has no image
   jax_runtime: str        # "" where TPU VMs are not offered (GKE only)
+  hbm_gib_per_chip: float
   devices_per_chip: int = 1  # what a framework sees per chip (megacore: one)
+
+  @property
+  def hbm_bytes_per_device(self) -> float:
+    return self.hbm_gib_per_chip * 2**30 / self.devices_per_chip
 
 
 GENERATIONS = {g.name: g for g in (
-    Generation("v2", 45, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 2),
-    Generation("v3", 123, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 2),
-    Generation("v4", 275, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base"),
-    Generation("v5litepod", 197, "chips", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5-lite"),
-    Generation("v5p", 459, "cores", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5"),
+    Generation("v2", 45, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 16, 2),
+    Generation("v3", 123, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 32, 2),
+    Generation("v4", 275, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 32),
+    Generation("v5litepod", 197, "chips", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5-lite",
+               16),
+    Generation("v5p", 459, "cores", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5", 95),
     Generation("v6e", 918, "chips", 4, "experimental", "tpu-vm-tf-2.18.0-pjrt-v5e-and-v6",
-               "v2-alpha-tpuv6e"),
+               "v2-alpha-tpuv6e", 32),
     # Two TensorCores per chip, seen as two devices ("dual-chiplet").
-    Generation("tpu7x", 2307, "cores", 4, "none", "", "", 2),
+    Generation("tpu7x", 2307, "cores", 4, "none", "", "", 192, 2),
 )}
 
 

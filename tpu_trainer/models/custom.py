@@ -44,19 +44,16 @@ def is_reference(spec) -> bool:
 
 def name_of(builder) -> str:
   """The string config.json records for a callable: a reference another process
-  (evaluation, a resumed run, another worker) can import again where possible."""
+  (evaluation, a resumed run, another worker) can import again where possible:
+  module:FUNCTION for a module of a package, else FILE.py:FUNCTION (a config
+  file, a script's module), else python:NAME (a notebook's: not importable)."""
   module = sys.modules.get(getattr(builder, "__module__", None) or "")
   qualname = getattr(builder, "__qualname__", getattr(builder, "__name__", repr(builder)))
   if module is None or "<" in qualname:
     return f"python:{qualname}"
   path = getattr(module, "__file__", None)
-  if module.__name__ != "__main__" and not module.__name__.startswith(_FILE_MODULE_PREFIX):
-    try:
-      found = importlib.util.find_spec(module.__name__)
-    except (ImportError, ValueError):
-      found = None
-    if found is not None and path and found.origin == path:
-      return f"{module.__name__}:{qualname}"
+  if module.__name__ != "__main__" and getattr(module, "__package__", None):
+    return f"{module.__name__}:{qualname}"  # its relative imports need the package
   if path and os.path.isfile(path) and path.endswith(".py"):
     return f"{os.path.abspath(path)}:{qualname}"
   return f"python:{module.__name__}.{qualname}"
