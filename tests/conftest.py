@@ -49,6 +49,20 @@ def wait_for(condition, proc, log, timeout=180):
 
 
 @pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+  """The package as a user installs it: a wheel built from this checkout, installed
+  into a folder of its own (put it first on PYTHONPATH); not the editable checkout."""
+  root = tmp_path_factory.mktemp("wheel")
+  wheels, target = root / "wheels", root / "site"
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                  "--no-build-isolation", "-w", str(wheels), REPO], check=True, timeout=300)
+  wheel, = wheels.glob("tpu_trainer-*.whl")
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                  str(target), str(wheel)], check=True, timeout=300)
+  return str(target)
+
+
+@pytest.fixture(scope="session")
 def gcs_emulator():
   """A fake-gcs-server for the session; tests get a fresh bucket via gcs_bucket."""
   from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top

@@ -50,16 +50,11 @@ def test_every_console_script_runs_as_installed(tmp_path):
   assert "--role=dispatcher" in served
 
 
-def test_a_built_wheel_carries_the_recipes(tmp_path):
+def test_a_built_wheel_carries_the_recipes(tmp_path, installed_wheel):
   """Not an editable checkout: the wheel alone, installed, finds its recipes (by
   file name, or the checkout's configs/NAME.py spelling) from any directory."""
-  wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+  target, elsewhere = installed_wheel, tmp_path / "elsewhere"
   elsewhere.mkdir()
-  subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                  "--no-build-isolation", "-w", str(wheels), REPO], check=True, timeout=300)
-  wheel, = wheels.glob("tpu_trainer-*.whl")
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                  str(target), str(wheel)], check=True, timeout=300)
   # The wheel's package first on the path (the test's own dependencies after it).
   env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "2"}
 

@@ -26,9 +26,10 @@ from tpu_trainer.errors import UserError
 
 
 def export(model: keras.Model, workdir: str, class_names: list[str], save_serving=None,
-           safe_point=lambda: None, from_logits: bool = False) -> None:
-  """save_serving(model, class_names, path, from_logits): the backend's SavedModel
-  writer (save_serving_model here by default). safe_point() runs between the
+           safe_point=lambda: None, from_logits: bool = False, image_shape=None) -> None:
+  """save_serving(model, class_names, path, from_logits, image_shape): the backend's
+  SavedModel writer (save_serving_model here by default); image_shape (H, W, C)
+  for a model without a fixed input (subclassed), else its input's. safe_point() runs between the
   steps, where a stop (SIGTERM) may raise: nothing is half published then.
   model.keras is the model as built (a logits model returns logits); the
   SavedModel's `probabilities` are probabilities either way."""
@@ -40,7 +41,7 @@ def export(model: keras.Model, workdir: str, class_names: list[str], save_servin
     # Reloaded outside the strategy: the served graph holds plain variables.
     local_saved = os.path.join(staging, "saved_model")
     (save_serving or save_serving_model)(keras.models.load_model(local_keras), class_names,
-                                         local_saved, from_logits)
+                                         local_saved, from_logits, image_shape)
     safe_point()
     storage.publish_copy(local_keras, storage.join(workdir, "model.keras"))
     safe_point()
@@ -73,14 +74,19 @@ def publish_directory(local_dir: str, final: str) -> None:
     shutil.rmtree(incoming, ignore_errors=True)
 
 
+def serving_shape(model: keras.Model, image_shape=None) -> tuple:
+  """(None, H, W, C): the signature's image shape."""
+  return (None,) + tuple(image_shape or model.input_shape[1:])
+
+
 def save_serving_model(model: keras.Model, class_names: list[str], path: str,
-                       from_logits: bool = False) -> None:
+                       from_logits: bool = False, image_shape=None) -> None:
   """The serving signature alone, over the model's variables. Saved with
   tf.saved_model.save directly: keras.export.ExportArchive writes the same
   signature more slowly, walking the model's objects for resources a plain Keras
   model does not have."""
   names = tf.constant(class_names)
-  image_spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32, name="image")
+  image_spec = tf.TensorSpec(serving_shape(model, image_shape), tf.float32, name="image")
 
   @tf.function(input_signature=[image_spec], autograph=False)
   def serve(image):

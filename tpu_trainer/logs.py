@@ -17,6 +17,7 @@ class _OursOrWarnings(std_logging.Filter):
 
 def use_short_lines() -> None:
   """INFO on, as 'HH:MM:SS message'; other libraries' chatter hidden (once)."""
+  logging.use_absl_handler()  # what absl's app.run does; the Python API has no app.run
   logging.set_verbosity(logging.INFO)
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _OursOrWarnings) for f in handler.filters):

@@ -271,7 +271,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         with runner.export_scope():
           export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model,
                             safe_point=sigterm.check_export,
-                            from_logits=output == "logits")
+                            from_logits=output == "logits", image_shape=dataset.image_shape)
         sigterm.check_export()
         # Last: its presence means the run and its export are complete. A run
         # stopped before it (SIGTERM during export, say) finishes the export when rerun.

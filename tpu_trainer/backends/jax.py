@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tpu_trainer import controller
+from tpu_trainer import export as export_lib
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
@@ -464,13 +465,13 @@ class Runner:
     wait_for_every_process("export")
 
   def save_serving_model(self, model, class_names: list[str], path: str,
-                         from_logits: bool = False) -> None:
+                         from_logits: bool = False, image_shape=None) -> None:
     """The same signature as the TensorFlow backend's (export.save_serving_model):
     `image` float32 -> probabilities, class_id, class_name. The model's function is
     converted by Keras's export archive (jax2tf); the names are added in TF."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    image_shape = (None,) + tuple(model.input_shape[1:])
+    image_shape = export_lib.serving_shape(model, image_shape)
 
     def probabilities(image):
       outputs = keras.ops.cast(model(image, training=False), "float32")

@@ -219,5 +219,5 @@ class Runner:
     """Nothing to wait for: a worker's exit does not end the others."""
 
   def save_serving_model(self, model, class_names: list[str], path: str,
-                         from_logits: bool = False) -> None:
-    export_lib.save_serving_model(model, class_names, path, from_logits)
+                         from_logits: bool = False, image_shape=None) -> None:
+    export_lib.save_serving_model(model, class_names, path, from_logits, image_shape)

@@ -39,20 +39,22 @@ FORMS = ("a built-in name, PATH.py:FUNCTION, package.module:FUNCTION, applicatio
 
 def is_reference(spec) -> bool:
   """Whether config.model names a user's function (FILE.py:F or module:F)."""
-  return isinstance(spec, str) and ":" in spec and not spec.startswith("applications:")
+  return isinstance(spec, str) and ":" in spec and not spec.startswith(
+      ("applications:", "python:"))
 
 
 def name_of(builder) -> str:
   """The string config.json records for a callable: a reference another process
   (evaluation, a resumed run, another worker) can import again where possible:
   module:FUNCTION for a module of a package, else FILE.py:FUNCTION (a config
-  file, a script's module), else python:NAME (a notebook's: not importable)."""
+  file, a module on the path), else python:NAME: a notebook's or a script's
+  (__main__: importing the script again would run it), not importable."""
   module = sys.modules.get(getattr(builder, "__module__", None) or "")
   qualname = getattr(builder, "__qualname__", getattr(builder, "__name__", repr(builder)))
-  if module is None or "<" in qualname:
+  if module is None or "<" in qualname or module.__name__ == "__main__":
     return f"python:{qualname}"
   path = getattr(module, "__file__", None)
-  if module.__name__ != "__main__" and getattr(module, "__package__", None):
+  if getattr(module, "__package__", None):
     return f"{module.__name__}:{qualname}"  # its relative imports need the package
   if path and os.path.isfile(path) and path.endswith(".py"):
     return f"{os.path.abspath(path)}:{qualname}"
