@@ -2,7 +2,7 @@
 
 One tf.function call runs `steps` steps on every replica: the TPU's main speed
 lever (Keras 3's fit cannot do that under MirroredStrategy, nor run under
-MultiWorkerMirroredStrategy). The Python loop around it (train.py, evaluate.py)
+MultiWorkerMirroredStrategy). The Python loop around it (training.py, evaluation.py)
 runs between calls.
 """
 import keras

@@ -1,6 +1,6 @@
 """SIGTERM (a preemption, a spot VM's end) and SIGINT (Ctrl-C) during a run: recorded
 from the moment record_stop_signals() runs, acted on at the run's own safe
-points (controller.py: after an execution; train.py: between the export's
+points (controller.py: after an execution; training.py: between the export's
 steps). A handler that raised instead could be swallowed inside a TensorFlow or
 Keras call; the flag cannot be lost. No TensorFlow here: the tools install the
 recording before they import it.
