@@ -162,3 +162,45 @@ def test_an_input_bound_job_is_told_how_many_service_workers_would_feed_it(digit
   workers = re.search(r"gives ([\d,]+) examples/s on this pipeline: ~(\d+) such worker", line)
   assert workers and int(workers.group(1).replace(",", "")) > 0, line
   assert f"--data_service_workers={workers.group(2)}" in line
+
+
+def test_the_memory_estimate_counts_weights_optimizer_and_activations():
+  """The arithmetic a user trusts before launch: weights, gradients and Adam's two
+  moments in float32 (16 bytes a parameter), plus every layer's output for the
+  replica's batch in bf16; compared with the generation's HBM per device."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((4, 4, 1))
+  x = keras.layers.Flatten()(inputs)                        # 16 values
+  outputs = keras.layers.Dense(10)(keras.layers.Dense(8)(x))  # 8 + 10 values
+  model = keras.Model(inputs, outputs)
+  assert doctor.activation_values(model) == 16 + 16 + 8 + 10  # the input's too
+  config = _config("", optimizer="adam", precision="auto")
+  v4 = doctor.parse_accelerator("v4-8")
+  check = doctor.memory_check(model, config, 128, v4)
+  params = model.count_params()  # (16 + 1) * 8 + (8 + 1) * 10
+  expected = params * 16 + 50 * 128 * 2
+  assert check.status == "OK" and f"{params:,} parameters" in check.detail
+  assert f"{expected / 2**20:.1f} MiB" in check.detail and "32.00 GiB HBM" in check.detail
+  tiny = dataclasses.replace(v4, generation=dataclasses.replace(
+      v4.generation, hbm_gib_per_chip=expected * 0.9 / 2**30))
+  assert doctor.memory_check(model, config, 128, tiny).status == "WARN"
+  assert "will not fit" in doctor.memory_check(model, config, 128, tiny).detail
+  assert doctor.parse_accelerator("tpu7x-8").generation.hbm_bytes_per_device == 96 * 2**30
+
+
+def test_the_doctor_builds_a_users_model_and_says_its_size(digits_dir, tmp_path):
+  (tmp_path / "mine.py").write_text(
+      "import keras\n"
+      "def build(input_shape, num_classes, config):\n"
+      "  inputs = keras.Input(input_shape)\n"
+      "  x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))\n"
+      "  return keras.Model(inputs, keras.layers.Dense(num_classes)(x))\n")
+  result = run_cli("doctor", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                   f"--config.model={tmp_path / 'mine.py'}:build", "--accelerator=v5litepod-8",
+                   "--config.batch_size=1024", "--input_seconds=0.2")
+  assert result.returncode == 0, result.stdout + result.stderr
+  memory = [l for l in result.stdout.splitlines() if "memory per device" in l]
+  assert memory and memory[0].startswith("OK") and "650 parameters" in memory[0]
+  assert "at 128 per replica" in memory[0]
+  assert "v5litepod's 16.00 GiB HBM per device" in memory[0]
