@@ -522,3 +522,20 @@ def test_metadata_stopped_half_published_is_refused_and_a_rerun_mends_it(tmp_pat
     manifest.verify(out)
   dataset = convert.convert(other, out, min_shards=2)
   assert dataset.class_names == ["x", "y"] and manifest.verify(out)["examples"] == 30
+
+
+@pytest.mark.parametrize("size, says", [
+    ("100000,100000", "27.9 GiB, more than"),       # the sweep's case: 23 GB, then killed
+    ("30000,30000", "2.5 GiB, more than"),          # over any TFRecord example
+])
+def test_an_image_size_that_cannot_fit_is_refused_before_any_work(tmp_path, size, says):
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  _write_folder(tmp_path / "f", per_class=2)
+  out = tmp_path / "out"
+  result = run_cli("convert", f"--source=folder:{tmp_path / 'f'}", f"--image_size={size}",
+                   f"--output_dir={out}", timeout=60)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and says in errors[0] and "pick a smaller size" in errors[0]
+  assert not out.exists()
+  sources.check_image_size((4096, 4096))  # a large photo still converts

@@ -156,3 +156,66 @@ def test_clearing_a_workdir_removes_only_what_runs_write(tmp_path):
   training.clear_workdir(str(workdir))
   assert sorted(os.listdir(workdir)) == ["config.json.bak", "notes.txt"]
   assert (outside / "precious.txt").exists()
+
+
+def _expire(lock_path):
+  """What a stalled renewal (or a clock step) leaves: the owner's lease in the past."""
+  owner = json.loads(lock_path.read_text())
+  lock_path.write_text(json.dumps({**owner, "lease_until": time.time() - 1}))
+
+
+def test_a_run_that_lost_its_lock_stops_before_its_next_write(digits_dir, tmp_path):
+  """Run A trains; its lease runs out; run B (another process) takes the workdir
+  over. A's next renewal finds B's lock: A stops with one line and exit 2,
+  without overwriting B's lock or writing another checkpoint."""
+  workdir = tmp_path / "w"
+  cmd = [sys.executable, "-m", "tpu_trainer.cli.train", "--config=configs/mlp.py",
+         f"--workdir={workdir}", f"--config.data_dir={digits_dir}", "--config.steps=100000",
+         "--config.batch_size=32", "--config.steps_per_execution=5",
+         "--config.log_every_steps=5", "--config.checkpoint_every_steps=10"]
+  log = tmp_path / "a.log"
+  with open(log, "w") as stderr:
+    run_a = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+  try:
+    deadline = time.time() + 120
+    while not list((workdir / "checkpoints").glob("ckpt-*.index")):
+      assert run_a.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+      time.sleep(0.05)
+    _expire(workdir / ".lock")
+    run_b = lock_lib.WorkdirLock(str(workdir)).acquire()  # this process: another pid
+    taken = (workdir / ".lock").read_text()
+    assert json.loads(taken)["token"] == run_b.token
+    checkpoints = set(os.listdir(workdir / "checkpoints"))
+    assert run_a.wait(timeout=120) == 2, log.read_text()[-2000:]
+    errors = [l for l in log.read_text().splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and f"now belongs to pid {os.getpid()}" in errors[0]
+    assert "writing nothing more" in errors[0]
+    assert (workdir / ".lock").read_text() == taken  # B's lock, untouched
+    new = set(os.listdir(workdir / "checkpoints")) - checkpoints
+    assert not [n for n in new if n.startswith("ckpt-")], new
+    run_b.renew()  # the winner goes on
+    run_b.release()
+    assert not (workdir / ".lock").exists()
+  finally:
+    if run_a.poll() is None:
+      run_a.kill()
+      run_a.wait()
+
+
+def test_gcs_a_lost_lock_is_not_renewed_over_the_winner(gcs_bucket):
+  workdir = f"gs://{gcs_bucket}/run"
+  loser = lock_lib.WorkdirLock(workdir).acquire()
+  blob = storage.gcs_client().bucket(gcs_bucket).blob("run/.lock")
+  owner = json.loads(blob.download_as_text())
+  blob.upload_from_string(json.dumps({**owner, "lease_until": 0}))  # its lease ran out
+  blob.reload()
+  loser.generation = blob.generation  # as if its own last renewal had written that
+  winner = lock_lib.WorkdirLock(workdir).acquire()
+  with pytest.raises(ValueError, match="now belongs to pid"):
+    loser.renew()
+  with pytest.raises(ValueError, match="writing nothing more"):
+    loser.confirm()
+  assert json.loads(blob.download_as_text())["token"] == winner.token
+  loser.release()  # not its lock: left alone
+  assert json.loads(blob.download_as_text())["token"] == winner.token
+  winner.release()

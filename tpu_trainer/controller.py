@@ -259,11 +259,14 @@ class CheckpointClock:
 
 def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: Profiler,
           sigterm, early_stopping: EarlyStopping, num_classes: int,
-          step: int, watchdog, renew_lock=lambda: None) -> tuple[int, Speed]:
+          step: int, watchdog, renew_lock=lambda: None,
+          confirm_lock=lambda: None) -> tuple[int, Speed]:
   """Runs executions from `step` to plan.total_steps (or an early stop), with the
   logs, evaluations and checkpoints that fall due between them, each write to
-  the workdir under `watchdog` (watchdog.StorageWatchdog). Returns the last
-  step and the speed. Raises Diverged, or Preempted after saving."""
+  the workdir under `watchdog` (watchdog.StorageWatchdog). The workdir's lock
+  is renewed at every progress line and confirmed before every checkpoint,
+  before those writes: a run that lost it (lock.py) writes nothing more.
+  Returns the last step and the speed. Raises Diverged, or Preempted after saving."""
   speed, clock = Speed(plan.batch_size), CheckpointClock(plan.checkpoint_min_secs)
   while step < plan.total_steps:
     n = min(plan.steps_per_execution, plan.total_steps - step)
@@ -293,9 +296,9 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
     if step % plan.log_every == 0 or done or agreed.line_due:
       values = {**runner.train_totals(), "examples_per_second": speed.interval_rate(),
                 "learning_rate": runner.learning_rate(step)}
-      with watchdog.waiting(f"writing step {step}'s summaries and renewing the lock"):
-        report.train(step, values)
+      with watchdog.waiting(f"renewing the lock and writing step {step}'s summaries"):
         renew_lock()
+        report.train(step, values)
     stop_early = False
     if step % plan.eval_every == 0 and not done:
       eval_start = time.perf_counter()
@@ -307,6 +310,7 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
     if ((step % plan.checkpoint_every == 0 and agreed.checkpoint_due) or done
         or agreed.stop or stop_early):
       with watchdog.waiting(f"saving checkpoint {step}"):
+        confirm_lock()
         watchdog.saved(checkpoints.save(step))
         report.save_history()
       clock.saved()

@@ -6,11 +6,20 @@ lock left by a killed run (kill -9, a lost VM) does not block forever: on the sa
 host a dead pid frees it at once; anywhere, an expired lease (LEASE_SECONDS
 without renewal) does. On gs:// the lock is created with if_generation_match=0
 and taken over with the generation read, so two runs cannot both win.
+
+Each acquisition writes a token of its own. A run whose lease ran out (a stalled
+renewal, a clock step) may have lost its lock to another run: its renewal and
+its check before a checkpoint (confirm) compare and swap against its token (the
+generation on gs://; locally under an flock of the workdir), and on finding
+another run's lock it stops with one line before writing anything more.
 """
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import time
+import uuid
 
 from tpu_trainer import storage
 from tpu_trainer.errors import UserError
@@ -40,10 +49,12 @@ class WorkdirLock:
     self.remote = storage.is_gcs(workdir)
     self.client = client
     self.generation = None
+    self.token = uuid.uuid4().hex
+    self._started = time.time()
 
   def _owner(self) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-            "lease_until": time.time() + LEASE_SECONDS}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": self._started,
+            "lease_until": time.time() + LEASE_SECONDS, "token": self.token}
 
   def _blob(self):
     bucket, name = storage.split_gcs(self.path)
@@ -68,20 +79,31 @@ class WorkdirLock:
     except ValueError:  # half written by a run killed mid-write: nobody's
       return {"host": "", "pid": 0, "lease_until": 0}, None
 
-  def _write(self, owner: dict, if_generation_match) -> bool:
-    """Creates (if_generation_match=0) or replaces the lock atomically; False if
-    someone else got there first."""
+  @contextlib.contextmanager
+  def _exclusive(self):
+    """Locally: read, compare and write under an flock of the workdir itself."""
+    fd = os.open(self.workdir, os.O_RDONLY)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+      yield
+    finally:
+      os.close(fd)  # and the flock with it
+
+  def _write(self, owner: dict, expected) -> bool:
+    """Creates (expected=0) or replaces the lock atomically when it is still the
+    one expected (on gs://: its generation; locally: its token, None for a lock
+    without one); False if someone else's write came first."""
     text = json.dumps(owner)
     if self.remote:
       blob = self._blob()
       from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
       try:
-        blob.upload_from_string(text, if_generation_match=if_generation_match)
+        blob.upload_from_string(text, if_generation_match=expected)
       except exceptions.PreconditionFailed:  # someone else's write came first
         return False
       self.generation = blob.generation
       return True
-    if if_generation_match == 0:
+    if expected == 0:
       try:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
       except FileExistsError:
@@ -89,7 +111,11 @@ class WorkdirLock:
       with os.fdopen(fd, "w") as f:
         f.write(text)
       return True
-    storage.write_text(self.path, text)  # atomic replace
+    with self._exclusive():
+      current, _ = self._read()
+      if current is None or current.get("token") != expected:
+        return False
+      storage.write_text(self.path, text)  # atomic replace
     return True
 
   @staticmethod
@@ -126,16 +152,34 @@ class WorkdirLock:
           f"{owner.get('host')} (lock {self.path}, lease until "
           f"{time.strftime('%H:%M:%S', time.localtime(owner.get('lease_until', 0)))}). "
           "Use another --workdir; if that run is dead, delete the lock or wait for the lease.")
-    # A dead run's lock: take it over, atomically on gs://.
-    if not self._write(self._owner(), generation if self.remote else None):
+    # A dead run's lock (or none: released just now): take it over, if nobody else
+    # did in the meantime.
+    expected = 0 if owner is None else generation if self.remote else owner.get("token")
+    if not self._write(self._owner(), expected):
       raise UserError(f"workdir={self.workdir}: another run took the lock {self.path} "
                       "just now; use another --workdir.")
     return self
 
   def renew(self) -> None:
-    self._write(self._owner(), self.generation if self.remote else None)
+    """Extends the lease; UserError if another run holds the lock now."""
+    if not self._write(self._owner(), self.generation if self.remote else self.token):
+      self._lost()
+
+  def confirm(self) -> None:
+    """UserError if another run holds the lock now (before a checkpoint)."""
+    owner, _ = self._read()
+    if owner is None or owner.get("token") != self.token:
+      self._lost(owner)
+
+  def _lost(self, owner=None) -> None:
+    owner = owner or self._read()[0] or {}
+    raise UserError(
+        f"workdir={self.workdir}: this run's lock {self.path} now belongs to pid "
+        f"{owner.get('pid', '?')} on {owner.get('host', '?')} (this run's lease ran out: a "
+        "stalled renewal or a clock step, and another run took the workdir over). This run "
+        "stops here, writing nothing more; the other one goes on there.")
 
   def release(self) -> None:
     owner, _ = self._read()
-    if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+    if owner and owner.get("token") == self.token:
       storage.delete(self.path, self.client)

@@ -248,7 +248,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       step, speed = controller.train(
           runner, plan, report, checkpoints, evaluate, profiler, sigterm,
           controller.EarlyStopping(config.early_stopping_patience), dataset.num_classes, step,
-          watchdog, renew_lock=workdir_lock.renew if workdir_lock else lambda: None)
+          watchdog, renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
+          confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None)
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
@@ -266,6 +267,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     result = _results(config, plan, runner, speed, final, step)
     if runner.chief:  # the export; a SIGTERM stops it at a safe point, exit 143
       sigterm.check_export()
+      workdir_lock.confirm()
       with watchdog.waiting(f"exporting the model to {workdir}"):
         report.save_history()
         with runner.export_scope():

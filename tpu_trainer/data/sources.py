@@ -144,6 +144,28 @@ def expand(spec: str) -> str:
   return f"{spec.partition(':')[0]}:{os.path.expandvars(os.path.expanduser(arg))}"
 
 
+# A tf.train.Example is a protocol buffer: 2 GiB at most, whatever the machine.
+MAX_EXAMPLE_BYTES = 2**31 - 2**20
+
+
+def check_image_size(image_size) -> None:
+  """--image_size H,W whose RGB image (H*W*3 bytes) fits in one TFRecord example
+  and a quarter of the memory available now (a worker holds an image, its
+  resized copy and its encoding at once); refused with the numbers otherwise,
+  before any work: 100000,100000 grew the converter to 23 GB until the kernel
+  killed it."""
+  height, width = image_size
+  per_image = height * width * 3
+  available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  limit, why = min((MAX_EXAMPLE_BYTES, "a TFRecord example's 2 GiB"),
+                   (available // 4, f"a quarter of the {available / 2**30:.1f} GiB of "
+                                    "memory available here"))
+  if per_image > limit:
+    raise UserError(f"--image_size={height},{width}: an RGB image of that size is "
+                    f"{per_image / 2**30:.1f} GiB, more than {why} "
+                    f"({limit / 2**30:.2f} GiB): pick a smaller size, e.g. 224,224.")
+
+
 def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
          test_fraction: float = 0.1, seed: int = 0) -> Source:
   """Opens a source from its --source spec (SPECS)."""
@@ -151,6 +173,8 @@ def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
   if image_size and not kind.resizes:
     raise UserError(f"--image_size does not apply to --source={spec}: only "
                     f"{' and '.join(k.spec for k in KINDS.values() if k.resizes)} resize.")
+  if image_size:
+    check_image_size(image_size)
   return kind.open(arg, {"tfds_data_dir": tfds_data_dir, "image_size": image_size,
                          "test_fraction": test_fraction, "seed": seed})
 
