@@ -203,7 +203,7 @@ def test_logits_and_probabilities_models_train_to_the_same_accuracy(digits_dir, 
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-@pytest.mark.parametrize("backbone", ["EfficientNetV2B0", "DenseNet121"])
+@pytest.mark.parametrize("backbone", ["EfficientNetV2B0", "MobileNet"])
 def test_keras_applications_backbones_train_from_scratch(digits_dir, tmp_path, backend,
                                                          backbone):
   workdir = tmp_path / "w"
@@ -228,7 +228,7 @@ def test_each_backbone_gets_the_input_range_its_family_expects(backbone, preproc
   config.weights = "none"
   model = applications.builder(backbone)((32, 32, 3), 4, config)
   net, = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-  fed = keras.Model(model.inputs, net._inbound_nodes[-1].input_tensors[0])  # pylint: disable=protected-access
+  fed = keras.Model(model.inputs[0], net._inbound_nodes[-1].input_tensors[0])  # pylint: disable=protected-access
   images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
   np.testing.assert_allclose(np.asarray(fed(images)), np.asarray(preprocess(images.copy())),
                              rtol=1e-5, atol=1e-4)

@@ -9,19 +9,27 @@ from keras import ops
 from tpu_trainer.errors import UserError
 
 
+# The brightest pixel of an image read as 0-1 (see image_input): 1 and lanczos
+# ringing (up to ~13% of a step), below any 0-255 image but a black one.
+ZERO_ONE_PEAK = 1.5
+
+
 def image_input(input_shape):
   """(the model's input, its pixels on the 0-255 scale as floats).
 
   The pipeline feeds uint8 images, 0-255. A user who loads model.keras may pass
   floats: 0-255 as well, or 0-1 (x / 255, the usual habit). A uint8 input
   would cast 0-1 floats to 0 (a black image, scored at chance, without a word),
-  so the input is float32 and an image whose pixels all lie in [0, 1] is read
-  as 0-1. Training goes through the same rule, so train and serve agree; only a
-  nearly black image (every pixel 0 or 1 of 255) is read as a bright one.
+  so the input is float32 and an image whose brightest pixel is at most
+  ZERO_ONE_PEAK is read as 0-1: above 1 by a margin, since resampled 0-1 images
+  overshoot it (a lanczos resize of x / 255 left a pixel at 1.000001 in 8% of
+  digits: with "<= 1" those were read as 0-255, black). Training goes through
+  the same rule, so train and serve agree; only a nearly black image (every
+  pixel 0 or 1 of 255) is read as a bright one.
   """
   inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="image")
   peak = ops.max(inputs, axis=tuple(range(1, len(input_shape) + 1)), keepdims=True)
-  return inputs, inputs * ops.where(peak <= 1.0, 255.0, 1.0)
+  return inputs, inputs * ops.where(peak <= ZERO_ONE_PEAK, 255.0, 1.0)
 
 
 def probabilities(x, num_classes: int):
