@@ -74,9 +74,10 @@ def _training_workers(digits_dir, workdir, tmp_path, watch: int):
   return procs
 
 
-def _train_together(digits_dir, workdirs, steps, tmp_path):
+def _train_together(digits_dir, workdirs, steps, tmp_path, *extra):
   results = []
-  for code, out, err in _wait(_start_workers(digits_dir, workdirs, steps, tmp_path), tmp_path):
+  for code, out, err in _wait(_start_workers(digits_dir, workdirs, steps, tmp_path, *extra),
+                              tmp_path):
     assert code == 0, err[-3000:]
     assert "MultiWorkerMirroredStrategy" in err
     results.append((json.loads(out.splitlines()[0]), err))
@@ -158,3 +159,26 @@ def test_workers_started_with_different_settings_are_refused_naming_the_key(digi
     assert proc.returncode == 2, err[-3000:]
     assert "error: The workers of this job disagree on base_lr" in err
   assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def test_two_workers_train_a_users_model_together(digits_dir, tmp_path):
+  """Every worker imports the user's builder from the same file (a registered
+  custom layer, logits out) and the job trains as one."""
+  (tmp_path / "my_models.py").write_text(
+      "import keras\n"
+      "@keras.saving.register_keras_serializable(package='my_models')\n"
+      "class Scale(keras.layers.Layer):\n"
+      "  def call(self, x):\n"
+      "    return x / 255.0\n"
+      "def build(input_shape, num_classes, config):\n"
+      "  inputs = keras.Input(input_shape)\n"
+      "  x = keras.layers.Conv2D(16, 3, padding='same', activation='relu')(Scale()(inputs))\n"
+      "  return keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(x)))\n")
+  workdir = str(tmp_path / "w")
+  results = _train_together(digits_dir, [workdir, workdir], 40, tmp_path,
+                            f"--config.model={tmp_path / 'my_models.py'}:build")
+  (first, err), (second, _) = results
+  assert first["step"] == second["step"] == 40 and first["replicas"] == 2
+  assert first["weights_fingerprint"] == second["weights_fingerprint"]
+  assert first["accuracy"] > 0.5 and "logits out" in err
+  assert os.path.exists(os.path.join(workdir, "saved_model", "saved_model.pb"))

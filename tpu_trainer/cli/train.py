@@ -5,6 +5,12 @@ Examples:
   tpu-trainer-train --config=configs/cnn.py:smoke --config.cpu_devices=2 \\
       --config.data_dir=/tmp/digits --workdir=/tmp/smoke
   tpu-trainer-train --config=configs/cnn.py --show_config   # every config key: value, meaning
+  tpu-trainer-train --config=cnn --config.model=my_models.py:build ...  # your own model
+  tpu-trainer-train --config=cnn --config.model=applications:EfficientNetV2B0 ...
+
+config.model: a built-in name, PATH.py:FUNCTION, package.module:FUNCTION,
+applications:NAME (keras.applications), or a function in the config file
+(config.model = build); the builder's contract: README, "Your own model".
 
 Any config key can be set with --config.KEY=VALUE. Rerun the same command after
 a kill or preemption to resume from the last checkpoint. Exit status: 0 done;
