@@ -2,7 +2,8 @@
 
 run() checks everything a user can get wrong before touching a device or a
 file, picks the backend's runner (backends/), resolves the batch size, learning
-rate and precision, takes the workdir, builds the model and resumes it, then
+rate and precision, builds the model (a user's checked against its contract:
+models/custom.py), takes the workdir and resumes the model from it, then
 hands the loop to the controller (controller.py: the cadence, the same for
 both backends). Last, the final evaluation, the export (export.py) and
 metrics.json.
@@ -27,6 +28,7 @@ from tpu_trainer import controller
 from tpu_trainer import errors
 from tpu_trainer import export as export_lib
 from tpu_trainer import lock as lock_lib
+from tpu_trainer import models
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import stopping
 from tpu_trainer import storage
@@ -37,7 +39,6 @@ from tpu_trainer.data import manifest
 from tpu_trainer.data import service
 from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
-from tpu_trainer import models
 from tpu_trainer.models import applications
 from tpu_trainer.models import custom
 
