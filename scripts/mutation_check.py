@@ -125,7 +125,7 @@ MUTANTS = (
            "weights = tf.ones([batch], tf.float32)",
            ("tests/test_pipeline.py",)),
     Mutant("0-1 float images read as 0-255", "tpu_trainer/models/base.py",
-           "ops.where(peak <= 1.0, 255.0, 1.0)", "1.0",
+           "ops.where(peak <= ZERO_ONE_PEAK, 255.0, 1.0)", "1.0",
            ("tests/test_train.py::test_the_exported_models_score_images_in_either_convention",)),
     Mutant("profiled executions keep their while loop", "tpu_trainer/loop.py",
            "    if unrolled:\n", "    if False:\n",
