@@ -64,5 +64,4 @@ def builder(name: str):
       x = layers.Dropout(config.dropout)(x)
     return keras.Model(inputs, base.probabilities(x, num_classes), name=name.lower())
 
-  build.__qualname__ = f"{PREFIX}{name}"
   return build
