@@ -98,7 +98,7 @@ def _raised(what: str, error: BaseException) -> UserError:
   return UserError(f"{what} raised {type(error).__name__}{where}: {message}")
 
 
-def resolve_reference(spec: str, config_dir: str = ""):
+def resolve_reference(spec: str):
   """(the function, its absolute reference) for PATH.py:FUNCTION or
   module:FUNCTION; one line naming what was looked for and where, if missing."""
   target, _, function = spec.rpartition(":")
@@ -106,14 +106,10 @@ def resolve_reference(spec: str, config_dir: str = ""):
     raise UserError(f"config.model={spec!r}: expected PATH.py:FUNCTION or "
                     f"package.module:FUNCTION; config.model takes {FORMS}.")
   if target.endswith(".py"):
-    candidates = [os.path.abspath(os.path.expanduser(target))]
-    if config_dir and not os.path.isabs(target):
-      candidates.append(os.path.abspath(os.path.join(config_dir, target)))
-    path = next((c for c in candidates if os.path.isfile(c)), None)
-    if path is None:
-      raise UserError(f"config.model={spec!r}: no file {target} (looked for "
-                      f"{' and '.join(candidates)}): pass the path of the file that "
-                      "defines the builder.")
+    path = os.path.abspath(os.path.expanduser(target))
+    if not os.path.isfile(path):
+      raise UserError(f"config.model={spec!r}: no file {target} (looked for {path}): pass "
+                      "the path of the file that defines the builder.")
     try:
       module = _import_file(path)
     except Exception as e:  # pylint: disable=broad-except  (the user's module)
@@ -177,8 +173,9 @@ def _refuse_tensorflow_ops(name: str, error: BaseException, backend: str) -> Non
       if isinstance(owner, keras.layers.Layer) and not isinstance(owner, keras.Model) or (
           isinstance(owner, keras.Model) and tb.tb_frame.f_code.co_name == "call"):
         layer, tensorflow_below = owner, False
-      elif f"{os.sep}tensorflow{os.sep}" in tb.tb_frame.f_code.co_filename:
-        tensorflow_below = True if layer is not None else tensorflow_below
+      elif layer is not None and (
+          f"{os.sep}tensorflow{os.sep}" in tb.tb_frame.f_code.co_filename):
+        tensorflow_below = True
       tb = tb.tb_next
     if tensorflow_below:
       raise UserError(f"config.model={name!r}: layer {layer.name!r} "
