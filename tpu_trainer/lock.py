@@ -104,12 +104,18 @@ class WorkdirLock:
       self.generation = blob.generation
       return True
     if expected == 0:
+      # Written whole beside it, then linked into place (link fails if the lock
+      # exists): a reader never sees a lock half written, which would read as a
+      # dead run's and be taken over.
+      tmp = storage.local_temp_path(self.path)
+      with open(tmp, "w") as f:
+        f.write(text)
       try:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(tmp, self.path)
       except FileExistsError:
         return False
-      with os.fdopen(fd, "w") as f:
-        f.write(text)
+      finally:
+        os.remove(tmp)
       return True
     with self._exclusive():
       current, _ = self._read()
