@@ -257,6 +257,18 @@ def list_sizes(directory: str, client=None) -> dict:
   return {e.name: e.stat().st_size for e in os.scandir(directory) if e.is_file()}
 
 
+def list_stamps(directory: str, client=None) -> dict:
+  """{file name: {"num_bytes", and "crc32c" (gs://) or "mtime_ns" (local)}} of the
+  files directly in a directory: what one listing tells of each, nothing read."""
+  if is_gcs(directory):
+    return {name: {"num_bytes": size, "crc32c": crc}
+            for name, (size, crc) in list_files(directory, client).items()}
+  if not os.path.isdir(directory):
+    return {}
+  return {e.name: {"num_bytes": e.stat().st_size, "mtime_ns": e.stat().st_mtime_ns}
+          for e in os.scandir(directory) if e.is_file()}
+
+
 def is_not_found(error: Exception) -> bool:
   """A missing file or object, whichever library reported it."""
   if isinstance(error, FileNotFoundError):

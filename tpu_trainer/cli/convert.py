@@ -6,6 +6,8 @@ Examples:
   tpu-trainer-convert --source=folder:flower_photos --image_size=224,224 \\
       --output_dir=gs://my-bucket/flowers
   tpu-trainer-convert --verify --output_dir=gs://my-bucket/flowers
+  tpu-trainer-convert --source=tfrecord:gs://b/imagenet --image_size=224,224 \
+      --output_dir=gs://b/imagenet      # imagenet_to_gcs.py's shards, adopted in place
   tpu-trainer-convert --source=folder:gs://b/imagenet/train --image_size=224,224 \\
       --output_dir=gs://b/imagenet-tfds --runner=DataflowRunner -- --project=P \\
       --region=us-central2 --temp_location=gs://b/tmp --setup_file=./setup.py
@@ -36,6 +38,17 @@ flags.DEFINE_integer("workers", 0, "Parallel shard writers; 0 = number of cores.
 flags.DEFINE_list("image_size", None, "H,W: resize every image (folder:, tfds:).")
 flags.DEFINE_float("test_fraction", 0.1, "folder: fraction of images held out as 'test'.")
 flags.DEFINE_string("tfds_data_dir", "", "tfds: where TFDS keeps downloaded data.")
+flags.DEFINE_bool("rewrite", False, "tfrecord: write our own shards from the records instead "
+                  "of adopting them in place (other sharding, mixed formats).")
+flags.DEFINE_string("image_key", None, "tfrecord: the feature holding the image (encoded "
+                    "bytes, or raw uint8 pixels with --image_size).")
+flags.DEFINE_string("label_key", None, "tfrecord: the int64 feature holding the label.")
+flags.DEFINE_integer("label_offset", None, "tfrecord: the label of the first class (1 for "
+                     "1-based labels such as imagenet_to_gcs's).")
+flags.DEFINE_string("class_name_key", None, "tfrecord: a bytes feature naming each record's "
+                    "class (image/class/synset).")
+flags.DEFINE_string("class_names", None, "tfrecord: a file of class names, one per line, line "
+                    "i naming class i.")
 flags.DEFINE_string("runner", "", "Convert as an Apache Beam pipeline on this runner "
                     "(DirectRunner, DataflowRunner, ...); default: local worker processes.")
 
@@ -64,8 +77,27 @@ def main(argv):
       raise UserError(f"--image_size={','.join(FLAGS.image_size)} must be H,W, "
                       "e.g. 224,224.") from None
   spec = sources.expand(FLAGS.source)
+  mapping = {"image_key": FLAGS.image_key, "label_key": FLAGS.label_key,
+             "label_offset": FLAGS.label_offset, "class_name_key": FLAGS.class_name_key,
+             "class_names": cli.expand_path(FLAGS.class_names or "")}
+  tfrecord = spec.startswith("tfrecord:")
+  given = sorted(f"--{k}" for k, v in mapping.items() if v not in (None, ""))
+  if not tfrecord and (given or FLAGS.rewrite):
+    raise UserError(f"{' '.join(given or ['--rewrite'])} apply to --source=tfrecord:... only.")
+  if tfrecord and not FLAGS.rewrite:
+    if FLAGS.runner:
+      raise UserError("Adopting TFRecords in place writes only metadata: drop --runner, or "
+                      "add --rewrite to convert them with Beam.")
+    from tpu_trainer.data import adopt  # pylint: disable=g-import-not-at-top
+    if image_size:
+      sources.check_image_size(image_size)
+    dataset = adopt.adopt(spec.partition(":")[2], output_dir,
+                          flags={**mapping, "image_size": image_size}, workers=FLAGS.workers)
+    cli.print_written(dataset, output_dir)
+    return
   load_args = {"tfds_data_dir": cli.expand_path(FLAGS.tfds_data_dir), "image_size": image_size,
-               "test_fraction": FLAGS.test_fraction, "seed": FLAGS.seed}
+               "test_fraction": FLAGS.test_fraction, "seed": FLAGS.seed,
+               "tfrecord": mapping}
   shards = {"encoding": FLAGS.encoding, "num_shards": FLAGS.num_shards,
             "shard_bytes": FLAGS.shard_bytes, "min_shards": FLAGS.min_shards,
             "seed": FLAGS.seed, "jpeg_quality": FLAGS.jpeg_quality}

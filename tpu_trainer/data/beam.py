@@ -70,6 +70,7 @@ def convert_with_beam(spec: str, output_dir: str, *, runner: str = "DirectRunner
   load_args = dict(load_args or {})
   load_args.setdefault("seed", seed)
   source = sources.load(spec, **load_args)
+  load_args.update(source.reopen)
   conversion, client = convert.plan(source, output_dir, encoding=encoding,
                                     num_shards=num_shards, shard_bytes=shard_bytes,
                                     min_shards=min_shards, seed=seed,

@@ -67,6 +67,8 @@ class Dataset:
   class_names: list
   splits: dict
   ours: dict | None      # tpu_trainer.json, when this package wrote the dataset
+  label_offset: int = 0  # stored label - offset = class index (adopted 1-based labels)
+  resize: bool = False   # images vary in size: center-cropped and resized to image_shape
 
   @property
   def num_classes(self) -> int:
@@ -130,28 +132,61 @@ def shard_template(tag: str) -> str:
 
 
 def shard_names(name: str, split: str, template: str, count: int) -> list[str]:
+  """The shards' paths as the template gives them: relative to the dataset
+  directory, or absolute (adopted shards elsewhere)."""
   from etils import epath  # pylint: disable=g-import-not-at-top  (TFDS's path library)
   sharded = _tfds().core.ShardedFileTemplate(
       data_dir=epath.Path("/"), template=template, dataset_name=name, split=split,
       filetype_suffix="tfrecord")
-  return [p.name for p in sharded.sharded_filepaths(count)]
+  return [sharded.relative_filepath(shard_index=i, num_shards=count) for i in range(count)]
+
+
+def _nested(key: str, feature):
+  """{"a": {"b": feature}} for the key "a/b": TFDS's FeaturesDict flattens nested
+  keys with "/" in the records, as imagenet_to_gcs named them."""
+  head, _, rest = key.partition("/")
+  return {head: _nested(rest, feature) if rest else feature}
+
+
+def _merge(a: dict, b: dict) -> dict:
+  out = dict(a)
+  for k, v in b.items():
+    out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+  return out
+
+
+def _features_dict(tree):
+  tfds = _tfds()
+  return tfds.features.FeaturesDict(
+      {k: _features_dict(v) if isinstance(v, dict) else v for k, v in tree.items()})
+
+
+def feature_at(features, key: str):
+  """The feature of a (possibly nested, "a/b") key."""
+  for part in key.split("/"):
+    features = features[part]
+  return features
 
 
 def write(output_dir: str, *, name: str, image_shape, encoding: str, class_names,
           splits: dict, template: str, ours: dict, description: str = "",
-          client=None) -> None:
+          templates: dict | None = None, image_key: str = "image", label_key: str = "label",
+          label_offset: int = 0, client=None) -> None:
   """Publishes the metadata of shards already in output_dir, dataset_info.json last.
 
-  splits: {split: [{"file", "num_examples", "num_bytes", "crc32c"}, ...]} in shard
-  order, num_bytes being file sizes. ours: what goes into tpu_trainer.json besides
-  the shards (parameters, fingerprint).
+  splits: {split: [{"file", "num_examples", "num_bytes", "crc32c"[, "mtime_ns"]}, ...]}
+  in shard order, num_bytes being file sizes. templates: a file-name template per
+  split (adopted shards), else `template` for all. ours: what goes into
+  tpu_trainer.json besides the shards (parameters, fingerprint). Stored labels
+  counted from label_offset get placeholder names below it, so that TFDS's
+  ClassLabel names each stored value right.
   """
   tfds = _tfds()
   from etils import epath  # pylint: disable=g-import-not-at-top
-  features = tfds.features.FeaturesDict({
-      "image": image_feature(image_shape, encoding),
-      "label": tfds.features.ClassLabel(names=[str(n) for n in class_names]),
-  })
+  names = [f"(no class: label {i})" for i in range(label_offset)] + [str(n) for n in class_names]
+  features = _features_dict(_merge(
+      _nested(image_key, image_feature(image_shape, encoding)),
+      _nested(label_key, tfds.features.ClassLabel(names=names))))
   staging = tempfile.mkdtemp(prefix="tpu_trainer_metadata_")
   try:
     split_infos = []
@@ -161,7 +196,8 @@ def write(output_dir: str, *, name: str, image_shape, encoding: str, class_names
           name=split_name, shard_lengths=lengths,
           num_bytes=sum(s["num_bytes"] for s in shards) - RECORD_OVERHEAD * sum(lengths),
           filename_template=tfds.core.ShardedFileTemplate(
-              data_dir=epath.Path(staging), template=template, dataset_name=name,
+              data_dir=epath.Path(staging),
+              template=(templates or {}).get(split_name, template), dataset_name=name,
               split=split_name, filetype_suffix="tfrecord")))
     # What tfds.folder_dataset.write_metadata does, minus its look for the shards
     # in the (staging) directory: they are already in output_dir, maybe on gs://.
@@ -169,13 +205,15 @@ def write(output_dir: str, *, name: str, image_shape, encoding: str, class_names
         builder=tfds.core.dataset_info.DatasetIdentity(
             name=name, version=tfds.core.Version("1.0.0"), data_dir=staging,
             module_name=""),
-        features=features, supervised_keys=("image", "label"),
+        features=features,
+        # TFDS's as_supervised takes top-level keys only.
+        supervised_keys=None if "/" in image_key + label_key else (image_key, label_key),
         description=description or f"{name}, converted by tpu_trainer.")
     info.set_file_format(tfds.core.FileFormat.TFRECORD)
     info.set_splits(tfds.core.SplitDict(split_infos))
     info.write_to_directory(staging)
     ours = {"format_version": FORMAT_VERSION, "template": template, **ours,
-            "shards": {s["file"]: {k: s[k] for k in ("num_examples", "num_bytes", "crc32c")}
+            "shards": {s["file"]: {k: v for k, v in s.items() if k != "file"}
                        for shards in splits.values() for s in shards}}
     with open(os.path.join(staging, OURS_FILE), "w") as f:
       json.dump(ours, f, indent=1)
@@ -299,35 +337,47 @@ def read(data_dir: str, client=None) -> Dataset:
     raise UserError(f"{features_path} does not describe TFDS features "
                     f"({str(e).splitlines()[0]}): prepare or "
                     "convert the dataset again.") from None
-  supervised = [info.supervised_keys.tuple.items[i].feature_key
-                for i in range(len(info.supervised_keys.tuple.items))]
-  image_key, label_key = _find_image_and_label(features, supervised, data_dir)
-  image, label = features[image_key], features[label_key]
-  shape = tuple(image.shape) + ((1,) if len(image.shape) == 2 else ())
-  if None in shape:
-    raise UserError(f"{data_dir}: {image_key} images have varying sizes {shape}; convert "
-                    "it with tpu-trainer-convert --source=tfds:NAME --image_size=H,W.")
-  class_names = _class_names(data_dir, label_key, label, client)
-
   splits = {}
   for split in info.splits:
     template = split.filepath_template or DEFAULT_TEMPLATE
     names = shard_names(info.name, split.name, template, len(split.shard_lengths))
-    splits[split.name] = Split(split.name, [storage.join(data_dir, n) for n in names],
+    splits[split.name] = Split(split.name, [_shard_path(data_dir, n) for n in names],
                                [int(n) for n in split.shard_lengths], int(split.num_bytes))
   ours = _read_ours(data_dir, splits, client)
+  adopted = (ours or {}).get("adopted")
+  if adopted:
+    image_key, label_key = adopted["image_key"], adopted["label_key"]
+  else:
+    supervised = [info.supervised_keys.tuple.items[i].feature_key
+                  for i in range(len(info.supervised_keys.tuple.items))]
+    image_key, label_key = _find_image_and_label(features, supervised, data_dir)
+  image, label = feature_at(features, image_key), feature_at(features, label_key)
+  shape = tuple(image.shape) + ((1,) if len(image.shape) == 2 else ())
+  if adopted:
+    shape = tuple(adopted["image_shape"])
+  if None in shape:
+    raise UserError(f"{data_dir}: {image_key} images have varying sizes {shape}; convert "
+                    "it with tpu-trainer-convert --source=tfds:NAME --image_size=H,W.")
+  offset = int((adopted or {}).get("label_offset", 0))
+  class_names = _class_names(data_dir, label_key, label, client)[offset:]
   recorded = (ours or {}).get("key", {}).get("class_names")
   if recorded is not None and list(recorded) != list(class_names):
     raise UserError(f"{data_dir}: its class names ({label_key}.labels.txt) are not those it "
                     f"was converted with ({OURS_FILE}): a conversion stopped while publishing "
                     "its metadata. Run the same tpu-trainer-convert command again.")
   return Dataset(data_dir, info.name, image_key, label_key, shape, _encoding_of(image),
-                 class_names, splits, ours)
+                 class_names, splits, ours, offset, bool((adopted or {}).get("resize")))
+
+
+def _shard_path(data_dir: str, name: str) -> str:
+  """A shard's path: the template's own when absolute (adopted elsewhere)."""
+  return name if storage.is_gcs(name) or os.path.isabs(name) else storage.join(data_dir, name)
 
 
 def _class_names(data_dir, label_key, label, client) -> list:
   """ClassLabel names live in <key>.labels.txt beside features.json."""
-  text = storage.read_text_if_exists(storage.join(data_dir, f"{label_key}.labels.txt"), client)
+  file_name = label_key.replace("/", "-") + ".labels.txt"  # as TFDS names it
+  text = storage.read_text_if_exists(storage.join(data_dir, file_name), client)
   names = [n for n in (text or "").splitlines() if n]
   if len(names) == label.num_classes:
     return names
@@ -361,29 +411,46 @@ def check_shards(dataset: Dataset, split_names, client=None, sizes=None) -> None
   """Before the first step: every shard exists with the size the metadata gives
   (one listing, or `sizes` {file name: bytes} from one the caller made). A shard
   cut short on a record boundary reads as a clean end of file, so without this
-  training would silently use fewer examples."""
-  if sizes is None:
-    sizes = storage.list_sizes(dataset.data_dir, client)
+  training would silently use fewer examples. Adopted shards (someone else's
+  files) are also refused when their crc32c (gs://) or mtime (local) changed."""
+  adopted = dataset.ours is not None and "adopted" in dataset.ours
+  directories = {os.path.dirname(f) for s in split_names for f in dataset.split(s).files}
+  if adopted or sizes is None:
+    stamps = {}
+    for directory in directories:
+      stamps.update(storage.list_stamps(directory, client))
+  else:
+    stamps = {name: {"num_bytes": size} for name, size in sizes.items()}
   problems = []
   for split_name in split_names:
     split = dataset.split(split_name)
     found = []
-    for path, length in zip(split.files, split.shard_lengths):
+    for path in split.files:
       name = os.path.basename(path)
-      if name not in sizes:
+      if name not in stamps:
         problems.append(f"{name} is missing")
         continue
-      found.append(sizes[name])
-      if dataset.ours is not None:
-        expected = dataset.ours["shards"][name]["num_bytes"]
-        if sizes[name] != expected:
-          problems.append(f"{name} has {sizes[name]} bytes, the metadata says {expected}")
+      found.append(stamps[name]["num_bytes"])
+      if dataset.ours is None:
+        continue
+      recorded = dataset.ours["shards"][name]
+      for key, what in (("num_bytes", "bytes"), ("crc32c", "crc32c"), ("mtime_ns", "mtime")):
+        if adopted or key == "num_bytes":
+          if key in recorded and key in stamps[name] and stamps[name][key] != recorded[key]:
+            problems.append(f"{name} has {what} {stamps[name][key]}, the metadata says "
+                            f"{recorded[key]}")
+            break
     if dataset.ours is None and split.num_bytes and len(found) == len(split.files):
       expected = split.num_bytes + RECORD_OVERHEAD * split.num_examples
       if sum(found) != expected:
         problems.append(f"the {split_name} shards hold {sum(found)} bytes, TFDS's metadata "
                         f"says {expected}")
   if problems:
+    if adopted:
+      raise UserError(f"{dataset.data_dir}: shards changed since they were adopted: "
+                      f"{'; '.join(problems)}. Adopt them again (the same "
+                      f"tpu-trainer-convert --source={dataset.ours['adopted']['source']} "
+                      "command).")
     raise UserError(f"{dataset.data_dir} does not match its metadata: {'; '.join(problems)}. "
                     f"Run tpu-trainer-convert --verify --output_dir={dataset.data_dir}, and "
                     "convert again.")

@@ -86,29 +86,39 @@ def frame_record(data: bytes) -> bytes:
   return b"".join((length, _masked_crc(length), data, _masked_crc(data)))
 
 
-def check_framing(f) -> tuple[int, str]:
-  """Walks a TFRecord stream checking every length and data CRC, as TensorFlow's
-  reader does, without TensorFlow. Returns (records, crc32c of the whole stream,
-  base64 as Cloud Storage reports it); raises ValueError at the first bad record."""
-  whole = google_crc32c.Checksum()
+def framed_records(f, checksum=None):
+  """The records of a TFRecord stream, every length and data CRC checked as
+  TensorFlow's reader does, without TensorFlow; `checksum` (a
+  google_crc32c.Checksum) sees every byte. ValueError at the first bad record."""
   count = 0
   while True:
     header = f.read(12)
-    whole.update(header)
+    if checksum is not None:
+      checksum.update(header)
     if not header:
-      return count, base64.b64encode(whole.digest()).decode()
+      return
     if len(header) < 12:
       raise UserError(f"truncated record header after {count} records")
     if header[8:] != _masked_crc(header[:8]):
       raise UserError(f"corrupt length of record {count}")
     length = struct.unpack("<Q", header[:8])[0]
     body = f.read(length + 4)
-    whole.update(body)
+    if checksum is not None:
+      checksum.update(body)
     if len(body) < length + 4:
       raise UserError(f"record {count} is truncated")
     if body[length:] != _masked_crc(body[:length]):
       raise UserError(f"corrupt data in record {count}")
+    yield body[:length]
     count += 1
+
+
+def check_framing(f) -> tuple[int, str]:
+  """(records, crc32c of the whole stream, base64 as Cloud Storage reports it) of
+  a TFRecord stream; ValueError at the first bad record."""
+  whole = google_crc32c.Checksum()
+  count = sum(1 for _ in framed_records(f, whole))
+  return count, base64.b64encode(whole.digest()).decode()
 
 
 def decode_batch(serialized, dataset):
@@ -130,14 +140,48 @@ def decode_batch(serialized, dataset):
   elif dataset.encoding == "int64":
     images = tf.reshape(tf.cast(encoded, tf.uint8), [-1] + shape)
   else:
-    decoders = {"png": tf.io.decode_png, "jpeg": tf.io.decode_jpeg,
-                "image": lambda b, channels: tf.io.decode_image(
-                    b, channels=channels, expand_animations=False)}
-    decode = decoders[dataset.encoding]
-    images = tf.map_fn(lambda b: tf.ensure_shape(decode(b, channels=shape[-1]), shape),
+    decode = _decoder(dataset.encoding, shape, dataset.resize)
+    images = tf.map_fn(lambda b: tf.ensure_shape(decode(b), shape),
                        encoded, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-  labels = tf.cast(parsed[dataset.label_key], tf.int32)
+  labels = tf.cast(parsed[dataset.label_key] - dataset.label_offset, tf.int32)
   # Keep the static batch size (drop_remainder=True): TPUs need static shapes.
   images.set_shape([serialized.shape[0]] + shape)
   labels.set_shape([serialized.shape[0]])
   return images, labels
+
+
+def _decoder(encoding: str, shape, resize: bool):
+  """fn(encoded bytes) -> uint8 [H, W, C] image. With resize (images of varying
+  sizes), the largest center crop of the target's aspect ratio, resized to it
+  (bilinear): JPEGs decode only that window (decode_and_crop_jpeg)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  height, width, channels = shape
+  if not resize:
+    decoders = {"png": tf.io.decode_png, "jpeg": tf.io.decode_jpeg,
+                "image": lambda b, channels: tf.io.decode_image(
+                    b, channels=channels, expand_animations=False)}
+    return lambda b: decoders[encoding](b, channels=channels)
+
+  def crop_window(size):
+    h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
+    scale = tf.minimum(h / height, w / width)
+    crop_h = tf.cast(tf.round(scale * height), tf.int32)
+    crop_w = tf.cast(tf.round(scale * width), tf.int32)
+    return (size[0] - crop_h) // 2, (size[1] - crop_w) // 2, crop_h, crop_w
+
+  def to_shape(image):
+    resized = tf.image.resize(image, [height, width], method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+  def decode(b):
+    if encoding == "jpeg":
+      y, x, h, w = crop_window(tf.image.extract_jpeg_shape(b))
+      image = tf.io.decode_and_crop_jpeg(b, tf.stack([y, x, h, w]), channels=channels)
+    else:
+      image = tf.io.decode_image(b, channels=channels, expand_animations=False)
+      y, x, h, w = crop_window(tf.shape(image))
+      image = image[y:y + h, x:x + w]
+    return tf.cond(tf.reduce_all(tf.shape(image)[:2] == [height, width]),
+                   lambda: image, lambda: to_shape(image))
+
+  return decode

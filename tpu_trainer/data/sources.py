@@ -52,6 +52,9 @@ class Source:
   # Changes whenever the examples would: a rerun with another fingerprint never
   # keeps the shards of this one.
   fingerprint: str = ""
+  # load() arguments that let a worker reopen this source without the work opening
+  # it took (Beam's workers; a tfrecord source's scan).
+  reopen: dict = dataclasses.field(default_factory=dict)
 
 
 def fingerprint(*parts) -> str:
@@ -123,6 +126,9 @@ KINDS = {
                                                         o["test_fraction"]),
                    path=True, resizes=True),
     "idx": Kind("idx:PATH", lambda arg, o: idx(arg), path=True),
+    # Adopted in place by default (data/adopt.py); converted with --rewrite.
+    "tfrecord": Kind("tfrecord:SPLIT=PATTERN[,SPLIT=PATTERN]|DIR", lambda arg, o: _tfrecord(
+        arg, o), path=False, resizes=True),
     "npz": Kind("npz:FILE", lambda arg, o: npz(arg), path=True),
 }
 SPECS = " | ".join(kind.spec for kind in KINDS.values())
@@ -167,8 +173,11 @@ def check_image_size(image_size) -> None:
 
 
 def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
-         test_fraction: float = 0.1, seed: int = 0) -> Source:
-  """Opens a source from its --source spec (SPECS)."""
+         test_fraction: float = 0.1, seed: int = 0, tfrecord: dict | None = None,
+         tfrecord_known: dict | None = None) -> Source:
+  """Opens a source from its --source spec (SPECS). tfrecord: the feature mapping
+  of a tfrecord: source (image_key, label_key, label_offset, class_name_key,
+  class_names)."""
   kind, arg = _kind(spec)
   if image_size and not kind.resizes:
     raise UserError(f"--image_size does not apply to --source={spec}: only "
@@ -176,7 +185,14 @@ def load(spec: str, *, tfds_data_dir: str = "", image_size=None,
   if image_size:
     check_image_size(image_size)
   return kind.open(arg, {"tfds_data_dir": tfds_data_dir, "image_size": image_size,
-                         "test_fraction": test_fraction, "seed": seed})
+                         "test_fraction": test_fraction, "seed": seed,
+                         "tfrecord": tfrecord or {}, "tfrecord_known": tfrecord_known})
+
+
+def _tfrecord(arg: str, options: dict) -> Source:
+  from tpu_trainer.data import adopt  # pylint: disable=g-import-not-at-top
+  return adopt.rewrite_source(arg, {**options["tfrecord"], "image_size": options["image_size"]},
+                              options["tfrecord_known"])
 
 
 def digits(seed: int = 0) -> Source:
