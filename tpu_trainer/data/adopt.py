@@ -85,8 +85,8 @@ def _expand(pattern: str, client) -> list[str]:
                 if os.path.isfile(p))
 
 
-def find_splits(arg: str, client=None) -> tuple[dict, bool]:
-  """({split: [files]}, whether they are in the imagenet_to_gcs layout)."""
+def find_splits(arg: str, client=None) -> dict:
+  """{split: [files]}: SPLIT=PATTERN pairs, or a directory's imagenet_to_gcs files."""
   if not arg:
     raise UserError(f"--source=tfrecord: needs files: {SPEC}.")
   if "=" not in arg:  # a directory: the imagenet_to_gcs layout
@@ -99,7 +99,7 @@ def find_splits(arg: str, client=None) -> tuple[dict, bool]:
           f"--source=tfrecord:{arg}: no train-NNNNN-of-NNNNN files there (the layout of "
           "imagenet_to_gcs.py); name the files of each split: "
           "--source=tfrecord:train=PATTERN,test=PATTERN.")
-    return splits, True
+    return splits
   splits = {}
   for part in arg.split(","):
     split, sep, pattern = part.partition("=")
@@ -111,9 +111,7 @@ def find_splits(arg: str, client=None) -> tuple[dict, bool]:
     if not files:
       raise MissingError(f"--source=tfrecord: {split}={pattern} matches no file.")
     splits[split] = files
-  layout = all(re.fullmatch(r"(train|validation)-\d{5}-of-\d{5}", os.path.basename(f))
-               for files in splits.values() for f in files)
-  return splits, layout
+  return splits
 
 
 def shard_template(files: list[str], output_dir: str) -> str:
@@ -351,12 +349,14 @@ def _check_record(data: bytes, mapping: Mapping, wanted, scan: FileScan) -> None
                        f"one {kind} value")
   label = found[mapping.label_key][1][0] - mapping.label_offset
   num_classes = len(mapping.class_names) if mapping.class_names else None
-  if label < 0 or (num_classes is not None and label >= num_classes):
-    raise ValueError(
-        f"label {found[mapping.label_key][1][0]} is outside 0..{(num_classes or 1) - 1} after "
-        f"the label offset {mapping.label_offset}"
-        + (f" ({num_classes} class names)" if num_classes else "")
-        + ": fix --label_offset (1 for 1-based labels)")
+  stored = found[mapping.label_key][1][0]
+  if label < 0:
+    raise ValueError(f"label {stored} is below the label offset {mapping.label_offset} (the "
+                     "first class's label): fix --label_offset (1 for 1-based labels, 0 for "
+                     "0-based)")
+  if num_classes is not None and label >= num_classes:
+    raise ValueError(f"label {stored} is past the last of the {num_classes} class names (label "
+                     f"offset {mapping.label_offset}): fix --class_names or --label_offset")
   scan.labels[label] += 1
   if mapping.class_name_key:
     name = found[mapping.class_name_key][1][0].decode("utf-8", "replace")
@@ -421,27 +421,29 @@ def scan(files: list[str], mapping: Mapping, workers: int = 0, client=None) -> d
 # Adopting
 
 
-def mapping_for(layout: bool, first_keys: list[str], flags: dict) -> Mapping:
-  """The mapping: the flags given, the rest from the layout recognised (said in
-  the log); UserError naming the keys there are when no layout fits."""
-  defaults = None
-  if layout or {"image/encoded", "image/class/label"} <= set(first_keys):
+def mapping_for(first_keys: list[str], flags: dict) -> Mapping:
+  """The mapping: the flags given; without --image_key/--label_key, the layout the
+  first record's keys show (imagenet_to_gcs's or TFDS's, said in the log);
+  UserError naming the keys there are when none fits."""
+  given = {k: v for k, v in flags.items() if v is not None and v != ""}
+  defaults = {"label_offset": 0, "class_name_key": ""}
+  keys = set(first_keys)
+  if "image_key" in given or "label_key" in given:
+    pass
+  elif {"image/encoded", "image/class/label"} <= keys:
     defaults = dict(IMAGENET_MAPPING)
-    if "image/class/synset" not in first_keys:
+    if "image/class/synset" not in keys or "class_names" in given:
       defaults["class_name_key"] = ""
     logging.info("Recognised the imagenet_to_gcs layout: images in image/encoded, labels in "
-                 "image/class/label counted from %d%s.", defaults["label_offset"],
+                 "image/class/label counted from %d%s.", given.get("label_offset", 1),
                  ", class names from image/class/synset" if defaults["class_name_key"] else "")
-  elif {"image", "label"} <= set(first_keys):
+  elif {"image", "label"} <= keys:
     defaults = dict(TFDS_MAPPING)
-  given = {k: v for k, v in flags.items() if v is not None and v != ""}
-  if defaults is None and not {"image_key", "label_key"} <= set(given):
+  merged = {**defaults, **given}
+  if not {"image_key", "label_key"} <= set(merged):
     raise UserError(f"The records' features are {', '.join(sorted(first_keys))}: say which is "
                     "the image and which the label with --image_key=KEY --label_key=KEY "
                     "(and --label_offset=1 for 1-based labels).")
-  merged = {**(defaults or {"label_offset": 0, "class_name_key": ""}), **given}
-  if merged.get("class_names"):
-    merged["class_name_key"] = given.get("class_name_key", "")
   return Mapping(**merged)
 
 
@@ -480,7 +482,7 @@ def adopt(arg: str, output_dir: str, *, flags: dict, workers: int = 0,
   output_dir; the files themselves are only read."""
   if not storage.is_gcs(output_dir):
     output_dir = os.path.abspath(output_dir)
-  splits, layout = find_splits(arg, client)
+  splits = find_splits(arg, client)
   every = [f for files in splits.values() for f in files]
   if client is None and any(storage.is_gcs(p) for p in every + [output_dir]):
     client = storage.gcs_client()
@@ -491,8 +493,7 @@ def adopt(arg: str, output_dir: str, *, flags: dict, workers: int = 0,
                     "use --rewrite.")
   first = next(iter(splits.values()))[0]
   class_names = read_class_names(flags.pop("class_names")) if flags.get("class_names") else None
-  mapping = mapping_for(layout, first_record_keys(first, client),
-                        {**flags, "class_names": class_names})
+  mapping = mapping_for(first_record_keys(first, client), {**flags, "class_names": class_names})
   templates = {split: shard_template(files, output_dir) for split, files in splits.items()}
   _check_output_dir(output_dir, client)
   scans = scan(every, mapping, workers, client)
@@ -501,6 +502,11 @@ def adopt(arg: str, output_dir: str, *, flags: dict, workers: int = 0,
 
 def _check_output_dir(output_dir: str, client) -> None:
   """Refuses to replace a dataset that is not an adoption (TFDS's, or one converted)."""
+  if not storage.is_gcs(output_dir):
+    try:
+      os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f"Cannot write to --output_dir={output_dir!r}: {e.strerror}.") from None
   text = storage.read_text_if_exists(storage.join(output_dir, manifest.INFO_FILE), client)
   if text is None:
     return
@@ -587,7 +593,7 @@ def publish(splits, scans, mapping: Mapping, templates, output_dir, arg, client)
       encoding=summary.encoding, class_names=summary.class_names, splits=split_shards,
       template="", templates=templates, image_key=mapping.image_key,
       label_key=mapping.label_key, label_offset=mapping.label_offset,
-      ours={"adopted": {"source": arg, "image_key": mapping.image_key,
+      ours={"adopted": {"source": f"tfrecord:{arg}", "image_key": mapping.image_key,
                         "label_key": mapping.label_key, "label_offset": mapping.label_offset,
                         "image_shape": list(image_shape), "resize": summary.resize}},
       description=f"{total} records adopted in place by tpu_trainer from {arg}.",
@@ -617,10 +623,10 @@ def rewrite_source(arg: str, flags: dict, known: dict | None = None):
   adoption); `known` (what a scan found, passed to Beam's workers) skips that."""
   from tpu_trainer.data import sources  # pylint: disable=g-import-not-at-top
   flags = dict(flags)
-  splits, layout = find_splits(arg)
+  splits = find_splits(arg)
   class_names = read_class_names(flags.pop("class_names")) if flags.get("class_names") else None
   if known is None:
-    mapping = mapping_for(layout, first_record_keys(next(iter(splits.values()))[0]),
+    mapping = mapping_for(first_record_keys(next(iter(splits.values()))[0]),
                           {**flags, "class_names": class_names})
     scans = scan([f for files in splits.values() for f in files], mapping)
     summary = summarize(scans, mapping)
