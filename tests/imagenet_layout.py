@@ -13,16 +13,16 @@ from PIL import Image
 SYNSETS = [f"n0{4000000 + 17 * d}" for d in range(10)]  # sorted, like ImageNet's
 
 
-def digit_images(count: int, seed: int):
-  """(uint8 RGB images of varying sizes, digit labels 0..9)."""
+def digit_images(count: int, seed: int, size=None):
+  """(uint8 RGB images of varying sizes (or all of `size` H,W), digit labels 0..9)."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   data = datasets.load_digits()
   rng = np.random.default_rng(seed)
-  picks = rng.choice(len(data.images), count, replace=False)
+  picks = rng.choice(len(data.images), count, replace=count > len(data.images))
   images = []
   for i in picks:
     gray = Image.fromarray(np.round(data.images[i] * 255 / 16).astype(np.uint8))
-    height, width = int(rng.integers(20, 40)), int(rng.integers(20, 40))
+    height, width = size or (int(rng.integers(20, 40)), int(rng.integers(20, 40)))
     big = np.asarray(gray.resize((width, height), Image.BILINEAR), np.float32) / 255
     tint = rng.uniform(0.5, 1.0, 3)
     images.append(np.round(big[..., None] * tint * 255).astype(np.uint8))
@@ -51,14 +51,14 @@ def example(image: np.ndarray, label: int, filename: str, encoding: str = "jpeg"
   })).SerializeToString()
 
 
-def write(directory, shards=None, per_shard: int = 40, seed: int = 0):
+def write(directory, shards=None, per_shard: int = 40, seed: int = 0, size=None):
   """Writes train (3 shards) and validation (2 shards) files into directory;
   returns {"train": (images, labels), "validation": ...} in file order."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   shards = shards or {"train": 3, "validation": 2}
   written = {}
   for n, (prefix, count) in enumerate(shards.items()):
-    images, labels = digit_images(count * per_shard, seed + n)
+    images, labels = digit_images(count * per_shard, seed + n, size)
     written[prefix] = (images, labels)
     for shard in range(count):
       with tf.io.TFRecordWriter(f"{directory}/{prefix}-{shard:05d}-of-{count:05d}") as w:

@@ -84,3 +84,13 @@ def test_small_job_wall_time_times_both_whole_processes():
   assert "plain / ours" in out
   table_row = f"| mlp | {row['ours_s'][0]:.1f} s | {row['plain_keras_s'][0]:.1f} s | "
   assert table_row in out  # the README's table
+
+
+def test_adopted_input_compares_adopted_and_our_shards_in_one_run():
+  out = _run("adopted_input.py", "--images=400", "--size=32", "--runs=1", "--seconds=0.5")
+  line, = [l for l in out.splitlines() if l.startswith("input pipeline:")]
+  adopted, ours = (float(part.split()[-2].replace(",", ""))
+                   for part in line.split("|")[:2])
+  assert adopted > 0 and ours > 0
+  assert line.endswith(f"adopted / ours {adopted / ours:.2f}")
+  assert "CPU with" in out
