@@ -123,3 +123,23 @@ def test_dataflow_options_build_a_pipeline_without_calling_the_cloud(tmp_path):
                           "digits", {}, "gs://b/out", "raw", 95)
   labels = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
   assert {"Shards", "Spread", "Write"} <= labels
+
+
+def test_beam_rewrites_adoptable_tfrecords_as_the_local_converter_does(tmp_path):
+  """--source=tfrecord:... --rewrite on Beam: the driver scans the records once; the
+  workers reopen the source from that scan and write our shards, the very ones the
+  local converter writes."""
+  import imagenet_layout  # pylint: disable=g-import-not-at-top
+  source = tmp_path / "imagenet"
+  source.mkdir()
+  imagenet_layout.write(str(source), {"train": 2, "validation": 1}, per_shard=20)
+  args = [f"--source=tfrecord:{source}", "--rewrite", "--image_size=16,16", "--num_shards=2"]
+  result = run_cli("convert", *args, f"--output_dir={tmp_path / 'beam'}",
+                   "--runner=DirectRunner", *TWO_WORKERS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  local = run_cli("convert", *args, f"--output_dir={tmp_path / 'local'}")
+  assert local.returncode == 0, local.stderr[-3000:]
+  beam_dataset = manifest.read(str(tmp_path / "beam"))
+  assert beam_dataset.ours["shards"] == manifest.read(str(tmp_path / "local")).ours["shards"]
+  assert beam_dataset.class_names == imagenet_layout.SYNSETS
+  assert beam_dataset.split("test").num_examples == 20
