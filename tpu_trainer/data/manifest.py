@@ -434,11 +434,12 @@ def check_shards(dataset: Dataset, split_names, client=None, sizes=None) -> None
       if dataset.ours is None:
         continue
       recorded = dataset.ours["shards"][name]
-      for key, what in (("num_bytes", "bytes"), ("crc32c", "crc32c"), ("mtime_ns", "mtime")):
+      for key, said in (("num_bytes", "{} bytes"), ("crc32c", "crc32c {}"),
+                        ("mtime_ns", "mtime {} ns")):
         if adopted or key == "num_bytes":
           if key in recorded and key in stamps[name] and stamps[name][key] != recorded[key]:
-            problems.append(f"{name} has {what} {stamps[name][key]}, the metadata says "
-                            f"{recorded[key]}")
+            problems.append(f"{name} has {said.format(stamps[name][key])}, the metadata "
+                            f"says {said.format(recorded[key])}")
             break
     if dataset.ours is None and split.num_bytes and len(found) == len(split.files):
       expected = split.num_bytes + RECORD_OVERHEAD * split.num_examples
