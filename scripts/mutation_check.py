@@ -29,6 +29,25 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("adopted labels read without their offset", "tpu_trainer/data/records.py",
+           "parsed[dataset.label_key] - dataset.label_offset", "parsed[dataset.label_key]",
+           ("tests/test_adopt.py::test_imagenet_layout_adopted_in_place_reads_as_the_source",)),
+    Mutant("an adopted shard's new content unnoticed", "tpu_trainer/data/manifest.py",
+           '        if adopted or key == "num_bytes":', '        if key == "num_bytes":',
+           ("tests/test_adopt.py::test_gcs_adopted_in_place_then_a_reuploaded_shard_is_refused",
+            "tests/test_adopt.py::test_training_and_exact_eval_on_adopted_shards_then_a_"
+            "changed_shard_is_refused")),
+    Mutant("a label below the offset adopted", "tpu_trainer/data/adopt.py",
+           "  if label < 0:\n", "  if False:\n",
+           ("tests/test_adopt.py::test_a_bad_record_is_one_line_naming_file_and_index_and_"
+            "nothing_is_written",)),
+    Mutant("adopted varying sizes not center-cropped", "tpu_trainer/data/records.py",
+           "      image = image[y:y + h, x:x + w]\n", "",
+           ("tests/test_adopt.py::test_varying_sizes_are_center_cropped_to_the_training_shape",)),
+    Mutant("adopted JPEGs cropped at the corner", "tpu_trainer/data/records.py",
+           "    return (size[0] - crop_h) // 2, (size[1] - crop_w) // 2, crop_h, crop_w",
+           "    return 0, 0, crop_h, crop_w",
+           ("tests/test_adopt.py::test_varying_sizes_are_center_cropped_to_the_training_shape",)),
     Mutant("fingerprint without the content's crc", "tpu_trainer/data/sources.py",
            "parts.append(google_crc32c.value(f.read()))", "f.read()",
            ("tests/test_convert.py::test_a_source_rewritten_with_the_same_size_and_mtime_is_noticed",)),

@@ -281,3 +281,35 @@ def test_parse_example_reads_what_tensorflow_writes():
   assert sorted(keys) == ["b", "e", "f", "i"]
   assert found["b"] == ("bytes", [b"x", b""]) and found["i"] == ("int64", [-3, 0, 2**40])
   assert found["f"] == ("float", [0.5, -2.0]) and found["e"] == ("empty", [])
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_varying_sizes_are_center_cropped_to_the_training_shape(tmp_path, image_format):
+  """Images 16 high and 20..32 wide, red margins either side of a 16x16 picture:
+  at --image_size=16,16 training sees exactly the picture (JPEGs decode only
+  that window: nearly)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  pictures, examples = [], []
+  for k in range(12):
+    picture = np.repeat(np.repeat(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), 4, 0), 4, 1)
+    margin = 2 * (k % 4) + 2
+    image = np.concatenate([np.full((16, margin, 3), (255, 0, 0), np.uint8), picture,
+                            np.full((16, margin, 3), (255, 0, 0), np.uint8)], axis=1)
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format=image_format, quality=100)
+    # What the stored image decodes to, cut to the picture (JPEG's colours shift).
+    pictures.append(tf.io.decode_image(out.getvalue()).numpy()[:, margin:margin + 16])
+    examples.append(tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[out.getvalue()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[k % 2]))}
+    )).SerializeToString())
+  _write(tmp_path / "train-00000-of-00001", examples)
+  dataset = adopt.adopt(f"train={tmp_path}/train-*", str(tmp_path),
+                        flags={**MAPPING, "image_size": (16, 16)})
+  assert dataset.resize and dataset.encoding == image_format.lower()
+  from tpu_trainer.data import pipeline  # pylint: disable=g-import-not-at-top
+  got, _ = pipeline.sample(dataset, "train", 12)
+  error = np.abs(got.astype(int) - np.stack(pictures).astype(int))
+  assert (error.max() == 0 if image_format == "PNG" else error.mean() < 2), (
+      error.max(), error.mean(), error.reshape(12, -1).mean(1))
