@@ -29,6 +29,9 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("a dataset known by its shard names, not its records", "tpu_trainer/data/manifest.py",
+           'shards.get(os.path.basename(f), {}).get("crc32c")', "None",
+           ("tests/test_train.py::test_the_same_records_converted_again_are_the_same_dataset",)),
     Mutant("adopted labels read without their offset", "tpu_trainer/data/records.py",
            "parsed[dataset.label_key] - dataset.label_offset", "parsed[dataset.label_key]",
            ("tests/test_adopt.py::test_imagenet_layout_adopted_in_place_reads_as_the_source",)),

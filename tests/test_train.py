@@ -452,6 +452,29 @@ def test_a_dataset_is_known_by_its_content_not_its_path(tmp_path):
   assert (tmp_path / "w" / "eval_test.json").exists()
 
 
+def test_the_same_records_converted_again_are_the_same_dataset(tmp_path):
+  """A source file rewritten with the same bytes (only its time changed) converts
+  to new shard names but the same records: the run resumes and evaluates on it."""
+  from tpu_trainer.data import convert, sources  # pylint: disable=g-import-not-at-top
+  digits = sources.digits()
+  arrays = {}
+  for split in ("train", "test"):
+    images, labels = zip(*digits.splits[split].read(range(digits.splits[split].num_examples)))
+    arrays[f"x_{split}"], arrays[f"y_{split}"] = np.stack(images), np.array(labels)
+  npz, data, workdir = tmp_path / "d.npz", tmp_path / "data", str(tmp_path / "w")
+  np.savez(npz, **arrays)
+  convert.convert(sources.npz(str(npz)), str(data))
+  names = sorted(os.listdir(data))
+  strategy = tf.distribute.get_strategy()
+  training.run(_digits_config(mlp_config, str(data), steps=10), workdir, strategy)
+  os.utime(npz, ns=(time.time_ns() + 10**9,) * 2)  # copied again: same bytes, a new time
+  convert.convert(sources.npz(str(npz)), str(data))
+  assert sorted(os.listdir(data)) != names  # the source's fingerprint moved the key
+  assert training.run(_digits_config(mlp_config, str(data), steps=20), workdir,
+                      strategy)["step"] == 20
+  assert evaluation.evaluate(workdir)["examples"] == digits.splits["test"].num_examples
+
+
 def test_eval_matches_classes_by_name_and_refuses_other_classes(digits_dir, tmp_path):
   """The run's classes in another order (the same digits, labels and names both
   reversed) score what the run's own data scores; other classes are refused."""

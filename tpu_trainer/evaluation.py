@@ -110,7 +110,7 @@ def check_dataset(config, dataset: manifest.Dataset, split: str) -> tuple[str, l
     logging.info("%s has the run's classes in another order: matched by name (the "
                  "model's class %d is the data's class 0, ...).", dataset.data_dir, order[0])
   identity = config.get("dataset_identity")
-  if not identity or identity == dataset.identity:
+  if not identity or identity in dataset.identities:
     return f"eval_{split}", order
   if dataset.data_dir.rstrip("/") == str(config.data_dir).rstrip("/"):
     raise UserError(f"{dataset.data_dir} was converted again since this run trained on it "

@@ -62,10 +62,11 @@ def _strict_json(value):
   return value
 
 
-def check_resumable(workdir: str, resolved: dict) -> None:
+def check_resumable(workdir: str, resolved: dict, identities=()) -> None:
   """Refuses, before anything in the workdir changes, to resume a run whose
   model or data differ from this one's. The data by its identity (content),
-  not its path: a copy elsewhere resumes, a reconversion in place does not."""
+  not its path: a copy elsewhere resumes, a reconversion in place with another
+  content does not. identities: what else the data's identity was once written as."""
   saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
   if saved is None:
     return
@@ -77,8 +78,8 @@ def check_resumable(workdir: str, resolved: dict) -> None:
     resolved = {**resolved, "data_dir": resolved.get("data_dir", "").rstrip("/")}
   changed = [f"{k}: {saved.get(k)!r} -> {resolved.get(k)!r}" for k in keys
              if k in saved and k != "dataset_identity" and saved.get(k) != resolved.get(k)]
-  if saved.get("dataset_identity", resolved.get("dataset_identity")) != resolved.get(
-      "dataset_identity"):
+  if saved.get("dataset_identity", resolved.get("dataset_identity")) not in (
+      resolved.get("dataset_identity"), *identities):
     changed.append(f"the dataset: {saved.get('data_dir')} as it was then -> "
                    f"{resolved.get('data_dir')} now, another content (converted again? "
                    "another seed re-draws the splits)")
@@ -197,7 +198,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     check_workdir(workdir)
     check_resumable(workdir, {**config.to_dict(), "image_shape": list(dataset.image_shape),
                               "class_names": list(dataset.class_names),
-                              "dataset_identity": dataset.identity})
+                              "dataset_identity": dataset.identity},
+                     dataset.identities)
     runner = backends.runner(config, strategy)
     sigterm = stopping.StopSignals()  # after the strategy, which may take SIGTERM over
     cleanup.callback(sigterm.close)

@@ -76,13 +76,25 @@ class Dataset:
 
   @property
   def identity(self) -> str:
-    """The dataset by its content, not its path: its classes, image shape and,
-    per split, its shards' names and sizes. Our shard names carry the conversion's
-    key (source fingerprint, seed, encoding): converting again with anything
-    changed (another split seed, say) is another dataset; a copy elsewhere is
-    the same one."""
+    """The dataset by its content, not its path or its files' times: its classes,
+    image shape and, per split, each shard's crc32c and record count (where
+    tpu_trainer.json records them; else the shards' names, which for TFDS's
+    datasets carry the version). Converting again with anything changed (another
+    split seed, say) is another dataset; a copy elsewhere, or the same records
+    converted again from sources whose times changed, is the same one."""
+    shards = (self.ours or {}).get("shards", {})
+    return self._identity(lambda f: shards.get(os.path.basename(f), {}).get("crc32c")
+                          or os.path.basename(f))
+
+  @property
+  def identities(self) -> tuple:
+    """identity, and what runs recorded before identities were by content (shard
+    names): either one resumes."""
+    return self.identity, self._identity(os.path.basename)
+
+  def _identity(self, shard_key) -> str:
     content = {"classes": list(self.class_names), "image_shape": list(self.image_shape),
-               "splits": {name: [[os.path.basename(f), n] for f, n in
+               "splits": {name: [[shard_key(f), n] for f, n in
                                  zip(split.files, split.shard_lengths)]
                           for name, split in sorted(self.splits.items())}}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
