@@ -121,6 +121,7 @@ def test_training_and_exact_eval_on_adopted_shards_then_a_changed_shard_is_refus
     ("label0", "train-00001-of-00003: record 7: label 0 is below the label offset 1"),
     ("no_key", "train-00001-of-00003: record 7: no feature 'image/encoded'"),
     ("not_an_image", "train-00001-of-00003: record 7: its image (image/encoded) holds 3 bytes"),
+    ("cut", "train-00001-of-00003 is not a whole TFRecord file (record 39 is truncated)"),
 ])
 def test_a_bad_record_is_one_line_naming_file_and_index_and_nothing_is_written(
     imagenet_dir, tmp_path, case, expected):
@@ -137,9 +138,13 @@ def test_a_bad_record_is_one_line_naming_file_and_index_and_nothing_is_written(
                  value=[imagenet_layout.SYNSETS[2].encode()]))})).SerializeToString(),
          "no_key": tf.train.Example(features=tf.train.Features(feature={
              "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[3])),
-         })).SerializeToString()}[case]
-  examples[7] = bad
+         })).SerializeToString(), "cut": None}[case]
+  if bad is not None:
+    examples[7] = bad
   _write(directory / "train-00001-of-00003", examples)
+  if case == "cut":  # a copy that stopped short, mid-record
+    shard = directory / "train-00001-of-00003"
+    shard.write_bytes(shard.read_bytes()[:-100])
   result = run_cli("convert", f"--source=tfrecord:{directory}", f"--output_dir={directory}",
                    "--image_size=32,32")
   assert result.returncode == 2

@@ -309,6 +309,7 @@ def scan_file(path: str, mapping: Mapping, client=None) -> FileScan:
   if not storage.is_gcs(path):
     scan.mtime_ns = os.stat(path).st_mtime_ns
   checksum = google_crc32c.Checksum()
+  bad = None
   try:
     with storage.open_read(path, client) as f:
       for data in records.framed_records(f, checksum):
@@ -316,16 +317,17 @@ def scan_file(path: str, mapping: Mapping, client=None) -> FileScan:
         try:
           _check_record(data, mapping, wanted, scan)
         except ValueError as e:
-          raise UserError(f"{path}: record {scan.num_examples}: {e}.") from None
+          bad = f"{path}: record {scan.num_examples}: {e}."
+          break
         scan.num_examples += 1
-  except UserError:
-    raise
-  except ValueError as e:
+  except ValueError as e:  # the framing: a damaged or cut file
     raise UserError(f"{path} is not a whole TFRecord file ({e}).") from None
   except Exception as e:  # pylint: disable=broad-except
     if storage.is_not_found(e):
       raise MissingError(f"{path} is gone (it was listed a moment ago).") from None
     raise
+  if bad:
+    raise UserError(bad)
   scan.crc32c = base64.b64encode(checksum.digest()).decode()
   return scan
 
