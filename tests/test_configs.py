@@ -46,3 +46,17 @@ def test_saved_config_round_trips(tmp_path):
   config_lib.save(config, path)
   assert config_lib.load_if_exists(path).to_dict() == config.to_dict()
   assert config_lib.load_if_exists(str(tmp_path / "none.json")) is None
+
+
+@pytest.mark.parametrize("key, value", [("base_lr", "nan"), ("weight_decay", "inf"),
+                                        ("warmup_epochs", "nan"), ("label_smoothing", "nan"),
+                                        ("momentum", "-inf")])
+def test_a_nan_or_infinite_setting_is_one_line_before_any_work(key, value, tmp_path):
+  """--config.base_lr=nan used to train, then end as "diverged"."""
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  result = run_cli("train", "--config=configs/mlp.py", f"--workdir={tmp_path / 'w'}",
+                   f"--config.{key}={value}", "--config.data_dir=/nonexistent")
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [f"error: config.{key}={float(value)} must be a finite number."]
+  assert not (tmp_path / "w").exists()

@@ -5,6 +5,7 @@ big_vision way). Every recipe starts from default_config() so all of them are
 driven by the same flat keys.
 """
 import json
+import math
 
 import ml_collections
 
@@ -105,8 +106,24 @@ def choices() -> dict:
           "backend": BACKENDS}
 
 
+def _flat(config: ml_collections.ConfigDict) -> dict:
+  """{key: value}, a section's keys as input.cache."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update({f"{key}.{k}": v for k, v in value.items()})
+    else:
+      flat[key] = value
+  return flat
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad key and what to do."""
+  for key, value in _flat(config).items():
+    # NaN passes every comparison below (a NaN learning rate would train, then
+    # end as "diverged"); an infinite one as well.
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"config.{key}={value} must be a finite number.")
   for key in ("steps_per_execution", "base_batch_size", "max_batch_size",
               "min_steps_per_epoch"):
     if config[key] < 1:
@@ -163,12 +180,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
   import re  # pylint: disable=g-import-not-at-top
   meaning = dict(re.findall(r"^  c\.([\w.]+) = .*?#\s*(.+)$",
                             inspect.getsource(default_config), re.MULTILINE))
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):  # a section: its keys as input.cache
-      flat.update({f"{key}.{k}": v for k, v in value.items()})
-    else:
-      flat[key] = value
+  flat = _flat(config)
   for key, allowed in choices().items():
     meaning[key] = f"{' | '.join(allowed)}: {meaning.get(key, '')}"
   width = max(len(k) + len(repr(v)) for k, v in flat.items()) + 3
