@@ -268,3 +268,25 @@ def test_damaged_files_are_one_error_line_naming_them(digits_dir, tmp_path):
   _assert_one_line_error(run_cli("convert", "--source=digits", f"--output_dir={data}"),
                          "tpu_trainer.json is damaged", "convert into a new directory")
   assert sorted(os.listdir(data)) == sorted(os.listdir(digits_dir))
+
+
+@pytest.mark.parametrize("body, raised", [
+    ("import no_such_module\n", "ModuleNotFoundError at {file}:1: No module named "
+                                "'no_such_module'"),
+    ("import helper\ndef get_config():\n  return helper.build()\n",
+     "ZeroDivisionError at {helper}:2: division by zero"),
+])
+def test_a_config_file_that_raises_is_one_line_naming_where(tmp_path, body, raised):
+  """Its traceback is not the user's answer: the exception, and the line of their
+  own code it came from (a helper module the config imports, too)."""
+  (tmp_path / "helper.py").write_text("def build():\n  return 1 / 0\n")
+  config = tmp_path / "my_config.py"
+  config.write_text(body)
+  result = run_cli("train", f"--config={config}", f"--workdir={tmp_path / 'w'}",
+                   env={"PYTHONPATH": str(tmp_path)})
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  expected = raised.format(file=config, helper=tmp_path / "helper.py")
+  assert lines == [f"error: the --config file raised {expected}; fix it (-v shows the "
+                   "traceback), or pass another (e.g. configs/cnn.py)."], result.stderr
+  assert not (tmp_path / "w").exists()

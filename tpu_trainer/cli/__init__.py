@@ -258,5 +258,25 @@ def run(main, record_stop_signals: bool = False) -> None:
           sys.exit(2)
       print(f"error: {message} (see --help)", file=sys.stderr)
       sys.exit(2)
+    except Exception as e:  # pylint: disable=broad-except  (the --config file's own code)
+      if VERBOSE:
+        raise
+      first = (str(e).strip().splitlines() or [""])[0][:300]
+      print(f"error: the --config file raised {type(e).__name__}{raised_at(e)}: {first}; "
+            "fix it (-v shows the traceback), or pass another (e.g. configs/cnn.py).",
+            file=sys.stderr)
+      sys.exit(2)
 
   app.run(wrapped, flags_parser=parse)
+
+
+def raised_at(error: Exception) -> str:
+  """' at FILE:LINE' of the deepest frame of the user's own code (not Python's,
+  nor an installed package's) in an exception's traceback; '' if none."""
+  import sysconfig  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  installed = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")})
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if not f.filename.startswith(installed) and not f.filename.startswith("<")
+            and os.path.dirname(os.path.abspath(f.filename)) != os.path.dirname(__file__)]
+  return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
