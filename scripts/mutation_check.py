@@ -29,6 +29,13 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("a NaN config value accepted", "tpu_trainer/config.py",
+           "    if isinstance(value, float) and not math.isfinite(value):", "    if False:",
+           ("tests/test_configs.py::test_a_nan_or_infinite_setting_is_one_line_before_any_work",)),
+    Mutant("a raising config file's line not named", "tpu_trainer/cli/__init__.py",
+           '  return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""',
+           '  return ""',
+           ("tests/test_cli.py::test_a_config_file_that_raises_is_one_line_naming_where",)),
     Mutant("a dataset known by its shard names, not its records", "tpu_trainer/data/manifest.py",
            'shards.get(os.path.basename(f), {}).get("crc32c")', "None",
            ("tests/test_train.py::test_the_same_records_converted_again_are_the_same_dataset",)),
