@@ -106,20 +106,21 @@ def choices() -> dict:
           "backend": BACKENDS}
 
 
-def _flat(config: ml_collections.ConfigDict) -> dict:
-  """{key: value}, a section's keys as input.cache."""
-  flat = {}
+def flat(config, prefix: str = "") -> dict:
+  """{key: value} of a config (a ConfigDict or its to_dict()), a section's keys
+  as input.cache."""
+  out = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      flat.update({f"{key}.{k}": v for k, v in value.items()})
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(flat(value, f"{prefix}{key}."))
     else:
-      flat[key] = value
-  return flat
+      out[f"{prefix}{key}"] = value
+  return out
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad key and what to do."""
-  for key, value in _flat(config).items():
+  for key, value in flat(config).items():
     # NaN passes every comparison below (a NaN learning rate would train, then
     # end as "diverged"); an infinite one as well.
     if isinstance(value, float) and not math.isfinite(value):
@@ -180,12 +181,12 @@ def describe(config: ml_collections.ConfigDict) -> str:
   import re  # pylint: disable=g-import-not-at-top
   meaning = dict(re.findall(r"^  c\.([\w.]+) = .*?#\s*(.+)$",
                             inspect.getsource(default_config), re.MULTILINE))
-  flat = _flat(config)
+  leaves = flat(config)
   for key, allowed in choices().items():
     meaning[key] = f"{' | '.join(allowed)}: {meaning.get(key, '')}"
-  width = max(len(k) + len(repr(v)) for k, v in flat.items()) + 3
+  width = max(len(k) + len(repr(v)) for k, v in leaves.items()) + 3
   return "\n".join(f"{f'{k} = {v!r}':<{width}}  # {meaning.get(k, '')}".rstrip(" #:")
-                    for k, v in flat.items())
+                    for k, v in leaves.items())
 
 
 def save(config: ml_collections.ConfigDict, path: str) -> None:

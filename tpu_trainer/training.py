@@ -117,7 +117,8 @@ def check_workers_agree(runner, config, plan: controller.Plan, dataset) -> None:
   copy per host): the dataset's identity may not."""
   if runner.processes == 1:
     return
-  values = {**{k: v for k, v in _flat(config.to_dict()).items() if k != "data_dir"},
+  values = {**{k: v for k, v in config_lib.flat(config.to_dict()).items()
+               if k != "data_dir"},
             "dataset": dataset.identity, "batch_size (resolved)": plan.batch_size,
             "precision (resolved)": plan.precision, "total_steps": plan.total_steps}
   keys = sorted(values)
@@ -127,16 +128,6 @@ def check_workers_agree(runner, config, plan: controller.Plan, dataset) -> None:
   if differ:
     raise UserError(f"The workers of this job disagree on {', '.join(differ)}: start every "
                     "worker with the same command and config.")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def check_workdir(workdir: str) -> None:
