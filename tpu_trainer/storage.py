@@ -250,11 +250,7 @@ def open_read(path: str, client=None):
 def list_sizes(directory: str, client=None) -> dict:
   """{file name: bytes} of the files directly in a local dir or gs:// prefix: one
   listing, nothing read."""
-  if is_gcs(directory):  # the listing has the checksums anyway
-    return {name: size for name, (size, _) in list_files(directory, client).items()}
-  if not os.path.isdir(directory):
-    return {}
-  return {e.name: e.stat().st_size for e in os.scandir(directory) if e.is_file()}
+  return {name: stamp["num_bytes"] for name, stamp in list_stamps(directory, client).items()}
 
 
 def list_stamps(directory: str, client=None) -> dict:
