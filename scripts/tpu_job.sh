@@ -5,5 +5,8 @@
 # returns that status.
 #   bash scripts/tpu_job.sh COMMAND [ARGS...]
 rm -f ~/train.status
-nohup bash -c '"$@" > ~/train.log 2>&1; echo $? > ~/train.status' tpu_job "$@" > /dev/null 2>&1 &
+# The log exists before this script returns, so a stream started right after
+# never races the job's first write (tail would give up on a missing file).
+: > ~/train.log
+nohup bash -c '"$@" >> ~/train.log 2>&1; echo $? > ~/train.status' tpu_job "$@" > /dev/null 2>&1 &
 echo $! > ~/train.pid
