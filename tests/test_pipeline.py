@@ -6,6 +6,7 @@ from tpu_trainer import config as config_lib
 from tpu_trainer.data import convert
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
+from tpu_trainer.data import position
 from tpu_trainer.data import sources
 
 
@@ -42,16 +43,14 @@ def test_train_batches_have_static_shapes(digits_dir):
 @pytest.mark.parametrize("pipelines", [2, 3])
 def test_pipelines_get_disjoint_files_covering_all_every_epoch(digits_dir, pipelines):
   files = manifest.read(digits_dir).splits["train"].files
-  shares = [iter(pipeline.file_dataset(files, pipelines, p, shuffle_seed=5).repeat(2))
-            for p in range(pipelines)]
-  per_pipeline = [len(files[p::pipelines]) for p in range(pipelines)]
   epochs = []
-  for _ in range(2):
-    sets = [{next(it).numpy().decode() for _ in range(n)} for it, n in zip(shares, per_pipeline)]
-    assert sum(len(s) for s in sets) == len(files)      # disjoint
-    assert set().union(*sets) == set(files)             # and covering
-    epochs.append(sets)
-  assert epochs[0] != epochs[1]  # reshuffled between epochs
+  for epoch in range(2):
+    orders = [[f.numpy().decode() for f in pipeline.file_dataset(files, pipelines, p, 5, epoch)]
+              for p in range(pipelines)]
+    assert sum(len(o) for o in orders) == len(files)      # disjoint
+    assert set().union(*orders) == set(files)             # and covering
+    epochs.append(orders)
+  assert epochs[0] != epochs[1]  # read in another order every epoch
 
 
 def test_private_thread_pool_option(digits_dir):
@@ -93,7 +92,7 @@ def test_a_cached_split_is_served_whole_and_reshuffled_every_epoch(digits_dir, p
   dataset = manifest.read(digits_dir)
   everything = collections.Counter(_keys(*map(tf.constant, pipeline.sample(
       dataset, "train", 1437))))
-  counts = pipeline._pipeline_counts(dataset, "train", pipelines)  # pylint: disable=protected-access
+  counts = position.pipeline_counts(dataset, "train", pipelines)
   batch, shares = 100, []
   for index in range(pipelines):
     fn = pipeline.train_input_fn(dataset, batch * pipelines, _input(), seed=3)
@@ -140,7 +139,7 @@ def test_eval_sees_every_example_once(tmp_path_factory, num_shards, pipelines, b
 
 def test_augment_keeps_shape_and_changes_pixels():
   images = tf.constant(np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), np.uint8))
-  out = pipeline.augment_batch(images)
+  out = pipeline.augment_batch(images, tf.constant([1, 2], tf.int64))
   assert out.shape == images.shape and out.dtype == tf.uint8
   assert not np.array_equal(out.numpy(), images.numpy())
 
@@ -162,3 +161,30 @@ def test_input_augment_reaches_the_training_batches(digits_dir):
   np.testing.assert_array_equal(plain_labels, augmented_labels)
   changed = np.mean([not np.array_equal(a, b) for a, b in zip(plain, augmented)])
   assert changed > 0.5  # crops and flips: most images differ
+
+
+@pytest.mark.parametrize("cache,pipelines,replicas,augment", [
+    (True, 1, 1, False), (True, 2, 2, True), (True, 1, 2, True),
+    (False, 1, 1, True), (False, 2, 2, False), (False, 1, 2, True)])
+def test_an_input_started_at_a_step_reads_on_exactly_where_the_run_was(
+    digits_dir, cache, pipelines, replicas, augment):
+  """What preemption-proof resumes rest on: every pipeline started at step S
+  (a later epoch, mid-epoch, or right at a boundary) yields the very batches,
+  augmentation included, that the same pipeline started at 0 yields from its
+  S-th step on (a pipeline feeding two replicas yields two batches a step)."""
+  dataset = manifest.read(digits_dir)
+  section = _input(cache=cache, shuffle_buffer=300, augment=augment, deterministic=True)
+  batch, per_step = 60 * replicas, replicas // pipelines
+  layout = pipeline.layout(dataset, batch, pipelines, replicas, section, seed=7)
+  assert layout.from_memory == cache
+  fresh = position.Position(layout)
+  for index in range(pipelines):
+    ctx = _ctx(pipelines, index, replicas)
+    whole = list(pipeline.train_input_fn(dataset, batch, section, 7)(ctx).take(80))
+    per_epoch = position.pipeline_counts(dataset, "train", pipelines)[index] // 60 // per_step
+    for step in (1, per_epoch - 1, per_epoch, 2 * per_epoch + 5):
+      resumed = pipeline.train_input_fn(dataset, batch, section, 7, fresh, step)(ctx)
+      for expected, got in zip(whole[step * per_step:step * per_step + 3], resumed.take(3)):
+        np.testing.assert_array_equal(expected[0].numpy(), got[0].numpy())
+        np.testing.assert_array_equal(expected[1].numpy(), got[1].numpy())
+    assert fresh.start(dataset, "train", 2 * per_epoch + 5, index)[1] == 2  # epoch 2

@@ -32,6 +32,7 @@ from tpu_trainer import export as export_lib
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
+from tpu_trainer.data import position
 from tpu_trainer.errors import UserError
 
 
@@ -97,9 +98,13 @@ class Checkpoints:
 
   NAME = re.compile(r"ckpt-(\d+)\.npz")
 
-  def __init__(self, variables: list, workdir: str, chief: bool, keep: int):
+  def __init__(self, variables: list, workdir: str, chief: bool, keep: int, input_position):
+    """input_position: fn() -> the input's position (position.py) to save."""
     self.directory = storage.join(workdir, "checkpoints")
     self._variables, self._chief, self._keep = variables, chief, keep
+    self._input_position_now = input_position
+    self.restored = None  # the checkpoint restored
+    self.saved_input_position = None  # its input position; None if it has none
 
   def _steps(self) -> list[int]:
     if not storage.is_gcs(self.directory) and not os.path.isdir(self.directory):
@@ -127,6 +132,10 @@ class Checkpoints:
                       "use another --workdir, or delete that one.")
     for i, variable in enumerate(self._variables):
       variable.assign(saved[f"v{i}"])
+    # Checkpoints from before input positions have none.
+    self.saved_input_position = (saved["input_position"] if "input_position" in saved
+                                 else None)
+    self.restored = latest
     logging.info("Resumed from %s.", latest)
     return latest
 
@@ -141,7 +150,8 @@ class Checkpoints:
     tmp = storage.local_temp_path(final)
     try:
       with open(tmp, "wb") as f:
-        np.savez(f, names=np.array([v.path for v in self._variables]), **values)
+        np.savez(f, names=np.array([v.path for v in self._variables]),
+                 input_position=self._input_position_now(), **values)
     except BaseException:
       if os.path.exists(tmp):
         os.remove(tmp)
@@ -299,12 +309,19 @@ class Runner:
                              optimizer.variables)
     spe = plan.steps_per_execution
 
+    self._position = position.Position(pipeline.layout(
+        dataset, plan.batch_size, jax.process_count(), jax.process_count(), input_config,
+        seed))
+    self._resume_input = lambda saved, step, checkpoint: position.resume(
+        saved, self._position.layout, step, dataset, input_config.train_split, checkpoint)
+
     def make_input(step):
-      ds = pipeline.train_input_fn(dataset, plan.batch_size, input_config,
-                                   seed=seed + step)(self._input_context())
+      ds = pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed,
+                                   self._position, step)(self._input_context())
       return ds.batch(spe, drop_remainder=True).prefetch(1).as_numpy_iterator()
 
     self._input, self._iterator, self._total_steps = make_input, None, plan.total_steps
+    self._checkpoints = None
     self._execute = self._compile_execution(plan.batch_size, label_smoothing,
                                             dataset.num_classes, from_logits)
     self._sums = None
@@ -366,8 +383,11 @@ class Runner:
             self._global(self._steps_by_batch, labels))
 
   def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
-    if self._iterator is None:  # a resumed run reads in another order (seed + step)
+    if self._iterator is None:  # a resumed run reads on where its checkpoint's stopped
       self._step = self.step()
+      if self._checkpoints and self._checkpoints.restored:
+        self._position = self._resume_input(self._checkpoints.saved_input_position,
+                                            self._step, self._checkpoints.restored)
       self._iterator = self._input(self._step)
       self._next_input = self._device_input()
     images, labels = self._next_input
@@ -431,8 +451,9 @@ class Runner:
     return evaluate
 
   def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
-    return Checkpoints(self.model.variables + self.optimizer.variables, workdir, self.chief,
-                       keep)
+    self._checkpoints = Checkpoints(self.model.variables + self.optimizer.variables, workdir,
+                                    self.chief, keep, lambda: self._position.array())
+    return self._checkpoints
 
   def prepare_profile(self) -> None:
     """Nothing: profiled executions are the same compiled ones."""

@@ -19,6 +19,7 @@ from tpu_trainer import metrics
 from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
+from tpu_trainer.data import position
 from tpu_trainer.evaluation import Evaluator
 
 
@@ -39,12 +40,21 @@ class Checkpoints:
   their own that close() removes: they leave nothing in the workdir.
   """
 
-  def __init__(self, model, optimizer, workdir: str, chief: bool, keep: int):
+  INPUT_POSITION = "input_position/.ATTRIBUTES/VARIABLE_VALUE"
+
+  def __init__(self, model, optimizer, workdir: str, chief: bool, keep: int,
+               input_position):
+    """input_position: fn() -> the input's position (position.py) to save."""
     self.directory = storage.join(workdir, "checkpoints")
     self._chief = chief
     self._own = self.directory if chief else tempfile.mkdtemp(prefix="tpu_trainer_worker_ckpt_")
-    self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    self._input_position_now = input_position
+    self._input_position = tf.Variable(tf.zeros([position.Position.SIZE], tf.int64), trainable=False)
+    self._objects = {"model": model, "optimizer": optimizer}
+    self._checkpoint = tf.train.Checkpoint(**self._objects, input_position=self._input_position)
     self._manager = tf.train.CheckpointManager(self._checkpoint, self._own, max_to_keep=keep)
+    self.restored = None  # the checkpoint restored
+    self.saved_input_position = None  # its input position; None if it has none
 
   def latest(self) -> str | None:
     return tf.train.latest_checkpoint(self.directory)
@@ -55,11 +65,17 @@ class Checkpoints:
       self._remove_half_written()
     latest = self.latest()
     if latest:
-      self._checkpoint.restore(latest).assert_existing_objects_matched()
+      # Checkpoints from before input positions hold the model and optimizer only.
+      has_position = tf.train.load_checkpoint(latest).has_tensor(self.INPUT_POSITION)
+      checkpoint = (self._checkpoint if has_position else tf.train.Checkpoint(**self._objects))
+      checkpoint.restore(latest).assert_existing_objects_matched()
+      self.saved_input_position = self._input_position.numpy() if has_position else None
+      self.restored = latest
       logging.info("Resumed from %s.", latest)
     return latest
 
   def save(self, step: int) -> str:
+    self._input_position.assign(self._input_position_now())
     return self._manager.save(checkpoint_number=step)
 
   # What TensorFlow writes while saving (ckpt-N_temp/, then renamed): a killed
@@ -155,17 +171,27 @@ class Runner:
     # While profiling: the same steps without a while loop (see compile_steps).
     self._run_unrolled = loop.compile_steps(self.strategy, step_fn, self._signals,
                                             unrolled=True)
+    self._position = position.Position(pipeline.layout(
+        dataset, plan.batch_size, pipeline.num_input_pipelines(self.strategy), self.replicas,
+        input_config, seed))
+    self._resume_input = lambda saved, step, checkpoint: position.resume(
+        saved, self._position.layout, step, dataset, input_config.train_split, checkpoint)
     self._input = lambda step: iter(self.strategy.distribute_datasets_from_function(
-        pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed=seed + step)))
-    self._iterator = None
+        pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed, self._position,
+                                step)))
+    self._iterator = self._checkpoints = None
 
   def step(self) -> int:
     """The optimizer's step (reading it waits for the devices)."""
     return int(self.optimizer.iterations.numpy())
 
   def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
-    if self._iterator is None:  # a resumed run reads in another order (seed + step)
-      self._iterator = self._input(self.step())
+    if self._iterator is None:  # a resumed run reads on where its checkpoint's stopped
+      step = self.step()
+      if self._checkpoints and self._checkpoints.restored:
+        self._position = self._resume_input(self._checkpoints.saved_input_position, step,
+                                            self._checkpoints.restored)
+      self._iterator = self._input(step)
     if self._profiling:
       self._run_unrolled(self._iterator, steps, tf.constant(host_flags, tf.float32))
     else:
@@ -190,7 +216,9 @@ class Runner:
                      profiling=lambda: self._profiling)
 
   def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
-    return Checkpoints(self.model, self.optimizer, workdir, self.chief, keep)
+    self._checkpoints = Checkpoints(self.model, self.optimizer, workdir, self.chief, keep,
+                                    lambda: self._position.array())
+    return self._checkpoints
 
   def prepare_profile(self) -> None:
     """From the next execution on, the unrolled steps (loop.compile_steps): the

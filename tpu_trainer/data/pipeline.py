@@ -9,11 +9,14 @@ Shapes are static: TPUs need them.
 Images stay uint8 to the model (4x less host-to-device traffic); the model
 rescales them.
 """
+import json
 import math
+import zlib
 
 from absl import logging
 import tensorflow as tf
 
+from tpu_trainer.data import position as position_lib
 from tpu_trainer.data import records
 from tpu_trainer.data import service
 from tpu_trainer.data.manifest import Dataset
@@ -43,19 +46,22 @@ def fits_cache(dataset: Dataset, split: str, pipelines: int, input_config) -> bo
   return input_config.cache and split_bytes / pipelines <= input_config.cache_max_bytes
 
 
-def file_dataset(files, pipelines, index, shuffle_seed=None):
-  """This pipeline's share of the files; reshuffled (same for every pipeline,
-  so shares stay disjoint) each time it is iterated when shuffle_seed is set."""
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  if shuffle_seed is not None:
-    ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-  return ds.shard(pipelines, index) if len(files) >= pipelines else ds
+def file_dataset(files, pipelines, index, seed=None, epoch=0):
+  """This pipeline's share of the files (every pipelines-th, the same every
+  epoch: its count of examples is then known, position.py), in epoch `epoch`'s
+  order of the seed when seed is set."""
+  share = tf.constant(files[index::pipelines] if len(files) >= pipelines else files)
+  if seed is not None:
+    share = tf.gather(share, tf.random.experimental.stateless_shuffle(
+        tf.range(tf.shape(share)[0]), seed=tf.stack([tf.constant(seed, tf.int64),
+                                                     tf.cast(epoch, tf.int64)])))
+  return tf.data.Dataset.from_tensor_slices(share)
 
 
-def _records(files, pipelines, index, deterministic, shuffle_seed=None):
+def _records(files, pipelines, index, deterministic, seed=None, epoch=0):
   """The records of one pipeline: its own files, or every n-th record when
   there are fewer files than pipelines."""
-  ds = file_dataset(files, pipelines, index, shuffle_seed)
+  ds = file_dataset(files, pipelines, index, seed, epoch)
   if len(files) >= pipelines:
     return ds.interleave(
         plain(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20)),
@@ -67,6 +73,26 @@ def _records(files, pipelines, index, deterministic, shuffle_seed=None):
   return tf.data.TFRecordDataset(ds, buffer_size=8 << 20).shard(pipelines, index)
 
 
+def _streamed_records(files, pipelines, index, deterministic, shuffle_buffer, seed,
+                      first_epoch, skip):
+  """Endless records of one pipeline from epoch first_epoch on, `skip` records
+  into it: each epoch's file order and shuffle are the seed's and the epoch's
+  alone (position.py), and no epoch's records mix with the next's."""
+  seed = tf.constant(seed, tf.int64)
+
+  def epoch(number):
+    # Traced in a graph of its own, which inherits the process's global seed:
+    # cleared, so that the order is our seed's alone (and a global seed of 0
+    # does not make Dataset.shuffle compare our seed tensor in Python).
+    tf.compat.v1.set_random_seed(None)
+    ds = _records(files, pipelines, index, deterministic, seed, number)
+    ds = ds.shuffle(shuffle_buffer, seed=seed * 1_000_003 + number,
+                    reshuffle_each_iteration=False)
+    return ds.skip(tf.where(number == first_epoch, tf.constant(skip, tf.int64), 0))
+
+  return tf.data.Dataset.range(first_epoch, 2**62).flat_map(plain(epoch))
+
+
 def _options(deterministic, threads=0):
   options = tf.data.Options()
   options.deterministic = deterministic
@@ -76,18 +102,21 @@ def _options(deterministic, threads=0):
   return options
 
 
-def augment_batch(images: tf.Tensor) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, seed) -> tf.Tensor:
   """Random resized crop (area 35-100%, aspect 3/4-4/3) and random left-right
-  flip for a whole uint8 batch at once, as in ImageNet recipes."""
+  flip for a whole uint8 batch at once, as in ImageNet recipes. seed: int64[2],
+  the draws' alone (stateless: a resumed run draws what the uninterrupted one did)."""
   batch = tf.shape(images)[0]
   height, width = images.shape[1], images.shape[2]
-  area = tf.random.uniform([batch], 0.35, 1.0)
-  ratio = tf.exp(tf.random.uniform([batch], math.log(3 / 4), math.log(4 / 3)))
+  seeds = tf.random.experimental.stateless_split(seed, 6)
+  uniform = lambda i, low=0.0, high=1.0: tf.random.stateless_uniform([batch], seeds[i], low, high)
+  area = uniform(0, 0.35, 1.0)
+  ratio = tf.exp(uniform(1, math.log(3 / 4), math.log(4 / 3)))
   h = tf.minimum(tf.sqrt(area / ratio), 1.0)
   w = tf.minimum(tf.sqrt(area * ratio), 1.0)
-  y0 = tf.random.uniform([batch]) * (1.0 - h)
-  x0 = tf.random.uniform([batch]) * (1.0 - w)
-  flip = tf.random.uniform([batch]) < 0.5
+  y0 = uniform(2) * (1.0 - h)
+  x0 = uniform(3) * (1.0 - w)
+  flip = uniform(4) < 0.5
   # crop_and_resize flips a box whose x1 > x2: crop and flip in one op.
   x_start, x_end = tf.where(flip, x0 + w, x0), tf.where(flip, x0, x0 + w)
   boxes = tf.stack([y0, x_start, y0 + h, x_end], axis=1)
@@ -96,11 +125,25 @@ def augment_batch(images: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
-def train_input_fn(dataset: Dataset, global_batch: int, input_config, seed: int = 0):
-  """Returns fn(input_context) -> endless dataset of (uint8 images, int32 labels).
+def layout(dataset: Dataset, global_batch: int, pipelines: int, replicas: int, input_config,
+           seed: int) -> position_lib.Layout:
+  """What decides the batches a run reads at each step (saved with its checkpoints).
+  replicas: the input context's (the JAX runner's is one per pipeline)."""
+  split = input_config.train_split
+  order = zlib.crc32(json.dumps([seed, split, input_config.shuffle_buffer,
+                                 bool(input_config.augment)]).encode())
+  return position_lib.Layout(global_batch, pipelines, replicas,
+                             bool(fits_cache(dataset, split, pipelines, input_config)), order)
+
+
+def train_input_fn(dataset: Dataset, global_batch: int, input_config, seed: int = 0,
+                   position: position_lib.Position | None = None, step: int = 0):
+  """Returns fn(input_context) -> endless dataset of (uint8 images, int32 labels),
+  from `step` on, where `position` (position.py; by default a run from step 0
+  with this layout) puts it.
 
   input_config: the config's `input` section (train_split, cache, cache_max_bytes,
-  shuffle_buffer, augment, deterministic, threads).
+  shuffle_buffer, augment, deterministic, threads, service, service_job).
   """
   split, deterministic = input_config.train_split, input_config.deterministic
   files = dataset.split(split).files
@@ -108,32 +151,46 @@ def train_input_fn(dataset: Dataset, global_batch: int, input_config, seed: int 
   def dataset_fn(ctx: tf.distribute.InputContext):
     pipelines, index = ctx.num_input_pipelines, ctx.input_pipeline_id
     batch = ctx.get_per_replica_batch_size(global_batch)
-    count = _pipeline_counts(dataset, split, pipelines)[index]
-    if fits_cache(dataset, split, pipelines, input_config) and count >= batch:
+    where = position or position_lib.Position(
+        layout(dataset, global_batch, pipelines, ctx.num_replicas_in_sync, input_config, seed))
+    if (where.layout.pipelines, where.layout.batch) != (pipelines, batch):
+      raise ValueError(f"input position for {where.layout.describe()}, read with batch "
+                       f"{batch} per replica over {pipelines} pipelines")
+    from_memory, epoch, skip = where.start(dataset, split, step, index)
+    if from_memory:
+      count = position_lib.pipeline_counts(dataset, split, pipelines)[index]
       # Read once, in order: the epochs' permutations are then the seed's alone.
       ds = _batches_from_memory(_records(files, pipelines, index, deterministic=True), count,
-                                batch, dataset, seed)
+                                batch, dataset, seed, epoch, skip)
     else:
-      ds = _records(files, pipelines, index, deterministic, shuffle_seed=seed)
-      ds = ds.shuffle(input_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-      ds = ds.repeat().batch(batch, drop_remainder=True)
+      ds = _streamed_records(files, pipelines, index, deterministic,
+                             input_config.shuffle_buffer, seed, epoch, skip)
+      ds = ds.batch(batch, drop_remainder=True)
       ds = ds.map(plain(lambda b: records.decode_batch(b, dataset)),
                   num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if input_config.augment:
-      ds = ds.map(plain(lambda x, y: (augment_batch(x), y)), num_parallel_calls=AUTOTUNE,
-                  deterministic=deterministic)
+    if input_config.augment:  # each batch's draws from the seed, the pipeline and the batch
+      numbers = tf.data.Dataset.range(step * (ctx.num_replicas_in_sync // pipelines), 2**62)
+      ds = tf.data.Dataset.zip((ds, numbers)).map(
+          plain(lambda xy, n: (augment_batch(xy[0], tf.stack(
+              [tf.constant(seed, tf.int64), n * 4096 + index])), xy[1])),
+          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.with_options(_options(deterministic, input_config.threads))
     if input_config.get("service"):  # all of the above runs on the service's workers
-      ds = service.distribute(ds, input_config.service, input_config.get("service_job", ""))
+      job = input_config.get("service_job", "")
+      # A resumed run's shared job is a new one: the old job serves the old position.
+      ds = service.distribute(ds, input_config.service,
+                              f"{job}-from-step-{step}" if job and step else job)
     return ds.prefetch(AUTOTUNE)
 
   return dataset_fn
 
 
-def _batches_from_memory(records_ds, count: int, batch: int, dataset: Dataset, seed: int):
+def _batches_from_memory(records_ds, count: int, batch: int, dataset: Dataset, seed: int,
+                         first_epoch: int = 0, skip: int = 0):
   """Endless (images, labels) batches of a pipeline's whole share, read and
   decoded once into one tensor: each epoch a seeded permutation of it, cut into
-  batches (the remainder left out, a different one every epoch) and gathered.
+  batches (the remainder left out, a different one every epoch) and gathered,
+  from epoch first_epoch on, `skip` batches into it.
   No per-example tf.data work is left; per example it bounded small models
   (the MLP trained at 59% of its compute limit: README Speed)."""
   # Decoded in parallel batches, then put together once (the cache keeps the result).
@@ -146,28 +203,20 @@ def _batches_from_memory(records_ds, count: int, batch: int, dataset: Dataset, s
         tf.range(tf.shape(labels)[0]), seed=tf.stack([tf.constant(seed, tf.int64), number]))
     steps = tf.shape(order)[0] // batch
     picks = tf.reshape(order[:steps * batch], [steps, batch])
+    picks = picks[tf.where(number == first_epoch, skip, 0):]
     return tf.data.Dataset.from_tensor_slices(picks).map(
         plain(lambda i: (tf.gather(images, i), tf.gather(labels, i))))
 
-  epochs = tf.data.Dataset.range(2**62)
+  epochs = tf.data.Dataset.range(first_epoch, 2**62)
   return tf.data.Dataset.zip((epochs, whole.take(1).cache().repeat())).flat_map(
       plain(lambda number, data: epoch(number, *data)))
-
-
-def _pipeline_counts(dataset: Dataset, split: str, pipelines: int):
-  """Examples each pipeline reads, from the metadata's shard lengths."""
-  lengths = dataset.split(split).shard_lengths
-  if len(lengths) >= pipelines:
-    return [sum(lengths[p::pipelines]) for p in range(pipelines)]
-  total = sum(lengths)
-  return [total // pipelines + (p < total % pipelines) for p in range(pipelines)]
 
 
 def eval_steps(dataset: Dataset, split: str, global_batch: int, pipelines: int) -> int:
   """Steps that cover every example of the split, whatever its size."""
   per_pipeline_batch = global_batch // pipelines
   return max(math.ceil(c / per_pipeline_batch)
-             for c in _pipeline_counts(dataset, split, pipelines))
+             for c in position_lib.pipeline_counts(dataset, split, pipelines))
 
 
 def eval_input_fn(dataset: Dataset, global_batch: int, pipelines: int, split: str,
