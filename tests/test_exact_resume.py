@@ -2,9 +2,11 @@
 by SIGTERM at several steps and resumed each time, or killed with SIGKILL and
 resumed from its last checkpoint, ends with bit-identical weights to the run
 that was never interrupted: the input resumes at the very batch it was at."""
+import json
 import os
 import re
 import signal
+import socket
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from conftest import wait_for
 
 
 def _args(backend, data, workdir, **overrides):
+  """A short reproducible run: 22 steps an epoch, a progress line every execution."""
   values = {"data_dir": data, "backend": backend, "batch_size": 64, "steps": 70,
             "steps_per_execution": 5, "log_every_steps": 5, "checkpoint_every_steps": 10,
             "input.deterministic": True, "eval_every_epochs": 100, **overrides}
@@ -81,3 +84,67 @@ def test_preempted_three_times_ends_bit_identical_to_the_uninterrupted_run(
   last = run_cli("train", *args)
   assert last.returncode == 0, last.stderr[-3000:]
   _assert_same(expected, _final_weights(tmp_path / "killed"))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start_two(args, tmp_path, name):
+  """Two worker processes of one job (TF_CONFIG), stderr to name-0.log, name-1.log."""
+  workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+  procs, logs = [], [tmp_path / f"{name}-{i}.log" for i in range(2)]
+  for index in range(2):
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    procs.append(start_cli("train", *args, "--config.strategy=multiworker", log=logs[index],
+                           env={"TF_CONFIG": json.dumps(tf_config)}))
+  return procs, logs
+
+
+def _wait_all(procs, logs, codes):
+  try:
+    got = [proc.wait(timeout=300) for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  assert got == codes, "\n".join(log.read_text()[-2000:] for log in logs)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_processes_preempted_end_bit_identical_to_the_uninterrupted_pair(
+    digits_dir, tmp_path, backend):
+  overrides = {"steps": 40, "input.cache": False, "input.shuffle_buffer": 200}
+  _wait_all(*_start_two(_args(backend, digits_dir, tmp_path / "whole", **overrides),
+                        tmp_path, "whole"), [0, 0])
+  expected = _final_weights(tmp_path / "whole")
+
+  args = _args(backend, digits_dir, tmp_path / "preempted", **overrides)
+  procs, logs = _start_two(args, tmp_path, "first")
+  wait_for(lambda: re.search(r"step (1[5-9]|[23]\d)/40", logs[0].read_text()), procs[0],
+           logs[0], timeout=240)
+  procs[1].send_signal(signal.SIGTERM)  # a worker, not the chief: both save and stop
+  _wait_all(procs, logs, [143, 143])
+  procs, logs = _start_two(args, tmp_path, "again")
+  _wait_all(procs, logs, [0, 0])
+  assert all("The input resumes where" in log.read_text() for log in logs)
+  _assert_same(expected, _final_weights(tmp_path / "preempted"))
+
+
+def test_a_checkpoint_from_before_input_positions_resumes_at_its_epoch_and_says_so(
+    digits_dir, tmp_path):
+  workdir = tmp_path / "w"
+  first = run_cli("train", *_args("jax", digits_dir, workdir, steps=30))
+  assert first.returncode == 0, first.stderr[-3000:]
+  path = workdir / "checkpoints" / "ckpt-30.npz"
+  with np.load(path) as saved:  # as tpu_trainer wrote them until now
+    older = {k: saved[k] for k in saved.files if k != "input_position"}
+  np.savez(path, **older)
+  again = run_cli("train", *_args("jax", digits_dir, workdir, steps=40))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (f"{path} holds no input position (written before tpu_trainer saved one): the "
+          "input restarts epoch 1 at its first batch.") in again.stderr
+  with np.load(workdir / "checkpoints" / "ckpt-40.npz") as saved:
+    assert list(saved["input_position"][:2]) == [30, 1]  # from step 30 on, epoch 1 on

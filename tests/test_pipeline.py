@@ -188,3 +188,37 @@ def test_an_input_started_at_a_step_reads_on_exactly_where_the_run_was(
         np.testing.assert_array_equal(expected[0].numpy(), got[0].numpy())
         np.testing.assert_array_equal(expected[1].numpy(), got[1].numpy())
     assert fresh.start(dataset, "train", 2 * per_epoch + 5, index)[1] == 2  # epoch 2
+
+
+def test_a_resume_with_another_layout_restarts_its_epoch_and_says_what_it_could_not_keep(
+    digits_dir, caplog):
+  caplog.set_level("INFO")
+  dataset = manifest.read(digits_dir)
+  section = _input(deterministic=True)
+  was = position.Position(pipeline.layout(dataset, 64, 1, 2, section, seed=0))
+  saved = was.array()
+  assert position.Position.from_array(saved) == was
+  # The same layout: exactly where it was, nothing to say but that.
+  assert position.resume(saved, was.layout, 30, dataset, "train", "ckpt-30") == was
+  assert "resumes where ckpt-30 left it (epoch 1, step 30)" in caplog.text
+
+  for now, what in [
+      (pipeline.layout(dataset, 128, 1, 2, section, seed=0),
+       "batch 64 over 2 replicas and 1 input pipeline, in memory then, batch 128 over 2 "
+       "replicas and 1 input pipeline, in memory now"),
+      (pipeline.layout(dataset, 64, 2, 2, section, seed=0), "over 2 replicas and 2 input "
+       "pipelines"),
+      (pipeline.layout(dataset, 64, 1, 2, section, seed=1),
+       "another seed, split, shuffle buffer or augmentation")]:
+    caplog.clear()
+    got = position.resume(saved, now, 30, dataset, "train", "ckpt-30")
+    # Epoch 1 (22 steps of 64 each) starts again at its first batch, in the new layout.
+    assert got == position.Position(now, base_step=30, base_epoch=1)
+    assert got.start(dataset, "train", 30, 0)[1:] == (1, 0)
+    assert what in caplog.text and "restarts epoch 1 at its first batch" in caplog.text
+    assert len(caplog.records) == 1
+
+  caplog.clear()
+  legacy = position.resume(None, was.layout, 50, dataset, "train", "ckpt-50")
+  assert legacy == position.Position(was.layout, base_step=50, base_epoch=2)
+  assert "ckpt-50 holds no input position" in caplog.text
