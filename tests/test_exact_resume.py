@@ -25,14 +25,30 @@ def _args(backend, data, workdir, **overrides):
           *(f"--config.{k}={v}" for k, v in values.items())]
 
 
-def _final_weights(workdir):
+def jax_checkpoint(directory, step=None):
+  """(names, values, input position) of the JAX backend's (Orbax) checkpoint
+  `step` in `directory`, by default the latest."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(str(directory), item_handlers=handlers) as manager:
+    step = manager.latest_step() if step is None else step
+    # Onto this process's one device, whichever processes wrote it.
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = [jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here)
+              for m in manager.item_metadata(step).state]
+    saved = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  return (saved.meta["names"], [np.asarray(v) for v in saved.state],
+          saved.meta["input_position"])
+
+
+def _final_weights(workdir, backend):
   """Every saved variable of the last checkpoint (model and optimizer), by name."""
   directory = os.path.join(workdir, "checkpoints")
-  npz = sorted((f for f in os.listdir(directory) if f.endswith(".npz")),
-               key=lambda f: int(re.findall(r"\d+", f)[0]))
-  if npz:  # the JAX backend's
-    with np.load(os.path.join(directory, npz[-1])) as saved:
-      return {k: saved[k] for k in saved.files}
+  if backend == "jax":
+    names, values, _ = jax_checkpoint(directory)
+    return dict(zip(names, values))
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   reader = tf.train.load_checkpoint(directory)
   return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
@@ -67,7 +83,7 @@ def test_preempted_three_times_ends_bit_identical_to_the_uninterrupted_run(
     digits_dir, tmp_path, backend, overrides):
   whole = run_cli("train", *_args(backend, digits_dir, tmp_path / "whole", **overrides))
   assert whole.returncode == 0, whole.stderr[-3000:]
-  expected = _final_weights(tmp_path / "whole")
+  expected = _final_weights(tmp_path / "whole", backend)
 
   args = _args(backend, digits_dir, tmp_path / "preempted", **overrides)
   for step in (12, 31, 47):  # mid-epoch, and past the epoch boundaries (22 steps each)
@@ -76,14 +92,14 @@ def test_preempted_three_times_ends_bit_identical_to_the_uninterrupted_run(
   last = run_cli("train", *args)
   assert last.returncode == 0, last.stderr[-3000:]
   assert "The input resumes where" in last.stderr
-  _assert_same(expected, _final_weights(tmp_path / "preempted"))
+  _assert_same(expected, _final_weights(tmp_path / "preempted", backend))
 
   # Killed without warning: it resumes from its last checkpoint, and still ends the same.
   args = _args(backend, digits_dir, tmp_path / "killed", **overrides)
   _stop_at(args, tmp_path, 25, signal.SIGKILL)
   last = run_cli("train", *args)
   assert last.returncode == 0, last.stderr[-3000:]
-  _assert_same(expected, _final_weights(tmp_path / "killed"))
+  _assert_same(expected, _final_weights(tmp_path / "killed", backend))
 
 
 def _free_port():
@@ -119,7 +135,7 @@ def test_two_processes_preempted_end_bit_identical_to_the_uninterrupted_pair(
   overrides = {"steps": 40, "input.cache": False, "input.shuffle_buffer": 200}
   _wait_all(*_start_two(_args(backend, digits_dir, tmp_path / "whole", **overrides),
                         tmp_path, "whole"), [0, 0])
-  expected = _final_weights(tmp_path / "whole")
+  expected = _final_weights(tmp_path / "whole", backend)
 
   args = _args(backend, digits_dir, tmp_path / "preempted", **overrides)
   procs, logs = _start_two(args, tmp_path, "first")
@@ -130,21 +146,37 @@ def test_two_processes_preempted_end_bit_identical_to_the_uninterrupted_pair(
   procs, logs = _start_two(args, tmp_path, "again")
   _wait_all(procs, logs, [0, 0])
   assert all("The input resumes where" in log.read_text() for log in logs)
-  _assert_same(expected, _final_weights(tmp_path / "preempted"))
+  _assert_same(expected, _final_weights(tmp_path / "preempted", backend))
+
+  # One process goes on from the pair's checkpoint (2 -> 1), at the epoch it was in.
+  alone = run_cli("train", *_args(backend, digits_dir, tmp_path / "preempted", steps=50,
+                                  **{k: v for k, v in overrides.items() if k != "steps"}))
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  assert re.search(r"The input restarts epoch 1 at its first batch: \S+ was read in another "
+                   r"order \(batch 64 over 2 replicas and 2 input pipelines, streamed then, "
+                   r"batch 64 over \d replicas? and 1 input pipeline, streamed now\)",
+                   alone.stderr), alone.stderr[-3000:]
 
 
-def test_a_checkpoint_from_before_input_positions_resumes_at_its_epoch_and_says_so(
+def test_a_checkpoint_from_before_orbax_and_positions_resumes_at_its_epoch_and_says_so(
     digits_dir, tmp_path):
+  """A JAX workdir of an older tpu_trainer (ckpt-STEP.npz, no input position) is
+  restored once; Orbax from there on, and the .npz goes once Orbax has a newer one."""
   workdir = tmp_path / "w"
   first = run_cli("train", *_args("jax", digits_dir, workdir, steps=30))
   assert first.returncode == 0, first.stderr[-3000:]
-  path = workdir / "checkpoints" / "ckpt-30.npz"
-  with np.load(path) as saved:  # as tpu_trainer wrote them until now
-    older = {k: saved[k] for k in saved.files if k != "input_position"}
-  np.savez(path, **older)
+  names, values, _ = jax_checkpoint(workdir / "checkpoints")
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(workdir / "checkpoints")
+  os.makedirs(workdir / "checkpoints")
+  npz = workdir / "checkpoints" / "ckpt-30.npz"
+  np.savez(npz, names=np.array(names), **{f"v{i}": v for i, v in enumerate(values)})
+
   again = run_cli("train", *_args("jax", digits_dir, workdir, steps=40))
   assert again.returncode == 0, again.stderr[-3000:]
-  assert (f"{path} holds no input position (written before tpu_trainer saved one): the "
+  assert f"Resumed from {npz} (a checkpoint of tpu_trainer before Orbax" in again.stderr
+  assert (f"{npz} holds no input position (written before tpu_trainer saved one): the "
           "input restarts epoch 1 at its first batch.") in again.stderr
-  with np.load(workdir / "checkpoints" / "ckpt-40.npz") as saved:
-    assert list(saved["input_position"][:2]) == [30, 1]  # from step 30 on, epoch 1 on
+  _, _, position = jax_checkpoint(workdir / "checkpoints", 40)
+  assert position[:2] == [30, 1]  # from step 30 on, epoch 1 on
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["40"]

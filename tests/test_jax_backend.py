@@ -163,7 +163,10 @@ def test_dry_run_on_jax_trains_exports_and_serves(tmp_path):
   saved = json.loads((workdir / "metrics.json").read_text())
   assert saved == json.loads(json.dumps(metrics))
   assert json.loads((workdir / "config.json").read_text())["backend"] == "jax"
-  assert (workdir / "checkpoints" / f"ckpt-{metrics['step']}.npz").exists()
+  from test_exact_resume import jax_checkpoint  # pylint: disable=g-import-not-at-top
+  assert (workdir / "checkpoints" / str(metrics["step"]) / "commit_success.txt").exists()
+  names, values, _ = jax_checkpoint(workdir / "checkpoints")
+  assert int(values[names.index("adam/iteration")]) == metrics["step"]
   from test_train import _scalar_tags  # pylint: disable=g-import-not-at-top
   assert _scalar_tags(str(workdir / "train")) == {
       "epoch_loss", "epoch_accuracy", "epoch_learning_rate", "examples_per_second"}
@@ -200,25 +203,25 @@ def test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps(dig
           "--config.checkpoint_every_steps=50"]
   log = tmp_path / "first.log"
   proc = start_cli("train", *args, log=log)
-  wait_for(lambda: list((workdir / "checkpoints").glob("ckpt-*.npz")), proc, log)
+  wait_for(lambda: list((workdir / "checkpoints").glob("*/commit_success.txt")), proc, log)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
   stopped = int(re.search(r"SIGTERM here at step (\d+)/600", log.read_text()).group(1))
   assert 0 < stopped < 600 and stopped % 10 == 0
-  saved = np.load(workdir / "checkpoints" / f"ckpt-{stopped}.npz")
-  names = list(saved["names"])
-  assert int(saved[f"v{names.index('adam/iteration')}"]) == stopped
+  from test_exact_resume import jax_checkpoint  # pylint: disable=g-import-not-at-top
+  names, values, _ = jax_checkpoint(workdir / "checkpoints", stopped)
+  assert int(values[names.index("adam/iteration")]) == stopped
   assert not (workdir / "metrics.json").exists()
 
   again = run_cli("train", *args)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert f"Resumed from {workdir / 'checkpoints' / f'ckpt-{stopped}.npz'}" in again.stderr
+  assert f"Resumed from {workdir / 'checkpoints' / str(stopped)}." in again.stderr
   # One progress line per execution: exactly the steps that were left, from `stopped` on.
   logged = [int(s) for s in re.findall(r"step (\d+)/600", again.stderr)]
   assert logged == list(range(stopped + 10, 601, 10))
   assert json.loads(again.stdout.splitlines()[0])["step"] == 600
-  final = np.load(workdir / "checkpoints" / "ckpt-600.npz")
-  assert int(final[f"v{names.index('adam/iteration')}"]) == 600
+  _, values, _ = jax_checkpoint(workdir / "checkpoints", 600)
+  assert int(values[names.index("adam/iteration")]) == 600
 
 
 def test_jax_divergence_exits_3_and_bad_settings_are_one_line(digits_dir, tmp_path):

@@ -224,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     runner.start(model, optimizer, schedule, plan, dataset, config.input, config.seed,
                  config.label_smoothing, from_logits=output == "logits")
     checkpoints = runner.checkpoints(workdir, config.keep_checkpoints)
-    cleanup.callback(checkpoints.close)
+    # A save still being written (asynchronously) ends before the lock is released.
+    cleanup.callback(watchdog.guarded("finishing the last checkpoint", checkpoints.close))
     with watchdog.waiting("reading the latest checkpoint and history.json"):
       restored = checkpoints.restore()
       step = runner.step()
@@ -244,6 +245,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
           controller.EarlyStopping(config.early_stopping_patience), dataset.num_classes, step,
           watchdog, renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
           confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None)
+      with watchdog.waiting(f"finishing checkpoint {step}"):
+        checkpoints.wait()  # before metrics.json says the run is complete
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None

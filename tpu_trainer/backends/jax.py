@@ -92,78 +92,113 @@ def wait_for_every_process(name: str) -> None:
 
 
 class Checkpoints:
-  """workdir/checkpoints/ckpt-STEP.npz: the model's and the optimizer's variables
-  (the step is the optimizer's). Replicated values: the chief writes them, every
-  host reads them. Written whole (temp file, then rename or one upload)."""
+  """workdir/checkpoints/STEP/: the model's and the optimizer's variables (the
+  step is the optimizer's) and the input's position, written by orbax-checkpoint:
+  every process its own shards of them, in the background (training goes on;
+  the next save and close() wait for it), finalized atomically (a save killed
+  midway is never the one restored), the newest `keep` kept. Restored onto this
+  run's devices, whatever the process count that wrote them. Checkpoints of
+  tpu_trainer before Orbax (ckpt-STEP.npz, written whole by the chief) are
+  restored once; Orbax's from there on, and close() removes the older ones."""
 
-  NAME = re.compile(r"ckpt-(\d+)\.npz")
+  NPZ = re.compile(r"ckpt-(\d+)\.npz")
 
   def __init__(self, variables: list, workdir: str, chief: bool, keep: int, input_position):
     """input_position: fn() -> the input's position (position.py) to save."""
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (the JAX extra)
+    self._ocp = ocp
     self.directory = storage.join(workdir, "checkpoints")
-    self._variables, self._chief, self._keep = variables, chief, keep
+    self._variables, self._chief = variables, chief
     self._input_position_now = input_position
+    self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=True))
     self.restored = None  # the checkpoint restored
     self.saved_input_position = None  # its input position; None if it has none
 
-  def _steps(self) -> list[int]:
+  def _npz_steps(self) -> list[int]:
     if not storage.is_gcs(self.directory) and not os.path.isdir(self.directory):
       return []
     names = storage.list_sizes(self.directory)
-    return sorted(int(m.group(1)) for m in map(self.NAME.fullmatch, names) if m)
+    return sorted(int(m.group(1)) for m in map(self.NPZ.fullmatch, names) if m)
 
-  def _path(self, step: int) -> str:
+  def _npz_path(self, step: int) -> str:
     return storage.join(self.directory, f"ckpt-{step}.npz")
 
+  def _path(self, step: int) -> str:
+    return storage.join(self.directory, str(step))
+
   def latest(self) -> str | None:
-    steps = self._steps()
-    return self._path(steps[-1]) if steps else None
+    step = self._manager.latest_step()
+    if step is not None:
+      return self._path(step)
+    npz = self._npz_steps()
+    return self._npz_path(npz[-1]) if npz else None
+
+  def _names(self) -> list[str]:
+    return [v.path for v in self._variables]
 
   def restore(self) -> str | None:
     """The checkpoint restored, or None."""
-    latest = self.latest()
-    if not latest:
+    step = self._manager.latest_step()
+    if step is None:
+      return self._restore_npz()
+    ocp = self._ocp
+    abstract = [jax.ShapeDtypeStruct(v.value.shape, v.value.dtype, sharding=v.value.sharding)
+                for v in self._variables]
+    saved = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    self._check_names(saved.meta["names"], self._path(step))
+    for variable, value in zip(self._variables, saved.state):
+      variable.assign(value)
+    self.saved_input_position = np.asarray(saved.meta["input_position"], np.int64)
+    self.restored = self._path(step)
+    logging.info("Resumed from %s.", self.restored)
+    return self.restored
+
+  def _check_names(self, names: list[str], path: str) -> None:
+    if list(names) != self._names():
+      raise UserError(f"{path} holds other variables than this model and optimizer: "
+                      "use another --workdir, or delete that one.")
+
+  def _restore_npz(self) -> str | None:
+    steps = self._npz_steps()
+    if not steps:
       return None
+    latest = self._npz_path(steps[-1])
     with storage.open_read(latest) as f:
       saved = np.load(io.BytesIO(f.read()))
-    names = [v.path for v in self._variables]
-    if list(saved["names"]) != names:
-      raise UserError(f"{latest} holds other variables than this model and optimizer: "
-                      "use another --workdir, or delete that one.")
+    self._check_names(saved["names"], latest)
     for i, variable in enumerate(self._variables):
       variable.assign(saved[f"v{i}"])
-    # Checkpoints from before input positions have none.
+    # The oldest have no input position either.
     self.saved_input_position = (saved["input_position"] if "input_position" in saved
                                  else None)
     self.restored = latest
-    logging.info("Resumed from %s.", latest)
+    logging.info("Resumed from %s (a checkpoint of tpu_trainer before Orbax: the next ones "
+                 "are Orbax's, in %s/STEP/).", latest, self.directory)
     return latest
 
   def save(self, step: int) -> str:
-    final = self._path(step)
-    if not self._chief:
-      wait_for_every_process(f"checkpoint {step}")
-      return final
-    values = {f"v{i}": local_value(v.value) for i, v in enumerate(self._variables)}
-    if not storage.is_gcs(self.directory):
-      os.makedirs(self.directory, exist_ok=True)
-    tmp = storage.local_temp_path(final)
-    try:
-      with open(tmp, "wb") as f:
-        np.savez(f, names=np.array([v.path for v in self._variables]),
-                 input_position=self._input_position_now(), **values)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
-    storage.publish(tmp, final)
-    for old in self._steps()[:-self._keep]:
-      storage.delete(self._path(old))
-    wait_for_every_process(f"checkpoint {step}")
-    return final
+    """Starts writing checkpoint `step` (after the last one's writes end) and
+    returns once its values are copied off the devices."""
+    ocp = self._ocp
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave([v.value for v in self._variables]),
+        meta=ocp.args.JsonSave({"names": self._names(),
+                                "input_position": self._input_position_now().tolist()})))
+    return self._path(step)
+
+  def wait(self) -> None:
+    """Until the last save is written and finalized."""
+    self._manager.wait_until_finished()
 
   def close(self) -> None:
-    pass
+    self._manager.close()  # waits for the last save too
+    latest = self._manager.latest_step()
+    if self._chief and latest is not None:
+      for old in self._npz_steps():
+        if old <= latest:
+          storage.delete(self._npz_path(old))
 
 
 def step_fn(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int,

@@ -95,6 +95,9 @@ class Checkpoints:
       elif tf.io.gfile.isdir(path):
         tf.io.gfile.rmtree(path)
 
+  def wait(self) -> None:
+    """Saves are written before save() returns."""
+
   def close(self) -> None:
     if not self._chief:
       shutil.rmtree(self._own, ignore_errors=True)
