@@ -108,14 +108,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_two(args, tmp_path, name):
-  """Two worker processes of one job (TF_CONFIG), stderr to name-0.log, name-1.log."""
+def _start_two(args, tmp_path, name, args1=None):
+  """Two worker processes of one job (TF_CONFIG), stderr to name-0.log, name-1.log;
+  the second with args1 when given."""
   workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
   procs, logs = [], [tmp_path / f"{name}-{i}.log" for i in range(2)]
-  for index in range(2):
+  for index, its_args in enumerate((args, args1 or args)):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-    procs.append(start_cli("train", *args, "--config.strategy=multiworker", log=logs[index],
-                           env={"TF_CONFIG": json.dumps(tf_config)}))
+    procs.append(start_cli("train", *its_args, "--config.strategy=multiworker",
+                           log=logs[index], env={"TF_CONFIG": json.dumps(tf_config)}))
   return procs, logs
 
 
@@ -180,3 +181,16 @@ def test_a_checkpoint_from_before_orbax_and_positions_resumes_at_its_epoch_and_s
   _, _, position = jax_checkpoint(workdir / "checkpoints", 40)
   assert position[:2] == [30, 1]  # from step 30 on, epoch 1 on
   assert sorted(os.listdir(workdir / "checkpoints")) == ["40"]
+
+
+def test_jax_processes_given_different_workdirs_are_refused_before_writing(digits_dir,
+                                                                           tmp_path):
+  """Every JAX process writes its shards of each checkpoint into the workdir: one
+  given another would wait forever for the others' shards."""
+  procs, logs = _start_two(_args("jax", digits_dir, tmp_path / "a"), tmp_path, "differ",
+                           _args("jax", digits_dir, tmp_path / "b"))
+  _wait_all(procs, logs, [2, 2])
+  for log in logs:
+    assert ("error: The workers of this job disagree on workdir (every process writes its "
+            "checkpoint shards there)") in log.read_text()
+  assert not (tmp_path / "a" / "config.json").exists() and not (tmp_path / "b").exists()

@@ -87,3 +87,29 @@ def test_storage_gone_mid_run_ends_in_bounded_time_and_resumes(digits_dir, tmp_p
                     env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Resumed from {checkpoint.group(1)}." in again.stderr
+
+
+def test_jax_checkpoints_on_gs_through_orbax(digits_dir, gcs_bucket, gcs_emulator,
+                                             tf_gcs_proxy):
+  """The JAX backend's Orbax checkpoints in a gs:// workdir: TensorStore writes the
+  arrays (TENSORSTORE_GCS_HTTP_URL: the emulator), finalized, the newest `keep`
+  kept, and a rerun resumes from them."""
+  env = {"STORAGE_EMULATOR_HOST": gcs_emulator.url, "TENSORSTORE_GCS_HTTP_URL": gcs_emulator.url,
+         **tf_gcs_proxy.env}
+  workdir = f"gs://{gcs_bucket}/run"
+  args = ["--config=configs/mlp.py", "--config.backend=jax", f"--workdir={workdir}",
+          f"--config.data_dir={digits_dir}", "--config.batch_size=64",
+          "--config.steps_per_execution=10", "--config.checkpoint_every_steps=10",
+          "--config.keep_checkpoints=1"]
+  first = run_cli("train", *args, "--config.steps=20", env=env)
+  assert first.returncode == 0, first.stderr[-3000:]
+  from tpu_trainer import storage  # pylint: disable=g-import-not-at-top
+  names = {b.name for b in storage.gcs_client().list_blobs(gcs_bucket, prefix="run/checkpoints/")}
+  assert "run/checkpoints/20/commit_success.txt" in names
+  assert not any(n.startswith("run/checkpoints/10/") for n in names)  # keep=1
+
+  again = run_cli("train", *args, "--config.steps=30", env=env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"Resumed from {workdir}/checkpoints/20." in again.stderr
+  assert "The input resumes where" in again.stderr
+  assert json.loads(again.stdout.splitlines()[0])["step"] == 30

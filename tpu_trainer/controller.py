@@ -315,10 +315,15 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
         report.save_history()
       clock.saved()
     if agreed.stop:
-      where = "here" if sigterm.received else "on another worker"
-      raise sigterm.stopped(f"{where} at step {step}/{plan.total_steps}; every worker saved "
-                            f"checkpoint {step} in {checkpoints.directory}. Run the same "
-                            "command again to resume.")
+      with watchdog.waiting(f"finishing checkpoint {step}"):
+        checkpoints.wait()
+      # What a preemption's notice must cover (GKE Spot gives pods 15 s): logged by
+      # the process that got the signal.
+      where = (f"here at step {step}/{plan.total_steps}, checkpoint written "
+               f"{sigterm.seconds_since():.1f} s after it" if sigterm.received
+               else f"on another worker at step {step}/{plan.total_steps}")
+      raise sigterm.stopped(f"{where}; every worker saved checkpoint {step} in "
+                            f"{checkpoints.directory}. Run the same command again to resume.")
     if stop_early:
       break
   return step, speed

@@ -6,6 +6,7 @@ Keras call; the flag cannot be lost. No TensorFlow here: the tools install the
 recording before they import it.
 """
 import signal
+import time
 
 
 class Preempted(Exception):
@@ -20,6 +21,7 @@ class Preempted(Exception):
 # Stop signals received by this process (numbers), from record_stop_signals() on:
 # process-wide, like the signals themselves.
 _RECEIVED: list[int] = []
+_RECEIVED_AT: list[float] = []  # time.monotonic() of each
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -27,6 +29,7 @@ def _record(signum, _):
   if signum == signal.SIGINT and _RECEIVED:  # a second Ctrl-C: quit now, unsaved
     raise KeyboardInterrupt
   _RECEIVED.append(signum)
+  _RECEIVED_AT.append(time.monotonic())
 
 
 def record_stop_signals() -> bool:
@@ -60,6 +63,10 @@ class StopSignals:
   def received(self) -> bool:
     return bool(_RECEIVED)
 
+  def seconds_since(self) -> float:
+    """Since the first stop signal came."""
+    return time.monotonic() - _RECEIVED_AT[0] if _RECEIVED_AT else 0.0
+
   @property
   def signum(self) -> int:
     return _RECEIVED[0] if _RECEIVED else signal.SIGTERM
@@ -82,3 +89,4 @@ class StopSignals:
       signal.signal(signum, handler)
     if ours:
       _RECEIVED.clear()
+      _RECEIVED_AT.clear()

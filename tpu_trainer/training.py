@@ -110,17 +110,20 @@ def clear_workdir(workdir: str) -> None:
       os.remove(path)
 
 
-def check_workers_agree(runner, config, plan: controller.Plan, dataset) -> None:
+def check_workers_agree(runner, config, plan: controller.Plan, dataset, workdir: str) -> None:
   """Every process of a multi-process job runs the same config on the same data
   (workers started with another learning rate would train apart, silently);
   refused before anything is written, naming the keys. data_dir may differ (a
-  copy per host): the dataset's identity may not."""
+  copy per host): the dataset's identity may not. On JAX the workdir may not
+  either: every process writes its shards of each checkpoint there (Orbax)."""
   if runner.processes == 1:
     return
   values = {**{k: v for k, v in config_lib.flat(config.to_dict()).items()
                if k != "data_dir"},
             "dataset": dataset.identity, "batch_size (resolved)": plan.batch_size,
             "precision (resolved)": plan.precision, "total_steps": plan.total_steps}
+  if runner.name == "jax":
+    values["workdir (every process writes its checkpoint shards there)"] = workdir
   keys = sorted(values)
   hashes = np.array([zlib.crc32(json.dumps(values[k], sort_keys=True).encode()) for k in keys],
                     np.int64)
@@ -199,7 +202,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     train_examples = dataset.split(config.input.train_split).num_examples
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
-    check_workers_agree(runner, config, plan, dataset)
+    check_workers_agree(runner, config, plan, dataset, workdir)
     # The model before the workdir: a builder that breaks the contract leaves nothing.
     model, optimizer, schedule, output = build(config, plan, dataset, runner, builder,
                                                users_code)

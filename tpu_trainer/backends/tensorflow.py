@@ -35,6 +35,9 @@ def is_chief(strategy) -> bool:
 
 class Checkpoints:
   """The chief's checkpoints, in workdir/checkpoints; every worker resumes from them.
+  Written synchronously: TensorFlow's async checkpoint fails on Keras 3's variables
+  (their _copy_trackable_to_cpu creates a tf.Variable inside TensorFlow's
+  tf.function: "only supports singleton tf.Variables", TF 2.21, Keras 3.15).
 
   Other workers must save too (a save runs collective ops), into a temp dir of
   their own that close() removes: they leave nothing in the workdir.
@@ -96,7 +99,7 @@ class Checkpoints:
         tf.io.gfile.rmtree(path)
 
   def wait(self) -> None:
-    """Saves are written before save() returns."""
+    """Nothing: save() returns once written."""
 
   def close(self) -> None:
     if not self._chief:
