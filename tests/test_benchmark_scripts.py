@@ -94,3 +94,13 @@ def test_adopted_input_compares_adopted_and_our_shards_in_one_run():
   assert adopted > 0 and ours > 0
   assert line.endswith(f"adopted / ours {adopted / ours:.2f}")
   assert "CPU with" in out
+
+
+def test_sigterm_exit_times_each_recipe_from_the_signal_to_its_checkpoint_and_exit():
+  out = _run("sigterm_exit.py", "--recipes=mlp", "--backends=tensorflow", "--size=16",
+             "--seconds=1")
+  assert "2 CPU cores" in out or "CPU cores" in out
+  row, = [l for l in out.splitlines() if l.startswith("| mlp | tensorflow |")]
+  saved, exited = (float(cell.strip().rstrip(" s")) for cell in row.split("|")[3:5])
+  assert 0 <= saved <= exited
+  assert row.split("|")[5].strip() in ("within both", "spot VMs only", "neither")

@@ -179,7 +179,7 @@ def test_jax_backend_uses_the_generation_s_jax_image_and_runs_on_every_host():
                      "--accelerator-type=v6e-16 --version=v2-alpha-tpuv6e")
   # No TensorFlow on a JAX image: jax[tpu] and a CPU TensorFlow for tf.data.
   assert _remote(cmds[3]).endswith(
-      "python3 -m pip install -q -U 'jax[tpu]' 'tensorflow-cpu==2.21.*' && "
+      "python3 -m pip install -q -U 'jax[tpu]' 'tensorflow-cpu==2.21.*' orbax-checkpoint && "
       "python3 -m pip install -q -e tpu_trainer")
   job = next(c for c in cmds if "tpu_job.sh" in c)
   assert "--worker=all" in job  # JAX: every host runs the program
