@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -190,17 +192,37 @@ def test_an_input_started_at_a_step_reads_on_exactly_where_the_run_was(
     assert fresh.start(dataset, "train", 2 * per_epoch + 5, index)[1] == 2  # epoch 2
 
 
+class _AbslLines(logging.Handler):
+  """What absl logs meanwhile, at INFO and up, whatever an earlier test set its
+  logger to (an in-process CLI run installs absl's own handler and level)."""
+
+  def __enter__(self):
+    super().__init__(logging.INFO)
+    self.lines, self._logger = [], logging.getLogger("absl")
+    self._level = self._logger.level
+    self._logger.setLevel(logging.INFO)
+    self._logger.addHandler(self)
+    return self
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+  def __exit__(self, *_):
+    self._logger.removeHandler(self)
+    self._logger.setLevel(self._level)
+
+
 def test_a_resume_with_another_layout_restarts_its_epoch_and_says_what_it_could_not_keep(
-    digits_dir, caplog):
-  caplog.set_level("INFO")
+    digits_dir):
   dataset = manifest.read(digits_dir)
   section = _input(deterministic=True)
   was = position.Position(pipeline.layout(dataset, 64, 1, 2, section, seed=0))
   saved = was.array()
   assert position.Position.from_array(saved) == was
   # The same layout: exactly where it was, nothing to say but that.
-  assert position.resume(saved, was.layout, 30, dataset, "train", "ckpt-30") == was
-  assert "resumes where ckpt-30 left it (epoch 1, step 30)" in caplog.text
+  with _AbslLines() as log:
+    assert position.resume(saved, was.layout, 30, dataset, "train", "ckpt-30") == was
+  assert log.lines == ["The input resumes where ckpt-30 left it (epoch 1, step 30)."]
 
   for now, what in [
       (pipeline.layout(dataset, 128, 1, 2, section, seed=0),
@@ -210,15 +232,16 @@ def test_a_resume_with_another_layout_restarts_its_epoch_and_says_what_it_could_
        "pipelines"),
       (pipeline.layout(dataset, 64, 1, 2, section, seed=1),
        "another seed, split, shuffle buffer or augmentation")]:
-    caplog.clear()
-    got = position.resume(saved, now, 30, dataset, "train", "ckpt-30")
+    with _AbslLines() as log:
+      got = position.resume(saved, now, 30, dataset, "train", "ckpt-30")
     # Epoch 1 (22 steps of 64 each) starts again at its first batch, in the new layout.
     assert got == position.Position(now, base_step=30, base_epoch=1)
     assert got.start(dataset, "train", 30, 0)[1:] == (1, 0)
-    assert what in caplog.text and "restarts epoch 1 at its first batch" in caplog.text
-    assert len(caplog.records) == 1
+    line, = log.lines
+    assert what in line and "restarts epoch 1 at its first batch" in line
 
-  caplog.clear()
-  legacy = position.resume(None, was.layout, 50, dataset, "train", "ckpt-50")
+  with _AbslLines() as log:
+    legacy = position.resume(None, was.layout, 50, dataset, "train", "ckpt-50")
   assert legacy == position.Position(was.layout, base_step=50, base_epoch=2)
-  assert "ckpt-50 holds no input position" in caplog.text
+  line, = log.lines
+  assert line.startswith("ckpt-50 holds no input position")
