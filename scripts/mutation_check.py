@@ -180,8 +180,8 @@ MUTANTS = (
            ("tests/test_pipeline.py::"
             "test_an_input_started_at_a_step_reads_on_exactly_where_the_run_was",)),
     Mutant("JAX: input position not restored", "tpu_trainer/backends/jax.py",
-           "                                   self._position, step)(self._input_context())",
-           "                                   self._position, 0)(self._input_context())",
+           "self._position.position, step)(self._input_context())",
+           "self._position.position, 0)(self._input_context())",
            ("tests/test_exact_resume.py::test_preempted_three_times_ends_bit_identical_to_the_"
             "uninterrupted_run[jax-overrides1]",)),
     Mutant("JAX: an Orbax save never awaited", "tpu_trainer/backends/jax.py",

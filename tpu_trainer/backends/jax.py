@@ -344,15 +344,13 @@ class Runner:
                              optimizer.variables)
     spe = plan.steps_per_execution
 
-    self._position = position.Position(pipeline.layout(
+    self._position = position.Tracker(pipeline.layout(
         dataset, plan.batch_size, jax.process_count(), jax.process_count(), input_config,
-        seed))
-    self._resume_input = lambda saved, step, checkpoint: position.resume(
-        saved, self._position.layout, step, dataset, input_config.train_split, checkpoint)
+        seed), dataset, input_config.train_split)
 
     def make_input(step):
       ds = pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed,
-                                   self._position, step)(self._input_context())
+                                   self._position.position, step)(self._input_context())
       return ds.batch(spe, drop_remainder=True).prefetch(1).as_numpy_iterator()
 
     self._input, self._iterator, self._total_steps = make_input, None, plan.total_steps
@@ -420,9 +418,7 @@ class Runner:
   def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
     if self._iterator is None:  # a resumed run reads on where its checkpoint's stopped
       self._step = self.step()
-      if self._checkpoints and self._checkpoints.restored:
-        self._position = self._resume_input(self._checkpoints.saved_input_position,
-                                            self._step, self._checkpoints.restored)
+      self._position.resume_after(self._checkpoints, self._step)
       self._iterator = self._input(self._step)
       self._next_input = self._device_input()
     images, labels = self._next_input
@@ -487,7 +483,7 @@ class Runner:
 
   def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
     self._checkpoints = Checkpoints(self.model.variables + self.optimizer.variables, workdir,
-                                    self.chief, keep, lambda: self._position.array())
+                                    self.chief, keep, self._position.array)
     return self._checkpoints
 
   def prepare_profile(self) -> None:

@@ -52,7 +52,8 @@ class Checkpoints:
     self._chief = chief
     self._own = self.directory if chief else tempfile.mkdtemp(prefix="tpu_trainer_worker_ckpt_")
     self._input_position_now = input_position
-    self._input_position = tf.Variable(tf.zeros([position.Position.SIZE], tf.int64), trainable=False)
+    self._input_position = tf.Variable(tf.zeros([position.Position.SIZE], tf.int64),
+                                       trainable=False)
     self._objects = {"model": model, "optimizer": optimizer}
     self._checkpoint = tf.train.Checkpoint(**self._objects, input_position=self._input_position)
     self._manager = tf.train.CheckpointManager(self._checkpoint, self._own, max_to_keep=keep)
@@ -177,14 +178,12 @@ class Runner:
     # While profiling: the same steps without a while loop (see compile_steps).
     self._run_unrolled = loop.compile_steps(self.strategy, step_fn, self._signals,
                                             unrolled=True)
-    self._position = position.Position(pipeline.layout(
+    self._position = position.Tracker(pipeline.layout(
         dataset, plan.batch_size, pipeline.num_input_pipelines(self.strategy), self.replicas,
-        input_config, seed))
-    self._resume_input = lambda saved, step, checkpoint: position.resume(
-        saved, self._position.layout, step, dataset, input_config.train_split, checkpoint)
+        input_config, seed), dataset, input_config.train_split)
     self._input = lambda step: iter(self.strategy.distribute_datasets_from_function(
-        pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed, self._position,
-                                step)))
+        pipeline.train_input_fn(dataset, plan.batch_size, input_config, seed,
+                                self._position.position, step)))
     self._iterator = self._checkpoints = None
 
   def step(self) -> int:
@@ -194,9 +193,7 @@ class Runner:
   def execute(self, steps: int, host_flags: list[bool]) -> controller.Agreed:
     if self._iterator is None:  # a resumed run reads on where its checkpoint's stopped
       step = self.step()
-      if self._checkpoints and self._checkpoints.restored:
-        self._position = self._resume_input(self._checkpoints.saved_input_position, step,
-                                            self._checkpoints.restored)
+      self._position.resume_after(self._checkpoints, step)
       self._iterator = self._input(step)
     if self._profiling:
       self._run_unrolled(self._iterator, steps, tf.constant(host_flags, tf.float32))
@@ -223,7 +220,7 @@ class Runner:
 
   def checkpoints(self, workdir: str, keep: int) -> Checkpoints:
     self._checkpoints = Checkpoints(self.model, self.optimizer, workdir, self.chief, keep,
-                                    lambda: self._position.array())
+                                    self._position.array)
     return self._checkpoints
 
   def prepare_profile(self) -> None:

@@ -2,9 +2,9 @@
 on from there instead of from the first batch of epoch 0.
 
 What is saved is not the iterator's state (a shuffle buffer of 10,000 ImageNet
-records is a gigabyte per host per checkpoint) but six integers: the layout
-the input was read with (global batch, input pipelines, whether they read from
-memory, a hash of what else decides the order) and the step at which it began
+records is a gigabyte per host per checkpoint) but seven integers: the layout
+the input was read with (global batch, replicas, input pipelines, whether they
+read from memory, a hash of what else decides the order) and the step at which it began
 its epochs (0, or the step where an earlier resume changed the layout). Every
 epoch's order is a function of the seed and the epoch's number alone
 (pipeline.py), so from these each pipeline computes at any step which epoch it
@@ -39,7 +39,8 @@ class Layout:
   def describe(self) -> str:
     return (f"batch {self.global_batch} over {self.replicas} replica"
             f"{'s' if self.replicas > 1 else ''} and {self.pipelines} input pipeline"
-            f"{'s' if self.pipelines > 1 else ''}, {'in memory' if self.from_memory else 'streamed'}")
+            f"{'s' if self.pipelines > 1 else ''}, "
+            f"{'in memory' if self.from_memory else 'streamed'}")
 
   @property
   def batch(self) -> int:
@@ -120,3 +121,20 @@ def resume(saved, now: Layout, step: int, dataset: Dataset, split: str,
                   "order (%s), so the examples of epoch %d read before it are read again.",
                   epoch, checkpoint, what, epoch)
   return Position(now, step, epoch)
+
+
+class Tracker:
+  """A run's input position: what its checkpoints save (array) and where a
+  resume puts it (resume_after). `position` is where the input starts."""
+
+  def __init__(self, layout: Layout, dataset: Dataset, split: str):
+    self.position, self._dataset, self._split = Position(layout), dataset, split
+
+  def array(self) -> np.ndarray:
+    return self.position.array()
+
+  def resume_after(self, checkpoints, step: int) -> None:
+    """Once `checkpoints` (a runner's) restored one, if any: the position at `step`."""
+    if checkpoints is not None and checkpoints.restored:
+      self.position = resume(checkpoints.saved_input_position, self.position.layout, step,
+                             self._dataset, self._split, checkpoints.restored)
