@@ -43,6 +43,16 @@ def jax_checkpoint(directory, step=None):
           saved.meta["input_position"])
 
 
+def tf_checkpoint(directory):
+  """{variable path: value} of the TensorFlow backend's latest checkpoint in
+  `directory`: the model's then the optimizer's variables, in order."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(str(directory))
+  paths = reader.get_tensor("variable_paths/.ATTRIBUTES/VARIABLE_VALUE")
+  return {path.decode(): reader.get_tensor(f"variables/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+          for i, path in enumerate(paths)}
+
+
 def _final_weights(workdir, backend):
   """Every saved variable of the last checkpoint (model and optimizer), by name."""
   directory = os.path.join(workdir, "checkpoints")

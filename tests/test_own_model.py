@@ -266,6 +266,29 @@ def test_a_model_that_breaks_the_contract_is_refused_before_anything_is_written(
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_builder_changed_since_the_checkpoint_is_one_line_not_a_wrong_resume(
+    digits_dir, tmp_path, backend):
+  """The same config.model, its code edited between runs (a layer more): the
+  checkpoint cannot be restored into it; said in one line, exit 2."""
+  project, workdir = _user_project(tmp_path / "project"), tmp_path / "run"
+  args = ["train", "--config=configs/cnn.py", f"--config.model={project / 'my_models.py'}:build",
+          f"--config.data_dir={digits_dir}", f"--workdir={workdir}",
+          f"--config.backend={backend}", "--config.checkpoint_every_steps=2",
+          "--config.precision=float32"]
+  first = run_cli(*args, "--config.steps=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  (project / "my_models.py").write_text(MY_MODELS.replace(
+      'return inputs, layers.Dense(64, activation="relu")(layers.Flatten()(x))',
+      'x = layers.Dense(64, activation="relu")(layers.Flatten()(x))\n'
+      '  return inputs, layers.Dense(32, activation="relu")(x)'))
+  second = run_cli(*args, "--config.steps=4")
+  assert second.returncode == 2, second.stderr[-3000:]
+  errors = [l for l in second.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+  assert "holds other variables than this model and optimizer" in errors[0]
+
+
 @pytest.mark.parametrize("model, expected", [
     ("missing.py:build", "no file missing.py"),
     ("no_such_package.models:build", "no module 'no_such_package.models'"),

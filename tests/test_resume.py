@@ -41,14 +41,12 @@ def _latest_step(workdir):
 
 
 def _checkpoint_weights(workdir):
-  """The model's weights in the latest checkpoint: (shape, sum) of each, sorted (the
-  seed CNN has trainable weights only: saved once, through the optimizer)."""
+  """The model's weights in the latest checkpoint: (shape, sum) of each, sorted."""
+  from test_exact_resume import tf_checkpoint  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
-  return sorted((tuple(shape), round(float(np.sum(reader.get_tensor(key))), 4))
-                for key, shape in reader.get_variable_to_shape_map().items()
-                if key.startswith("optimizer/_trainable_variables/"))
+  return sorted((v.shape, round(float(np.sum(v)), 4))
+                for path, v in tf_checkpoint(os.path.join(workdir, "checkpoints")).items()
+                if not path.startswith("adam/"))
 
 
 def _exported_weights(workdir):

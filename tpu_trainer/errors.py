@@ -22,3 +22,12 @@ class StorageUnavailable(UserError):
   tools exit with 75 (sysexits' EX_TEMPFAIL: try again later) at once, without
   the cleanup that would wait on storage again."""
   exit_status = 75
+
+
+class OtherVariables(UserError):
+  """The workdir's checkpoint is of another model or optimizer (a builder's code
+  changed since it was written): both backends say it so."""
+
+  def __init__(self, checkpoint: str):
+    super().__init__(f"{checkpoint} holds other variables than this model and optimizer: "
+                     "use another --workdir, or delete that one.")

@@ -33,6 +33,7 @@ from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import position
+from tpu_trainer.errors import OtherVariables
 from tpu_trainer.errors import UserError
 
 
@@ -145,8 +146,11 @@ class Checkpoints:
     ocp = self._ocp
     abstract = [jax.ShapeDtypeStruct(v.value.shape, v.value.dtype, sharding=v.value.sharding)
                 for v in self._variables]
-    saved = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    try:
+      saved = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except ValueError as e:  # another tree of variables, or other shapes
+      raise OtherVariables(self._path(step)) from e
     self._check_names(saved.meta["names"], self._path(step))
     for variable, value in zip(self._variables, saved.state):
       variable.assign(value)
@@ -156,9 +160,10 @@ class Checkpoints:
     return self.restored
 
   def _check_names(self, names: list[str], path: str) -> None:
-    if list(names) != self._names():
-      raise UserError(f"{path} holds other variables than this model and optimizer: "
-                      "use another --workdir, or delete that one.")
+    # By count, not path: a model built twice in one process (a notebook) numbers
+    # its layers anew (dense_1); shapes are checked by the restore itself.
+    if len(names) != len(self._variables):
+      raise OtherVariables(path)
 
   def _restore_npz(self) -> str | None:
     steps = self._npz_steps()

@@ -20,6 +20,7 @@ from tpu_trainer import storage
 from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import position
+from tpu_trainer.errors import OtherVariables
 from tpu_trainer.evaluation import Evaluator
 
 
@@ -35,15 +36,25 @@ def is_chief(strategy) -> bool:
 
 class Checkpoints:
   """The chief's checkpoints, in workdir/checkpoints; every worker resumes from them.
-  Written synchronously: TensorFlow's async checkpoint fails on Keras 3's variables
-  (their _copy_trackable_to_cpu creates a tf.Variable inside TensorFlow's
-  tf.function: "only supports singleton tf.Variables", TF 2.21, Keras 3.15).
+
+  Written asynchronously: save() copies the variables to host memory and returns;
+  a thread of TensorFlow's writes them (ckpt-N_temp, renamed when whole) while
+  training goes on; the next save, wait() and close() wait for it. What is
+  checkpointed is the list of the model's then the optimizer's variables (the
+  tf.Variables under Keras's), their paths beside them, and the input's position:
+  TensorFlow's async checkpoint fails on the Keras objects themselves (Keras 3's
+  _copy_trackable_to_cpu creates a variable inside TensorFlow's tf.function: "only
+  supports singleton tf.Variables", TF 2.21, Keras 3.15). Matched by place, not
+  path: a model built twice in one process numbers its layers anew (dense_1).
+  Checkpoints of the model and optimizer objects (tpu_trainer before this) are
+  still restored.
 
   Other workers must save too (a save runs collective ops), into a temp dir of
   their own that close() removes: they leave nothing in the workdir.
   """
 
   INPUT_POSITION = "input_position/.ATTRIBUTES/VARIABLE_VALUE"
+  VARIABLES = "variables/"  # the checkpoint keys of this class's variables start so
 
   def __init__(self, model, optimizer, workdir: str, chief: bool, keep: int,
                input_position):
@@ -55,8 +66,13 @@ class Checkpoints:
     self._input_position = tf.Variable(tf.zeros([position.Position.SIZE], tf.int64),
                                        trainable=False)
     self._objects = {"model": model, "optimizer": optimizer}
-    self._checkpoint = tf.train.Checkpoint(**self._objects, input_position=self._input_position)
+    variables = model.variables + optimizer.variables
+    self._checkpoint = tf.train.Checkpoint(
+        variables=[v.value for v in variables], input_position=self._input_position,
+        variable_paths=tf.Variable([v.path for v in variables], trainable=False))
     self._manager = tf.train.CheckpointManager(self._checkpoint, self._own, max_to_keep=keep)
+    self._options = tf.train.CheckpointOptions(enable_async=True)
+    self._saving = None  # the checkpoint being written, until wait()
     self.restored = None  # the checkpoint restored
     self.saved_input_position = None  # its input position; None if it has none
 
@@ -68,19 +84,46 @@ class Checkpoints:
     if self._chief:
       self._remove_half_written()
     latest = self.latest()
-    if latest:
-      # Checkpoints from before input positions hold the model and optimizer only.
-      has_position = tf.train.load_checkpoint(latest).has_tensor(self.INPUT_POSITION)
-      checkpoint = (self._checkpoint if has_position else tf.train.Checkpoint(**self._objects))
+    if not latest:
+      return None
+    keys = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
+    has_position = self.INPUT_POSITION in keys
+    if any(key.startswith(self.VARIABLES) for key in keys):
+      checkpoint = self._checkpoint
+      if sum(key.startswith(self.VARIABLES) for key in keys) != len(checkpoint.variables):
+        raise OtherVariables(latest)
+    else:  # the model and optimizer objects; the oldest without an input position
+      checkpoint = tf.train.Checkpoint(**self._objects, **(
+          {"input_position": self._input_position} if has_position else {}))
+    try:
       checkpoint.restore(latest).assert_existing_objects_matched()
-      self.saved_input_position = self._input_position.numpy() if has_position else None
-      self.restored = latest
-      logging.info("Resumed from %s.", latest)
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+      raise OtherVariables(latest) from e
+    self.saved_input_position = self._input_position.numpy() if has_position else None
+    self.restored = latest
+    logging.info("Resumed from %s.", latest)
     return latest
 
   def save(self, step: int) -> str:
+    """Starts writing checkpoint `step` (after the last one's writes end) and
+    returns once its values are copied off the devices."""
     self._input_position.assign(self._input_position_now())
-    return self._manager.save(checkpoint_number=step)
+    self._manager.save(checkpoint_number=step, options=self._options)
+    self._saving = storage.join(self._own, f"ckpt-{step}")
+    return storage.join(self.directory, f"ckpt-{step}")
+
+  def wait(self) -> None:
+    """Until the last save is written, its error raised here if it failed."""
+    if self._saving is None:
+      return
+    self._manager.sync()
+    saving, self._saving = self._saving, None
+    # sync() does not raise what the writing thread caught (the next save would).
+    helper = getattr(self._checkpoint, "_async_checkpointer_impl", None)
+    if helper is not None:
+      helper._check_async_thread_error()  # pylint: disable=protected-access
+    if not tf.io.gfile.exists(saving + ".index"):
+      raise OSError(f"Checkpoint {saving} was not written.")
 
   # What TensorFlow writes while saving (ckpt-N_temp/, then renamed): a killed
   # run's leftovers. Only these, named exactly; a link is removed, not followed.
@@ -99,10 +142,8 @@ class Checkpoints:
       elif tf.io.gfile.isdir(path):
         tf.io.gfile.rmtree(path)
 
-  def wait(self) -> None:
-    """Nothing: save() returns once written."""
-
   def close(self) -> None:
+    self.wait()
     if not self._chief:
       shutil.rmtree(self._own, ignore_errors=True)
 
