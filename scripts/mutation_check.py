@@ -190,6 +190,21 @@ MUTANTS = (
            "    pass\n\n  def close(self) -> None:\n    pass",
            ("tests/test_jax_backend.py::"
             "test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps",)),
+    Mutant("TF: an async save racing the next step (a thread writing the live variables)",
+           "tpu_trainer/backends/tensorflow.py",
+           "    self._manager.save(checkpoint_number=step, options=self._options)",
+           "    __import__('threading').Thread(target=self._manager.save, args=(step,)).start()",
+           ("tests/test_exact_resume.py::test_each_asynchronous_save_holds_its_own_steps_"
+            "values[tensorflow]",)),
+    Mutant("TF: an async save never awaited", "tpu_trainer/backends/tensorflow.py",
+           "    self._manager.sync()\n", "    return\n",
+           ("tests/test_exact_resume.py::test_each_asynchronous_save_holds_its_own_steps_"
+            "values[tensorflow]",)),
+    Mutant("TF: objects-format checkpoints no longer restored", "tpu_trainer/backends/tensorflow.py",
+           "      checkpoint = tf.train.Checkpoint(**self._objects, **(",
+           "      checkpoint = tf.train.Checkpoint(**(",
+           ("tests/test_exact_resume.py::test_a_tensorflow_checkpoint_of_model_and_optimizer_"
+            "objects_still_resumes",)),
     Mutant("a slower precision=auto never said", "tpu_trainer/benchmark.py",
            "  if ratio >= SAME_SPEED:\n", "  if True:\n",
            ("tests/test_benchmark.py::"

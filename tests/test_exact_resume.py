@@ -43,11 +43,11 @@ def jax_checkpoint(directory, step=None):
           saved.meta["input_position"])
 
 
-def tf_checkpoint(directory):
-  """{variable path: value} of the TensorFlow backend's latest checkpoint in
-  `directory`: the model's then the optimizer's variables, in order."""
+def tf_checkpoint(path):
+  """{variable path: value} of the TensorFlow backend's checkpoint at `path` (a
+  checkpoints directory: its latest): the model's then the optimizer's variables."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  reader = tf.train.load_checkpoint(str(directory))
+  reader = tf.train.load_checkpoint(str(path))
   paths = reader.get_tensor("variable_paths/.ATTRIBUTES/VARIABLE_VALUE")
   return {path.decode(): reader.get_tensor(f"variables/{i}/.ATTRIBUTES/VARIABLE_VALUE")
           for i, path in enumerate(paths)}
@@ -191,6 +191,88 @@ def test_a_checkpoint_from_before_orbax_and_positions_resumes_at_its_epoch_and_s
   _, _, position = jax_checkpoint(workdir / "checkpoints", 40)
   assert position[:2] == [30, 1]  # from step 30 on, epoch 1 on
   assert sorted(os.listdir(workdir / "checkpoints")) == ["40"]
+
+
+def test_a_tensorflow_checkpoint_of_model_and_optimizer_objects_still_resumes(digits_dir,
+                                                                              tmp_path):
+  """A TensorFlow workdir of an older tpu_trainer (the Keras model and optimizer
+  objects checkpointed, no input position) is restored, then written as a list
+  of variables from there on."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  first = run_cli("train", *_args("tensorflow", digits_dir, workdir, steps=30))
+  assert first.returncode == 0, first.stderr[-3000:]
+  saved = tf_checkpoint(workdir / "checkpoints")
+  model = keras.models.load_model(workdir / "model.keras", compile=False)
+  # The run's Adam follows a schedule: no learning_rate variable.
+  optimizer = keras.optimizers.Adam(keras.optimizers.schedules.PolynomialDecay(1e-3, 10))
+  optimizer.build(model.trainable_variables)
+  variables = model.variables + optimizer.variables
+  assert sorted(v.path for v in variables) == sorted(saved)
+  for variable in variables:
+    variable.assign(saved[variable.path])
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(workdir / "checkpoints")
+  objects = tf.train.Checkpoint(model=model, optimizer=optimizer)
+  old = tf.train.CheckpointManager(objects, str(workdir / "checkpoints"), 1).save(30)
+
+  again = run_cli("train", *_args("tensorflow", digits_dir, workdir, steps=40))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"Resumed from {old}." in again.stderr
+  assert (f"{old} holds no input position (written before tpu_trainer saved one): the "
+          "input restarts epoch 1 at its first batch.") in again.stderr
+  reader = tf.train.load_checkpoint(str(workdir / "checkpoints"))
+  assert list(reader.get_tensor("input_position/.ATTRIBUTES/VARIABLE_VALUE")[:2]) == [30, 1]
+  assert tf_checkpoint(workdir / "checkpoints")["adam/iteration"] == 40
+
+
+SAVES_WHILE_CHANGING = """
+import sys
+import keras
+import numpy as np
+from tpu_trainer.backends import {backend} as backend
+model = keras.Sequential([keras.Input((4096,)), keras.layers.Dense(2048)])
+optimizer = keras.optimizers.SGD(momentum=0.9)
+optimizer.build(model.trainable_variables)
+variables = model.variables + optimizer.variables
+if "{backend}" == "jax":
+  checkpoints = backend.Checkpoints(variables, sys.argv[1], True, 5, lambda: np.zeros(7, np.int64))
+else:
+  checkpoints = backend.Checkpoints(model, optimizer, sys.argv[1], True, 5,
+                                    lambda: np.zeros(7, np.int64))
+for step in range(1, 6):
+  for v in variables:
+    v.assign(np.full(v.shape, step, v.dtype))
+  checkpoints.save(step)  # then the next step's values at once, while it writes
+checkpoints.wait()
+print(checkpoints.latest())  # written once wait() returns
+checkpoints.close()
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_each_asynchronous_save_holds_its_own_steps_values(tmp_path, backend):
+  """Saves return before they are written and training changes the variables at
+  once: every checkpoint must still hold the values of the step it names (a
+  write reading the live variables would hold a later step's); once wait()
+  returns, the last one is there."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  result = subprocess.run([sys.executable, "-c", SAVES_WHILE_CHANGING.format(backend=backend),
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": backend}, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split()[-1] == str(tmp_path / "checkpoints" / (
+      "5" if backend == "jax" else "ckpt-5"))
+  for step in range(1, 6):
+    if backend == "jax":
+      _, values, _ = jax_checkpoint(tmp_path / "checkpoints", step)
+    else:
+      values = tf_checkpoint(tmp_path / "checkpoints" / f"ckpt-{step}").values()
+    for value in values:
+      assert np.all(value == step), (step, np.unique(value)[:5])
 
 
 def test_jax_processes_given_different_workdirs_are_refused_before_writing(digits_dir,
