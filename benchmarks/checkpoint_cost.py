@@ -2,8 +2,8 @@
 classes (backends/tensorflow.py, backends/jax.py) saving a model and its SGD
 momentum while the model trains, against the same save waited for at once.
 
-  async cost = (save() + the steps trained while it writes + wait()) - those
-               steps' time without a save: what the save adds to the run;
+  async cost = (save() + the steps trained while it writes + wait()) - the
+               same steps without a save, timed just before: what the save adds;
   sync       = save() then wait() with no step between: a save that stops
                training until written.
 
@@ -13,7 +13,7 @@ writing thread competes with training for the same cores; on a TPU host it
 does not. Each backend runs in a process of its own.
 
   python benchmarks/checkpoint_cost.py [--model=resnet50] [--size=64] [--batch=32]
-      [--saves=3] [--backends=tensorflow,jax]
+      [--saves=5] [--backends=tensorflow,jax]
 """
 import os
 import statistics
@@ -27,7 +27,7 @@ from absl import app, flags
 flags.DEFINE_string("model", "resnet50", "A built-in recipe (configs/NAME.py).")
 flags.DEFINE_integer("size", 64, "Image height and width (RGB).")
 flags.DEFINE_integer("batch", 32, "Batch size.")
-flags.DEFINE_integer("saves", 3, "Saves timed per way (medians reported).")
+flags.DEFINE_integer("saves", 5, "Saves timed per way (medians reported).")
 flags.DEFINE_list("backends", ["tensorflow", "jax"], "tensorflow, jax.")
 flags.DEFINE_string("backend_here", "", "Internal: measure this backend in this process.")
 FLAGS = flags.FLAGS
@@ -70,14 +70,17 @@ def _measure(backend: str) -> str:
     sync = [timed(lambda i=i: (checkpoints.save(1 + i), checkpoints.wait()))
             for i in range(FLAGS.saves)]
     steps = max(5, round(3 * max(sync) / step_s))  # enough to cover a write
-    costs = []
-    for i in range(FLAGS.saves):
-      def save_while_training(i=i):
-        checkpoints.save(100 + i)
-        for _ in range(steps):
-          train()
-        checkpoints.wait()
-      costs.append(timed(save_while_training) - steps * step_s)
+
+    def training(save_as=None):
+      if save_as is not None:
+        checkpoints.save(save_as)
+      for _ in range(steps):
+        train()
+      checkpoints.wait()
+
+    # The same steps without a save just before each: drift cancels.
+    costs = [timed(lambda i=i: training(100 + i)) - timed(training)
+             for i in range(FLAGS.saves)]
     checkpoints.close()
   cost, blocking = statistics.median(costs), statistics.median(sync)
   percent = lambda s: f"{100 * s / INTERVAL_S:.1f}%"

@@ -41,6 +41,12 @@ class Generation:
   jax_runtime: str        # "" where TPU VMs are not offered (GKE only)
   hbm_gib_per_chip: float
   devices_per_chip: int = 1  # what a framework sees per chip (megacore: one)
+  # GKE: the node label cloud.google.com/gke-tpu-accelerator ("" where GKE has
+  # no such node pools), the machine type's stem (-1t: one chip, -4t: four), and
+  # the topology's dimensions (2: a torus of chips AxB; 3: AxBxC).
+  gke_accelerator: str = ""
+  gke_machine: str = ""
+  gke_dimensions: int = 2
 
   @property
   def hbm_bytes_per_device(self) -> float:
@@ -50,15 +56,21 @@ class Generation:
 GENERATIONS = {g.name: g for g in (
     Generation("v2", 45, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 16, 2),
     Generation("v3", 123, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 32, 2),
-    Generation("v4", 275, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 32),
+    Generation("v4", 275, "cores", 4, "supported", TF_RUNTIME, "tpu-ubuntu2204-base", 32,
+               gke_accelerator="tpu-v4-podslice", gke_machine="ct4p-hightpu",
+               gke_dimensions=3),
     Generation("v5litepod", 197, "chips", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5-lite",
-               16),
-    Generation("v5p", 459, "cores", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5", 95),
+               16, gke_accelerator="tpu-v5-lite-podslice", gke_machine="ct5lp-hightpu"),
+    Generation("v5p", 459, "cores", 4, "supported", TF_RUNTIME, "v2-alpha-tpuv5", 95,
+               gke_accelerator="tpu-v5p-slice", gke_machine="ct5p-hightpu", gke_dimensions=3),
     Generation("v6e", 918, "chips", 4, "experimental", "tpu-vm-tf-2.18.0-pjrt-v5e-and-v6",
-               "v2-alpha-tpuv6e", 32),
+               "v2-alpha-tpuv6e", 32, gke_accelerator="tpu-v6e-slice",
+               gke_machine="ct6e-standard"),
     # Two TensorCores per chip, seen as two devices ("dual-chiplet").
-    Generation("tpu7x", 2307, "cores", 4, "none", "", "", 192, 2),
+    Generation("tpu7x", 2307, "cores", 4, "none", "", "", 192, 2, gke_accelerator="tpu7x",
+               gke_machine="tpu7x-standard", gke_dimensions=3),
 )}
+ALIASES = {"v5e": "v5litepod"}  # GKE's and xpk's name for v5litepod
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +86,11 @@ def parse_accelerator(accelerator: str) -> Slice:
   """v2-8 / v3-32 (cores), v4-8 / v5p-16 / tpu7x-8 (TensorCores, 2 per chip),
   v5litepod-8 / v6e-16 (chips)."""
   match = re.fullmatch(r"([a-z0-9]+)-(\d+)", accelerator)
-  if not match or match.group(1) not in GENERATIONS:
+  name = match and ALIASES.get(match.group(1), match.group(1))
+  if not match or name not in GENERATIONS:
     raise UserError(f"--accelerator={accelerator!r}: expected TYPE-SIZE with TYPE one of "
-                    f"{', '.join(GENERATIONS)}, e.g. v4-8, v3-32, v6e-16.")
-  generation, size = GENERATIONS[match.group(1)], int(match.group(2))
+                    f"{', '.join([*GENERATIONS, *ALIASES])}, e.g. v4-8, v3-32, v6e-16.")
+  generation, size = GENERATIONS[name], int(match.group(2))
   chips = size // 2 if generation.size_counts == "cores" else size
   chips = max(chips, 1)
   if generation.name in ("v2", "v3"):  # 4 chips (8 cores) a host
@@ -87,6 +100,42 @@ def parse_accelerator(accelerator: str) -> Slice:
   else:
     hosts = math.ceil(chips / generation.chips_per_host)
   return Slice(accelerator, hosts, chips * generation.devices_per_chip, chips, generation)
+
+
+@dataclasses.dataclass(frozen=True)
+class GkeSlice:
+  """A slice as GKE schedules it: `vms` nodes of `chips_per_vm` chips each."""
+  accelerator: str  # node label cloud.google.com/gke-tpu-accelerator
+  topology: str     # node label cloud.google.com/gke-tpu-topology, e.g. 2x4, 2x2x2
+  machine_type: str
+  vms: int
+  chips_per_vm: int
+
+
+def topology(chips: int, dimensions: int) -> str:
+  """The torus GKE names for `chips` (1, or a power of two from 4): the smallest
+  side doubled, the last of equals first (2x4, 4x4, 2x2x1, 2x2x4, 2x4x4, 4x4x4)."""
+  sides = [1] * dimensions if chips == 1 else [2, 2] + [1] * (dimensions - 2)
+  while math.prod(sides) < chips:
+    smallest = min(sides)
+    sides[max(i for i, side in enumerate(sides) if side == smallest)] *= 2
+  return "x".join(map(str, sides))
+
+
+def gke_slice(tpu_slice: Slice) -> GkeSlice:
+  """GKE's node pool for a slice (xpk's system characteristics): 4 chips a VM,
+  one VM of one chip for a single chip. UserError where GKE has none."""
+  generation, chips = tpu_slice.generation, tpu_slice.chips
+  if not generation.gke_accelerator:
+    raise UserError(f"GKE has no {generation.name} node pools: use --platform=tpu-vm, or "
+                    f"one of {', '.join(g.name for g in GENERATIONS.values() if g.gke_accelerator)}.")
+  if chips != 1 and (chips < 4 or chips & (chips - 1)):
+    raise UserError(f"--accelerator={tpu_slice.accelerator} is {chips} chips: GKE's TPU "
+                    "slices are 1 chip or a power of two from 4 (e.g. "
+                    f"{generation.name}-{4 * (2 if generation.size_counts == 'cores' else 1)}).")
+  per_vm = min(chips, 4)
+  return GkeSlice(generation.gke_accelerator, topology(chips, generation.gke_dimensions),
+                  f"{generation.gke_machine}-{per_vm}t", chips // per_vm, per_vm)
 
 
 def runtime(tpu_slice: Slice, backend: str) -> str:

@@ -53,6 +53,29 @@ def cluster_from_tf_config(tf_config: str) -> tuple[str, int, int]:
   return ",".join(addresses), len(addresses), process_id
 
 
+GKE_COORDINATOR_PORT = "8482"  # JAX's own for a TPU slice (jax/_src/clusters)
+
+
+def cluster_from_gke(env) -> tuple[str, int, int] | None:
+  """(coordinator address, process count, this process's id) from what GKE gives
+  a TPU pod (TPU_WORKER_HOSTNAMES, TPU_WORKER_ID; MEGASCALE_* across slices),
+  as JAX reads them on a TPU; None outside GKE. JAX_COORDINATOR_PORT overrides
+  the port."""
+  hostnames = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES")
+  if not hostnames:
+    return None
+  try:
+    workers = hostnames.split(",")
+    slices = int(env.get("MEGASCALE_NUM_SLICES") or 1)
+    index = int(env["TPU_WORKER_ID"]) + int(env.get("MEGASCALE_SLICE_ID") or 0) * len(workers)
+  except (KeyError, ValueError) as e:
+    raise UserError(f"TPU_WORKER_HOSTNAMES={hostnames!r} is set but GKE's TPU_WORKER_ID / "
+                    f"MEGASCALE_* are not numbers ({type(e).__name__}: {e}).") from None
+  host = (env.get("MEGASCALE_COORDINATOR_ADDRESS") or workers[0]).split(":")[0]
+  return f"{host}:{env.get('JAX_COORDINATOR_PORT', GKE_COORDINATOR_PORT)}", \
+      len(workers) * slices, index
+
+
 def join_processes(kind: str) -> str:
   """Starts jax.distributed when the job has several processes; says how."""
   if jax.distributed.is_initialized():
@@ -66,6 +89,13 @@ def join_processes(kind: str) -> str:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     keras.distribution.initialize(addresses, count, index)
     return f"process {index} of {count}, coordinator {addresses.split(',')[0]} (TF_CONFIG)"
+  gke = cluster_from_gke(os.environ) if kind in ("tpu", "auto") else None
+  if gke and gke[1] > 1:
+    coordinator, count, index = gke
+    # For CPU devices only (pods simulated as processes); a TPU has its own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize(coordinator, count, index)
+    return f"process {index} of {count}, coordinator {coordinator} (GKE)"
   if kind == "tpu" or (kind == "auto" and strategy_lib.may_have_local_tpu()):
     try:  # a Cloud TPU VM describes its slice itself
       keras.distribution.initialize()
