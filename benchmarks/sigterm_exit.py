@@ -57,7 +57,7 @@ def measure(recipe: str, backend: str, data: str, workdir: str) -> tuple[float, 
          "--config.batch_size=32", "--config.steps=100000", "--config.steps_per_execution=1",
          "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000",
          # Random labels: the recipes' own rates blow the MLP up on 64x64x3 inputs.
-         "--config.base_lr=0.0001"],
+         "--config.base_lr=0.0001", "--config.weights=none"],  # offline: no download
         stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
   read = lambda: open(log_path).read()
   while "First execution" not in read():
