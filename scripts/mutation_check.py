@@ -196,6 +196,12 @@ MUTANTS = (
            "    __import__('threading').Thread(target=self._manager.save, args=(step,)).start()",
            ("tests/test_exact_resume.py::test_each_asynchronous_save_holds_its_own_steps_"
             "values[tensorflow]",)),
+    Mutant("TF: a checkpoint still being written named to resume from",
+           "tpu_trainer/backends/tensorflow.py",
+           "    return self._saving[1]\n", "    self.written = self._saving[1]\n"
+           "    return self._saving[1]\n",
+           ("tests/test_exact_resume.py::test_each_asynchronous_save_holds_its_own_steps_"
+            "values[tensorflow]",)),
     Mutant("TF: an async save never awaited", "tpu_trainer/backends/tensorflow.py",
            "    self._manager.sync()\n", "    return\n",
            ("tests/test_exact_resume.py::test_each_asynchronous_save_holds_its_own_steps_"
@@ -205,6 +211,13 @@ MUTANTS = (
            "      checkpoint = tf.train.Checkpoint(**(",
            ("tests/test_exact_resume.py::test_a_tensorflow_checkpoint_of_model_and_optimizer_"
             "objects_still_resumes",)),
+    Mutant("GKE: a preemption fails the JobSet instead of restarting it", "tpu_trainer/gke.py",
+           "RESTART_EXIT_CODES = (75, *range(128, 256))", "RESTART_EXIT_CODES = (75,)",
+           ("tests/test_gke.py::test_exit_codes_decide_restart_or_failure",)),
+    Mutant("GKE: pods not joined into one job", "tpu_trainer/backends/jax.py",
+           "  if gke and gke[1] > 1:", "  if False:",
+           ("tests/test_gke.py::test_the_manifests_pods_form_one_job_that_trains_like_one_"
+            "process",)),
     Mutant("a slower precision=auto never said", "tpu_trainer/benchmark.py",
            "  if ratio >= SAME_SPEED:\n", "  if True:\n",
            ("tests/test_benchmark.py::"

@@ -261,3 +261,18 @@ def test_a_sigterm_to_one_pod_ends_every_pod_with_a_restart_exit_code(digits_dir
   assert not _fails_at_once(gke.jobset(job), 143)
   assert "SIGTERM here at step" in logs[1].read_text()
   assert "on another worker at step" in logs[0].read_text()
+
+
+def test_the_tpu_vm_platform_runs_launch_tpu_sh_with_the_same_flags():
+  """--platform=tpu-vm is scripts/launch_tpu.sh: the very commands it prints."""
+  flags = ["--name=tpu1", "--accelerator=v4-8", "--config=configs/cnn.py",
+           "--workdir=gs://bkt/run1", "--data_dir=gs://bkt/digits", "--spot", "--dry_run"]
+  launched = run_cli("launch", "--platform=tpu-vm", "--location=us-central2-b", *flags,
+                     "--backend=tensorflow", "--", "--config.epochs=3")
+  script = subprocess.run(["bash", os.path.join(REPO, "scripts", "launch_tpu.sh"),
+                           "--zone=us-central2-b", *flags, "--", "--config.epochs=3"],
+                          capture_output=True, text=True, timeout=60)
+  assert launched.returncode == script.returncode == 0, launched.stderr[-2000:]
+  commands = [l for l in launched.stdout.splitlines() if l.startswith("+ ")]
+  assert commands and commands == [l for l in script.stdout.splitlines() if l.startswith("+ ")]
+  assert commands[0].startswith("+ gcloud compute tpus tpu-vm create tpu1 ")

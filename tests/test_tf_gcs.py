@@ -78,15 +78,17 @@ def test_storage_gone_mid_run_ends_in_bounded_time_and_resumes(digits_dir, tmp_p
     assert lines[-1].startswith("error: the storage of workdir=gs://outage/run did not answer "
                                 "while "), lines[-5:]
     assert "Traceback" not in log.read_text()
-    checkpoint = re.search(r"Last checkpoint: (gs://outage/run/checkpoints/ckpt-(\d+))\.",
+    # The newest checkpoint known whole (saves are written in the background: the
+    # one in flight when storage went may be whole too, or not).
+    checkpoint = re.search(r"Last checkpoint: gs://outage/run/checkpoints/ckpt-(\d+)\.",
                            lines[-1])
-    assert checkpoint and int(checkpoint.group(2)) >= 200, lines[-1]  # saved before the kill
+    assert checkpoint and int(checkpoint.group(1)) >= 100, lines[-1]  # saved before the kill
 
     emulator.start()  # storage back, with what was written before
-    again = run_cli("train", *args, f"--config.steps={int(checkpoint.group(2)) + 20}",
-                    env=env)
+    again = run_cli("train", *args, "--config.steps=420", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"Resumed from {checkpoint.group(1)}." in again.stderr
+    resumed = re.search(r"Resumed from gs://outage/run/checkpoints/ckpt-(\d+)\.", again.stderr)
+    assert resumed and int(resumed.group(1)) >= int(checkpoint.group(1)), again.stderr[-3000:]
 
 
 def test_jax_checkpoints_on_gs_through_orbax(digits_dir, gcs_bucket, gcs_emulator,

@@ -64,4 +64,5 @@ def test_a_wait_past_the_limit_ends_the_process_with_75():
   assert lines[-1] == ("error: the storage of workdir=gs://bucket/run did not answer while "
                        "saving checkpoint 7 (no answer in 3 s); nothing more was written. Last "
                        "checkpoint: none (none saved yet). Run the same command again once it "
-                       "answers: it resumes from there.")
+                       "answers: it resumes from there (or a newer one, if the save in progress "
+                       "ended whole).")

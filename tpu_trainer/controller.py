@@ -311,12 +311,15 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
         or agreed.stop or stop_early):
       with watchdog.waiting(f"saving checkpoint {step}"):
         confirm_lock()
-        watchdog.saved(checkpoints.save(step))
+        checkpoints.save(step)  # written in the background
+        # What a storage failure names to resume from: only checkpoints known whole.
+        watchdog.saved(checkpoints.written)
         report.save_history()
       clock.saved()
     if agreed.stop:
       with watchdog.waiting(f"finishing checkpoint {step}"):
         checkpoints.wait()
+      watchdog.saved(checkpoints.written)
       # What a preemption's notice must cover (GKE Spot gives pods 15 s): logged by
       # the process that got the signal.
       where = (f"here at step {step}/{plan.total_steps}, checkpoint written "

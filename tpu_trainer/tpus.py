@@ -144,8 +144,9 @@ def runtime(tpu_slice: Slice, backend: str) -> str:
   if backend == "jax":
     if not generation.jax_runtime:
       raise UserError(f"{generation.name} is offered through GKE only, not as TPU VMs "
-                      "(Cloud TPU's TPU7x page): run `python3 -m tpu_trainer.cli.train "
-                      "--config.backend=jax ...` in a GKE TPU pod.")
+                      "(Cloud TPU's TPU7x page): tpu-trainer-launch --platform=gke "
+                      f"--cluster=CLUSTER --accelerator={tpu_slice.accelerator} starts it "
+                      "there (README, Run on GKE).")
     return generation.jax_runtime
   if generation.tensorflow == "none":
     raise UserError(f"TensorFlow does not run on {generation.name} (Cloud TPU: \"TensorFlow "

@@ -250,6 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
           confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None)
       with watchdog.waiting(f"finishing checkpoint {step}"):
         checkpoints.wait()  # before metrics.json says the run is complete
+      watchdog.saved(checkpoints.written)
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None

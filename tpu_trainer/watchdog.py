@@ -58,12 +58,14 @@ class StorageWatchdog:
   def message(self, what: str, cause: str) -> str:
     return (f"the storage of workdir={self.workdir} did not answer while {what} ({cause}); "
             f"nothing more was written. Last checkpoint: {self.last_checkpoint}. Run the "
-            "same command again once it answers: it resumes from there.")
+            "same command again once it answers: it resumes from there (or a newer one, "
+            "if the save in progress ended whole).")
 
-  def saved(self, path: str) -> None:
-    """A checkpoint is written: the one to resume from, named without asking
-    storage (which may be gone by the time it is needed)."""
-    self.last_checkpoint = path
+  def saved(self, path: str | None) -> None:
+    """A checkpoint is written whole (None: none yet): the one to resume from,
+    named without asking storage (which may be gone by the time it is needed)."""
+    if path:
+      self.last_checkpoint = path
 
   @contextlib.contextmanager
   def waiting(self, what: str):

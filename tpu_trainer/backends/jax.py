@@ -143,6 +143,8 @@ class Checkpoints:
     self._input_position_now = input_position
     self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True))
+    self._saving = None  # the checkpoint being written, until known written
+    self.written = None  # the newest checkpoint known written whole
     self.restored = None  # the checkpoint restored
     self.saved_input_position = None  # its input position; None if it has none
 
@@ -217,15 +219,17 @@ class Checkpoints:
     """Starts writing checkpoint `step` (after the last one's writes end) and
     returns once its values are copied off the devices."""
     ocp = self._ocp
-    self._manager.save(step, args=ocp.args.Composite(
+    self._manager.save(step, args=ocp.args.Composite(  # after the last one ended
         state=ocp.args.StandardSave([v.value for v in self._variables]),
         meta=ocp.args.JsonSave({"names": self._names(),
                                 "input_position": self._input_position_now().tolist()})))
-    return self._path(step)
+    self.written, self._saving = self._saving or self.written, self._path(step)
+    return self._saving
 
   def wait(self) -> None:
     """Until the last save is written and finalized."""
     self._manager.wait_until_finished()
+    self.written, self._saving = self._saving or self.written, None
 
   def close(self) -> None:
     self._manager.close()  # waits for the last save too

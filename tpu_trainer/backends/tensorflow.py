@@ -72,7 +72,8 @@ class Checkpoints:
         variable_paths=tf.Variable([v.path for v in variables], trainable=False))
     self._manager = tf.train.CheckpointManager(self._checkpoint, self._own, max_to_keep=keep)
     self._options = tf.train.CheckpointOptions(enable_async=True)
-    self._saving = None  # the checkpoint being written, until wait()
+    self._saving = None  # the checkpoint being written (own path, public path), until known
+    self.written = None  # the newest checkpoint known written whole
     self.restored = None  # the checkpoint restored
     self.saved_input_position = None  # its input position; None if it has none
 
@@ -108,9 +109,12 @@ class Checkpoints:
     """Starts writing checkpoint `step` (after the last one's writes end) and
     returns once its values are copied off the devices."""
     self._input_position.assign(self._input_position_now())
-    self._manager.save(checkpoint_number=step, options=self._options)
-    self._saving = storage.join(self._own, f"ckpt-{step}")
-    return storage.join(self.directory, f"ckpt-{step}")
+    self._manager.save(checkpoint_number=step, options=self._options)  # the last one ended
+    if self._saving:  # (its error raised above)
+      self.written = self._saving[1]
+    self._saving = (storage.join(self._own, f"ckpt-{step}"),
+                    storage.join(self.directory, f"ckpt-{step}"))
+    return self._saving[1]
 
   def wait(self) -> None:
     """Until the last save is written, its error raised here if it failed."""
@@ -122,8 +126,9 @@ class Checkpoints:
     helper = getattr(self._checkpoint, "_async_checkpointer_impl", None)
     if helper is not None:
       helper._check_async_thread_error()  # pylint: disable=protected-access
-    if not tf.io.gfile.exists(saving + ".index"):
-      raise OSError(f"Checkpoint {saving} was not written.")
+    if not tf.io.gfile.exists(saving[0] + ".index"):
+      raise OSError(f"Checkpoint {saving[0]} was not written.")
+    self.written = saving[1]
 
   # What TensorFlow writes while saving (ckpt-N_temp/, then renamed): a killed
   # run's leftovers. Only these, named exactly; a link is removed, not followed.

@@ -131,6 +131,9 @@ def _gke(extra: list[str]) -> None:
     raise UserError(f"--data_dir={FLAGS.data_dir}: the pods cannot read this machine's "
                     "disk: give gs://BUCKET/PATH (tpu-trainer-convert --output_dir=gs://...).")
   gke.check_backend(FLAGS.backend, FLAGS.accelerator, FLAGS.slices)
+  node = tpus.gke_slice(tpus.parse_accelerator(FLAGS.accelerator))  # before any upload
+  if FLAGS.slices < 1:
+    raise UserError(f"--slices={FLAGS.slices}: at least 1.")
   config, sent = _config()
   launch_dir = storage.join(FLAGS.workdir, "launch")
   with tempfile.TemporaryDirectory() as staging:
@@ -150,13 +153,12 @@ def _gke(extra: list[str]) -> None:
         setup=gke.pod_setup(launch_dir, wheel),
         command=gke.trainer_command(config, FLAGS.workdir, FLAGS.data_dir, FLAGS.backend,
                                     extra))
-    node = tpus.gke_slice(tpus.parse_accelerator(FLAGS.accelerator))
     print(f"{FLAGS.accelerator} on GKE: {FLAGS.slices} slice(s) of {node.vms} x "
           f"{node.machine_type} ({node.topology}), one pod per VM.")
     if FLAGS.spot and job.grace_period_s > gke.SPOT_NOTICE_S:
-      logging.warning("Spot: GKE gives a pod %d s from SIGTERM, not the %d s grace period; "
-                      "the trainer needs up to ~25 s to exit after its checkpoint (README, "
-                      "SIGTERM to exit): a preemption may lose the steps since the last "
+      logging.warning("Spot: GKE gives a pod %d s from SIGTERM, not the %d s grace period. "
+                      "The recipes save and exit within 5 s here (README, SIGTERM to exit); "
+                      "a model whose save takes longer loses the steps since its last "
                       "periodic checkpoint.", gke.SPOT_NOTICE_S, job.grace_period_s)
     manifest = gke.to_yaml(gke.jobset(job))
     local_manifest = os.path.join(staging, "jobset.yaml")
