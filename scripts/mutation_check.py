@@ -198,8 +198,8 @@ MUTANTS = (
             "values[tensorflow]",)),
     Mutant("TF: a checkpoint still being written named to resume from",
            "tpu_trainer/backends/tensorflow.py",
-           "    return self._saving[1]\n", "    self.written = self._saving[1]\n"
-           "    return self._saving[1]\n",
+           "    self._saving = step\n", "    self._saving = step\n"
+           "    self.written = self._path(step)\n",
            ("tests/test_exact_resume.py::test_each_asynchronous_save_holds_its_own_steps_"
             "values[tensorflow]",)),
     Mutant("TF: an async save never awaited", "tpu_trainer/backends/tensorflow.py",

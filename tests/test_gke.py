@@ -90,7 +90,7 @@ def test_exit_codes_decide_restart_or_failure():
 def test_what_gke_cannot_run_is_one_line(accelerator, slices, backend, expected):
   from tpu_trainer.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
-    gke.check_backend(backend, accelerator, slices)
+    gke.check(accelerator, slices, backend)
     gke.jobset(_job("run", accelerator, slices, False))
   except UserError as e:
     assert expected and expected in str(e), str(e)

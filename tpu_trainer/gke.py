@@ -52,10 +52,7 @@ def check_name(name: str) -> str:
 
 def jobset(job: Job) -> dict:
   """The JobSet manifest (a dict; kubectl takes it as YAML or JSON)."""
-  tpu_slice = tpus.parse_accelerator(job.accelerator)
-  node = tpus.gke_slice(tpu_slice)
-  if job.slices < 1:
-    raise UserError(f"--slices={job.slices}: at least 1.")
+  node = check(job.accelerator, job.slices)
   node_selector = {"cloud.google.com/gke-tpu-accelerator": node.accelerator,
                    "cloud.google.com/gke-tpu-topology": node.topology}
   tolerations = [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -158,19 +155,24 @@ def worker_zero(name: str) -> str:
           "jobset.sigs.k8s.io/job-index=0,batch.kubernetes.io/job-completion-index=0")
 
 
-def check_backend(backend: str, accelerator: str, slices: int) -> None:
-  """TensorFlow on GKE: one TPU VM (a TPU slice of several VMs needs TensorFlow's
-  own cluster resolver for GKE, which this launcher does not set up)."""
+def check(accelerator: str, slices: int, backend: str = "jax") -> tpus.GkeSlice:
+  """The node pool of `slices` x `accelerator` on GKE; UserError for what GKE or
+  the backend cannot run. TensorFlow on GKE: one TPU VM (a slice of several VMs
+  needs TensorFlow's own cluster resolver for GKE, which this launcher does not set up)."""
   tpu_slice = tpus.parse_accelerator(accelerator)
+  node = tpus.gke_slice(tpu_slice)
+  if slices < 1:
+    raise UserError(f"--slices={slices}: at least 1.")
   if backend not in ("jax", "tensorflow"):
     raise UserError(f"--backend={backend!r}: jax or tensorflow.")
   if backend == "tensorflow":
     if tpu_slice.generation.tensorflow == "none":
       raise UserError(f"TensorFlow does not run on {tpu_slice.generation.name} (Cloud TPU: "
                       "\"TensorFlow is not supported\"): use --backend=jax.")
-    if tpus.gke_slice(tpu_slice).vms * slices > 1:
+    if node.vms * slices > 1:
       raise UserError(f"--backend=tensorflow on GKE trains on one TPU VM; {accelerator} x "
-                      f"{slices} is {tpus.gke_slice(tpu_slice).vms * slices}: use --backend=jax.")
+                      f"{slices} is {node.vms * slices}: use --backend=jax.")
+  return node
 
 
 def to_yaml(manifest: dict) -> str:

@@ -72,13 +72,16 @@ class Checkpoints:
         variable_paths=tf.Variable([v.path for v in variables], trainable=False))
     self._manager = tf.train.CheckpointManager(self._checkpoint, self._own, max_to_keep=keep)
     self._options = tf.train.CheckpointOptions(enable_async=True)
-    self._saving = None  # the checkpoint being written (own path, public path), until known
+    self._saving = None  # the step of the checkpoint being written, until known written
     self.written = None  # the newest checkpoint known written whole
     self.restored = None  # the checkpoint restored
     self.saved_input_position = None  # its input position; None if it has none
 
   def latest(self) -> str | None:
     return tf.train.latest_checkpoint(self.directory)
+
+  def _path(self, step: int, directory: str | None = None) -> str:
+    return storage.join(directory or self.directory, f"ckpt-{step}")
 
   def restore(self) -> str | None:
     """The checkpoint restored, or None."""
@@ -89,9 +92,10 @@ class Checkpoints:
       return None
     keys = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
     has_position = self.INPUT_POSITION in keys
-    if any(key.startswith(self.VARIABLES) for key in keys):
+    listed = sum(key.startswith(self.VARIABLES) for key in keys)
+    if listed:
       checkpoint = self._checkpoint
-      if sum(key.startswith(self.VARIABLES) for key in keys) != len(checkpoint.variables):
+      if listed != len(checkpoint.variables):
         raise OtherVariables(latest)
     else:  # the model and optimizer objects; the oldest without an input position
       checkpoint = tf.train.Checkpoint(**self._objects, **(
@@ -110,25 +114,24 @@ class Checkpoints:
     returns once its values are copied off the devices."""
     self._input_position.assign(self._input_position_now())
     self._manager.save(checkpoint_number=step, options=self._options)  # the last one ended
-    if self._saving:  # (its error raised above)
-      self.written = self._saving[1]
-    self._saving = (storage.join(self._own, f"ckpt-{step}"),
-                    storage.join(self.directory, f"ckpt-{step}"))
-    return self._saving[1]
+    if self._saving is not None:  # (its error raised above)
+      self.written = self._path(self._saving)
+    self._saving = step
+    return self._path(step)
 
   def wait(self) -> None:
     """Until the last save is written, its error raised here if it failed."""
     if self._saving is None:
       return
     self._manager.sync()
-    saving, self._saving = self._saving, None
+    step, self._saving = self._saving, None
     # sync() does not raise what the writing thread caught (the next save would).
     helper = getattr(self._checkpoint, "_async_checkpointer_impl", None)
     if helper is not None:
       helper._check_async_thread_error()  # pylint: disable=protected-access
-    if not tf.io.gfile.exists(saving[0] + ".index"):
-      raise OSError(f"Checkpoint {saving[0]} was not written.")
-    self.written = saving[1]
+    if not tf.io.gfile.exists(self._path(step, self._own) + ".index"):
+      raise OSError(f"Checkpoint {self._path(step, self._own)} was not written.")
+    self.written = self._path(step)
 
   # What TensorFlow writes while saving (ckpt-N_temp/, then renamed): a killed
   # run's leftovers. Only these, named exactly; a link is removed, not followed.

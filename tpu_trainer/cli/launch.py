@@ -99,21 +99,20 @@ def _config() -> tuple[str, list[str]]:
     raise UserError("--config is required, e.g. --config=configs/resnet50.py.")
   path, sep, variant = FLAGS.config.partition(":")
   recipes = os.path.join(_checkout(), "configs")
-  if not os.path.isfile(path) and cli.packaged_recipe(path):
-    path = cli.packaged_recipe(path)
+  if not os.path.isfile(path):
+    path = cli.packaged_recipe(path) or path
   if not os.path.isfile(path):
     raise UserError(f"--config={FLAGS.config}: no file {path}.")
   name = os.path.basename(path)
   if os.path.dirname(os.path.abspath(path)) == recipes:
     return name + sep + variant, []
   beside = glob.glob(os.path.join(os.path.dirname(os.path.abspath(path)), "*.py"))
-  return f"{gke.STAGING}/{name}{sep}{variant}", sorted(set(beside))
+  return f"{gke.STAGING}/{name}{sep}{variant}", sorted(beside)
 
 
 def _gke(extra: list[str]) -> None:
   from tpu_trainer import gke  # pylint: disable=g-import-not-at-top
   from tpu_trainer import storage  # pylint: disable=g-import-not-at-top
-  from tpu_trainer import tpus  # pylint: disable=g-import-not-at-top
   if not FLAGS.cluster or not FLAGS.location:
     raise UserError("--platform=gke needs --cluster=NAME and --location=REGION_OR_ZONE.")
   name = gke.check_name(FLAGS.name or "")
@@ -130,10 +129,7 @@ def _gke(extra: list[str]) -> None:
   if FLAGS.data_dir and not FLAGS.data_dir.startswith("gs://"):
     raise UserError(f"--data_dir={FLAGS.data_dir}: the pods cannot read this machine's "
                     "disk: give gs://BUCKET/PATH (tpu-trainer-convert --output_dir=gs://...).")
-  gke.check_backend(FLAGS.backend, FLAGS.accelerator, FLAGS.slices)
-  node = tpus.gke_slice(tpus.parse_accelerator(FLAGS.accelerator))  # before any upload
-  if FLAGS.slices < 1:
-    raise UserError(f"--slices={FLAGS.slices}: at least 1.")
+  node = gke.check(FLAGS.accelerator, FLAGS.slices, FLAGS.backend)  # before any upload
   config, sent = _config()
   launch_dir = storage.join(FLAGS.workdir, "launch")
   with tempfile.TemporaryDirectory() as staging:
