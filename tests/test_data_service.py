@@ -25,9 +25,10 @@ def _free_port():
 class Service:
   """A dispatcher (journal in work_dir) and `workers` workers on localhost."""
 
-  def __init__(self, tmp_path, workers=2):
-    self.tmp_path, self.port = tmp_path, _free_port()
-    self.address = f"grpc://localhost:{self.port}"
+  def __init__(self, tmp_path, workers=2, host="localhost"):
+    """host: the name (or address) trainers and workers reach this machine by."""
+    self.tmp_path, self.port, self.host = tmp_path, _free_port(), host
+    self.address = f"grpc://{f'[{host}]' if ':' in host else host}:{self.port}"
     self.dispatcher = self._dispatcher()
     self.workers = [self.add_worker(i) for i in range(workers)]
     self.trainers = []  # stopped with the service, whatever the test's outcome
@@ -47,7 +48,7 @@ class Service:
   def add_worker(self, i):
     log = self.tmp_path / f"worker{i}.log"
     proc = start_cli("data_service", "--role=worker", f"--dispatcher={self.address}",
-                     "--worker_host=localhost", log=log)
+                     f"--worker_host={self.host}", log=log)
     wait_for(lambda: "Worker registered" in log.read_text(), proc, log, timeout=120)
     return proc
 
@@ -167,3 +168,59 @@ def test_the_jax_backend_trains_through_the_service(digits_dir, tmp_path, data_s
   assert f"Training input from the tf.data service at {data_service.address}" in result.stderr
   metrics = json.loads(result.stdout.splitlines()[0])
   assert metrics["backend"] == "jax" and metrics["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("worker", ["none", "unresolvable"])
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c twice"])
+def test_a_trainer_whose_service_serves_nothing_says_so_and_stops_when_told(
+    digits_dir, tmp_path, worker, stop):
+  """No worker, or only one advertising a name this host cannot resolve: the
+  trainer's first step waits on the service forever. It says so while it waits,
+  and SIGTERM (after its grace) or a second Ctrl-C (at once) ends it."""
+  service = Service(tmp_path, workers=0)
+  try:
+    if worker == "unresolvable":
+      log = tmp_path / "worker.log"
+      service.workers.append(start_cli(
+          "data_service", "--role=worker", f"--dispatcher={service.address}",
+          "--worker_host=no-such-host.invalid", log=log))
+      wait_for(lambda: "Worker registered" in log.read_text(), service.workers[-1], log)
+    log = tmp_path / "trainer.log"
+    trainer = service.start_trainer(
+        "--config=configs/mlp.py", f"--workdir={tmp_path / 'w'}",
+        f"--config.data_dir={digits_dir}", "--config.steps=20",
+        "--config.storage_timeout_secs=15", log=log)
+    waiting = "The training step has not returned in 5 s: waiting for batches from the " \
+              f"tf.data service at {service.address}"
+    wait_for(lambda: waiting in log.read_text(), trainer, log, timeout=180)
+    start = time.monotonic()
+    if stop == "sigterm":
+      trainer.send_signal(signal.SIGTERM)
+      assert trainer.wait(timeout=60) == 143, log.read_text()[-3000:]
+      assert "preempted: SIGTERM, and the training step in progress had not returned 30 s " \
+             "later" in log.read_text()
+    else:
+      trainer.send_signal(signal.SIGINT)
+      time.sleep(1)
+      trainer.send_signal(signal.SIGINT)
+      assert trainer.wait(timeout=60) == 130, log.read_text()[-3000:]
+      assert time.monotonic() - start < 10
+      assert "interrupted (Ctrl-C twice): stopped without saving" in log.read_text()
+  finally:
+    service.stop()
+
+
+def test_an_ipv6_dispatcher_and_worker_serve_a_trainer(digits_dir, tmp_path):
+  """grpc://[::1]:PORT passed the address check, then lost its brackets when the
+  address was rebuilt: the trainer waited in silence."""
+  service = Service(tmp_path, workers=1, host="::1")
+  try:
+    log = tmp_path / "trainer.log"
+    trainer = service.start_trainer(
+        "--config=configs/mlp.py", f"--workdir={tmp_path / 'w'}",
+        f"--config.data_dir={digits_dir}", "--config.steps=20", log=log)
+    assert trainer.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert json.loads((tmp_path / "w" / "metrics.json").read_text())["step"] == 20
+    assert f"tf.data service at grpc://[::1]:{service.port}" in log.read_text()
+  finally:
+    service.stop()

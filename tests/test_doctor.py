@@ -83,6 +83,23 @@ def test_cli_exits_1_and_names_what_failed(digits_dir, tmp_path):
   assert "Ready to launch." not in result.stdout
 
 
+def test_an_unreachable_service_fails_its_row_and_the_rest_still_runs(digits_dir):
+  """config.input.service with no dispatcher there: the doctor hung, silent."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:  # a port nothing listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  result = run_cli("doctor", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                   f"--config.input.service=grpc://localhost:{port}", "--accelerator=v4-8",
+                   "--input_seconds=0.2", timeout=120)
+  assert result.returncode == 1, result.stdout + result.stderr
+  failed = [l for l in result.stdout.splitlines() if l.startswith("FAIL")]
+  assert len(failed) == 1 and "tf.data service reachable" in failed[0], result.stdout
+  assert f"No tf.data service dispatcher answers at grpc://localhost:{port}" in failed[0]
+  assert any(l.startswith("OK") and "input rate vs step rate" in l
+             for l in result.stdout.splitlines()), result.stdout
+
+
 def test_bad_manifest_shard_count_and_batch_fail(digits_dir, tmp_path):
   data = str(tmp_path / "d")
   shutil.copytree(digits_dir, data)

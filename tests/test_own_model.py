@@ -307,7 +307,8 @@ def test_a_model_that_is_not_found_is_one_line_naming_where_it_looked(digits_dir
 
 def test_the_python_api_from_a_fresh_interpreter(digits_dir, tmp_path):
   """A notebook's way: a builder defined in the session (not importable by
-  another process), trained on 2 replicas, resumed by the same call, evaluated;
+  another process), trained on 2 replicas, the same call again (finished:
+  its metrics as they are), evaluated;
   a built model, and a builder returning one made outside the scope, refused."""
   script = tmp_path / "notebook.py"
   script.write_text(textwrap.dedent(f'''
@@ -350,5 +351,5 @@ def test_the_python_api_from_a_fresh_interpreter(digits_dir, tmp_path):
   built, stale = out["refusals"]
   assert "is a built keras.Model" in built and "pass the function that builds it" in built
   assert "made outside the strategy's scope" in stale
-  assert "Resumed from" in result.stderr and "logits out" in result.stderr  # the tools' logs
+  assert "holds a finished run" in result.stderr and "logits out" in result.stderr  # logs
   assert not (tmp_path / "refused").exists()

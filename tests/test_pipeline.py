@@ -245,3 +245,40 @@ def test_a_resume_with_another_layout_restarts_its_epoch_and_says_what_it_could_
   assert legacy == position.Position(was.layout, base_step=50, base_epoch=2)
   line, = log.lines
   assert line.startswith("ckpt-50 holds no input position")
+
+
+def test_input_settings_past_what_the_machine_holds_are_one_line_before_any_work(
+    digits_dir, tmp_path):
+  """--config.input.threads=100000 grew to 11 GB with SIGTERM ignored: refused
+  now, in one line with this machine's numbers, before a workdir exists."""
+  import os  # pylint: disable=g-import-not-at-top
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  result = run_cli("train", "--config=configs/mlp.py", f"--workdir={tmp_path / 'w'}",
+                   f"--config.data_dir={digits_dir}", "--config.input.threads=100000")
+  assert result.returncode == 2, result.stderr[-3000:]
+  error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(error) == 1, result.stderr[-3000:]
+  assert (f"config.input.threads=100000 is more than this machine can use: at most 4 per CPU "
+          f"core ({4 * os.cpu_count()} here)") in error[0]
+  assert not (tmp_path / "w").exists()
+  dataset = manifest.read(digits_dir)
+  pipeline.check_fits_host(dataset, _input(threads=4 * os.cpu_count()))  # the bound itself
+
+
+def test_a_shuffle_buffer_or_cache_past_the_memory_is_refused_or_streamed(digits_dir,
+                                                                         monkeypatch):
+  """A machine with 64 KiB for the input (a small host beside a big dataset):
+  a buffer of all the records is refused with the numbers; the cache that
+  would not fit streams instead, and says so."""
+  dataset = manifest.read(digits_dir)
+  monkeypatch.setattr(pipeline, "host_memory_bytes", lambda: 2 * 64 * 1024)
+  with pytest.raises(ValueError, match=r"config.input.shuffle_buffer=10000 would hold "
+                     r"0.0 GiB of .* more than half this machine's 0.0 GiB: at most \d+ here"):
+    pipeline.check_fits_host(dataset, _input())
+  record = dataset.split("train").num_bytes / dataset.split("train").num_examples
+  pipeline.check_fits_host(dataset, _input(shuffle_buffer=int(64 * 1024 / record)))
+  with _AbslLines() as log:
+    assert not pipeline.fits_cache(dataset, "train", 1, _input())
+  assert "more than half this machine's" in log.lines[0]
+  monkeypatch.undo()
+  assert pipeline.fits_cache(dataset, "train", 1, _input())

@@ -91,6 +91,48 @@ def test_storage_gone_mid_run_ends_in_bounded_time_and_resumes(digits_dir, tmp_p
     assert resumed and int(resumed.group(1)) >= int(checkpoint.group(1)), again.stderr[-3000:]
 
 
+def test_a_gs_data_dir_gone_mid_run_ends_in_bounded_time_naming_it(digits_dir, tmp_path,
+                                                                  monkeypatch):
+  """The input's storage, not the workdir's: a streamed (uncached) gs://
+  data_dir whose server is killed mid-run. The step waiting on its records is
+  said while it waits, then one line naming data_dir and the checkpoint to
+  resume from, exit 75, within config.storage_timeout_secs (it was 4 minutes
+  of silence, then "internal error: AbortedError")."""
+  from gcs_emulator import Emulator, TensorFlowProxy  # pylint: disable=g-import-not-at-top
+  from tpu_trainer import storage  # pylint: disable=g-import-not-at-top
+  with Emulator(root=str(tmp_path / "objects")) as emulator, TensorFlowProxy(
+      emulator.url, str(tmp_path)) as proxy:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+    storage.gcs_client().create_bucket("input")
+    env = {"STORAGE_EMULATOR_HOST": emulator.url, **proxy.env}
+    converted = run_cli("convert", "--source=digits", "--output_dir=gs://input/digits",
+                        "--min_shards=4", env=env)
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    log = tmp_path / "train.log"
+    proc = start_cli("train", "--config=configs/mlp.py", f"--workdir={tmp_path / 'run'}",
+                     "--config.data_dir=gs://input/digits", "--config.input.cache=false",
+                     "--config.input.shuffle_buffer=64", "--config.batch_size=64",
+                     "--config.steps_per_execution=10", "--config.log_every_steps=100",
+                     "--config.checkpoint_every_steps=100", "--config.steps=100000",
+                     "--config.storage_timeout_secs=15", log=log, env=env)
+    wait_for(lambda: "step 300/" in log.read_text(), proc, log)
+    emulator.proc.kill()
+    gone = time.monotonic()
+    assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
+    assert time.monotonic() - gone < 15 + 15
+    lines = log.read_text().splitlines()
+    assert "Traceback" not in log.read_text()
+    assert "internal error" not in log.read_text()
+    assert "gs://input/digits" in lines[-1] and lines[-1].startswith("error:"), lines[-5:]
+    checkpoint = re.search(rf"Last checkpoint: {tmp_path / 'run'}/checkpoints/ckpt-(\d+)\.",
+                           lines[-1])
+    # Known written whole: 200 at least (300 may still have been in flight).
+    assert checkpoint and int(checkpoint.group(1)) >= 200, lines[-1]
+    assert "records from gs://input/digits stopped coming" in lines[-1]
+    assert any("The training step has not returned in 5 s (the longest took" in l
+               and "waiting for records from gs://input/digits" in l for l in lines)
+
+
 def test_jax_checkpoints_on_gs_through_orbax(digits_dir, gcs_bucket, gcs_emulator,
                                              tf_gcs_proxy):
   """The JAX backend's Orbax checkpoints in a gs:// workdir: TensorStore writes the

@@ -511,6 +511,58 @@ def test_eval_matches_classes_by_name_and_refuses_other_classes(digits_dir, tmp_
   assert not (tmp_path / "w" / "eval_letters_test.json").exists()
 
 
+def _named_folder(root, names):
+  """The same 24 images per class (digits), class folders named `names`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  for label, name in enumerate(names):
+    os.makedirs(os.path.join(root, name))
+    for i in np.flatnonzero(digits.target == label)[:24]:
+      image = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+      Image.fromarray(image).save(os.path.join(root, name, f"{i}.png"))
+
+
+def test_class_names_typed_composed_or_decomposed_are_the_same_classes(tmp_path):
+  """Folders copied from macOS name classes decomposed (NFD): 'café' there and
+  'café' typed elsewhere print the same. Converted, trained on one and
+  evaluated on the other, they are the same classes, in the same splits."""
+  import unicodedata  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.data import convert, manifest, sources  # pylint: disable=g-import-not-at-top
+  names = ["café", "crème", "naïve"]
+  decomposed = [unicodedata.normalize("NFD", n) for n in names]
+  assert decomposed != names
+  _named_folder(str(tmp_path / "mac"), decomposed)
+  _named_folder(str(tmp_path / "linux"), names)
+  for folder in ("mac", "linux"):
+    convert.convert(sources.load(f"folder:{tmp_path / folder}", test_fraction=0.3),
+                    str(tmp_path / f"{folder}_data"))
+    assert manifest.read(str(tmp_path / f"{folder}_data")).class_names == names
+  assert ((tmp_path / "mac_data" / "label.labels.txt").read_text()
+          == (tmp_path / "linux_data" / "label.labels.txt").read_text())
+  workdir = str(tmp_path / "w")
+  training.run(_digits_config(mlp_config, str(tmp_path / "mac_data"), steps=10,
+                              batch_size=16), workdir, tf.distribute.get_strategy())
+  own = evaluation.evaluate(workdir)
+  other = evaluation.evaluate(workdir, data_dir=str(tmp_path / "linux_data"))
+  assert other["examples"] == own["examples"]
+  assert other["accuracy"] == pytest.approx(own["accuracy"])
+
+  # A config.json recorded before names were NFC still resumes (its names decomposed).
+  saved = json.loads((tmp_path / "w" / "config.json").read_text())
+  (tmp_path / "w" / "config.json").write_text(json.dumps({**saved, "class_names": decomposed}))
+  (tmp_path / "w" / "metrics.json").unlink()
+  training.run(_digits_config(mlp_config, str(tmp_path / "mac_data"), steps=20,
+                              batch_size=16), workdir, tf.distribute.get_strategy())
+
+  # Two folders whose names are one name in NFC are one class twice: refused.
+  twice = sources.Source("twice", [names[0], decomposed[0]], (8, 8, 1),
+                         sources.load(f"folder:{tmp_path / 'linux'}").splits, "twice")
+  with pytest.raises(ValueError, match=r"names class\(es\) \['café'\] more than once"):
+    convert.convert(twice, str(tmp_path / "twice_data"))
+  assert not (tmp_path / "twice_data").exists()
+
+
 def test_conv_bn_scores_early_evaluations_with_its_batch_norm_statistics(digits_dir, tmp_path):
   """Batch norm's moving statistics keep up with a short run: the recipe's own
   settings, evaluated after 60 steps, score far above chance (Keras's default

@@ -78,8 +78,8 @@ def _update(config, values: dict) -> None:
 
 def train(config="cnn", workdir: str = "", **overrides) -> dict:
   """Trains as tpu-trainer-train does; returns what metrics.json holds. Rerun the
-  same call to resume. config.model may be a Python function (built inside the
-  strategy's scope)."""
+  same call to resume (a finished run's metrics are returned as they are).
+  config.model may be a Python function (built inside the strategy's scope)."""
   from tpu_trainer import backends  # pylint: disable=g-import-not-at-top
   from tpu_trainer import logs  # pylint: disable=g-import-not-at-top
   if not workdir:

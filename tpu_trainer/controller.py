@@ -259,11 +259,13 @@ class CheckpointClock:
 
 def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: Profiler,
           sigterm, early_stopping: EarlyStopping, num_classes: int,
-          step: int, watchdog, renew_lock=lambda: None,
+          step: int, watchdog, steps_watchdog, source: str, renew_lock=lambda: None,
           confirm_lock=lambda: None) -> tuple[int, Speed]:
   """Runs executions from `step` to plan.total_steps (or an early stop), with the
   logs, evaluations and checkpoints that fall due between them, each write to
-  the workdir under `watchdog` (watchdog.StorageWatchdog). The workdir's lock
+  the workdir under `watchdog` (watchdog.StorageWatchdog), each execution under
+  `steps_watchdog` (watchdog.StepWatchdog; source: where the input comes from,
+  as its lines name it). The workdir's lock
   is renewed at every progress line and confirmed before every checkpoint,
   before those writes: a run that lost it (lock.py) writes nothing more.
   Returns the last step and the speed. Raises Diverged, or Preempted after saving."""
@@ -275,7 +277,7 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
     if first:
       report.progress.log("Compiling the training step (the first execution, %d steps)...", n)
     start = time.perf_counter()
-    with profiler.step_marker(step):
+    with profiler.step_marker(step), steps_watchdog.running("training step", source):
       agreed = runner.execute(n, [sigterm.received, report.progress.line_due(), clock.due()])
     step = runner.step()
     speed.executed(n, time.perf_counter() - start)
@@ -300,7 +302,7 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
         renew_lock()
         report.train(step, values)
     stop_early = False
-    if step % plan.eval_every == 0 and not done:
+    if step % plan.eval_every == 0 and not done and not agreed.stop:  # stopping: save first
       eval_start = time.perf_counter()
       values = evaluate()
       with watchdog.waiting(f"writing step {step}'s validation summaries"):

@@ -290,6 +290,17 @@ def _input_check(config, tpu_slice, forward, input_seconds):
   return Check("input rate vs step rate", "OK", detail)
 
 
+def _service_check(address: str) -> Check:
+  from tpu_trainer.data import service  # pylint: disable=g-import-not-at-top
+  try:
+    service.check_reachable(address, timeout_s=5.0)
+  except ValueError as e:
+    return Check("tf.data service reachable", "FAIL", str(e))
+  return Check("tf.data service reachable", "OK",
+               f"a dispatcher answers at {address} (its workers are not checked: a training "
+               "run that waits on them says so)")
+
+
 def backend_check(backend: str, tpu_slice: tpus.Slice) -> Check:
   """The support table's row for this accelerator and backend."""
   generation = tpu_slice.generation
@@ -320,6 +331,12 @@ def run_checks(config, accelerator: str = "v4-8", input_seconds: float = 3.0,
     checks.append(Check("model known", "FAIL", str(e)))
   data_checks, dataset = _data_checks(config, tpu_slice, client)
   checks += data_checks
+  if config.input.service:
+    checks.append(_service_check(config.input.service))
+    # What follows measures this host's own pipeline: waiting on a service
+    # (perhaps without workers) would measure nothing, or hang.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.input.service = ""
   if not config.batch_size:  # chosen for the dataset and the slice, as training will
     examples = (dataset.splits[config.input.train_split].num_examples
                 if dataset is not None and config.input.train_split in dataset.splits else 0)

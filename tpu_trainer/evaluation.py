@@ -99,7 +99,7 @@ def check_dataset(config, dataset: manifest.Dataset, split: str) -> tuple[str, l
   report's name (eval_SPLIT for the run's own dataset, eval_NAME_SPLIT for
   another) and, for a dataset with the run's classes in another order, the
   model's index of each of its classes (matched by name), else None."""
-  trained = list(config.get("class_names") or [])
+  trained = [manifest.class_name(n) for n in config.get("class_names") or []]
   order = None
   if trained and list(dataset.class_names) != trained:
     if sorted(trained) != sorted(dataset.class_names) or len(set(trained)) != len(trained):

@@ -5,6 +5,8 @@ steps). A handler that raised instead could be swallowed inside a TensorFlow or
 Keras call; the flag cannot be lost. No TensorFlow here: the tools install the
 recording before they import it.
 """
+import os
+import select
 import signal
 import time
 
@@ -32,6 +34,13 @@ def _record(signum, _):
   _RECEIVED_AT.append(time.monotonic())
 
 
+# Python runs a signal's handler in the main thread only when it next runs
+# Python: never while that thread is blocked inside TensorFlow (a step waiting
+# for input that does not come). The signal's number is also written, at once,
+# to this pipe (signal.set_wakeup_fd), where a thread of the run reads it.
+_WAKEUP: list[int] = []  # the pipe's read end, once made
+
+
 def record_stop_signals() -> bool:
   """From now on SIGTERM and SIGINT are recorded, for the run to act on at its
   safe points; False where signals cannot be handled (not the main thread).
@@ -39,9 +48,31 @@ def record_stop_signals() -> bool:
   try:
     for signum in STOP_SIGNALS:
       signal.signal(signum, _record)
+    if not _WAKEUP:
+      read, write = os.pipe()
+      os.set_blocking(write, False)
+      previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+      if previous != -1:  # an event loop's (a notebook's): left to it
+        signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
+      else:
+        _WAKEUP.append(read)
   except ValueError:
     return False
   return True
+
+
+def arrived(timeout_s: float) -> list[int]:
+  """Stop signals that came since the last call (their numbers), waiting up to
+  timeout_s for one: seen even while the main thread is blocked. For one reader."""
+  if not _WAKEUP:
+    time.sleep(timeout_s)
+    return []
+  ready, _, _ = select.select(_WAKEUP, [], [], timeout_s)
+  if not ready:
+    return []
+  return [n for n in os.read(_WAKEUP[0], 512) if n in STOP_SIGNALS]
 
 
 class StopSignals:

@@ -36,6 +36,7 @@ from tpu_trainer import strategy as strategy_lib
 from tpu_trainer import versions
 from tpu_trainer import watchdog as watchdog_lib
 from tpu_trainer.data import manifest
+from tpu_trainer.data import pipeline
 from tpu_trainer.data import service
 from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
@@ -71,6 +72,8 @@ def check_resumable(workdir: str, resolved: dict, identities=()) -> None:
   if saved is None:
     return
   saved = {"backend": "tensorflow", **saved.to_dict()}  # workdirs from before backends
+  if "class_names" in saved:  # recorded before names were NFC
+    saved["class_names"] = [manifest.class_name(n) for n in saved["class_names"]]
   keys = list(RESUME_KEYS)
   if "dataset_identity" not in saved:  # workdirs from before identities: the path
     keys.append("data_dir")
@@ -108,6 +111,48 @@ def clear_workdir(workdir: str) -> None:
       shutil.rmtree(path)
     elif (ours or name in WORKDIR_DIRS) and (os.path.islink(path) or os.path.isfile(path)):
       os.remove(path)
+
+
+def finished_run(workdir: str, plan: controller.Plan) -> dict | None:
+  """metrics.json of the run in workdir when it finished (its planned steps, or
+  an early stop) and this config asks no more of it: as many examples or fewer
+  (steps x batch, so a changed batch size compares). None otherwise. A finished
+  run stays finished: rerunning its command changes nothing."""
+  text = storage.read_text_if_exists(storage.join(workdir, "metrics.json"))
+  if text is None:
+    return None
+  metrics = json.loads(text)
+  if "total_steps" in metrics:
+    planned, batch = metrics["total_steps"], metrics["batch_size"]
+  else:  # metrics.json from before it said so: config.json was that run's
+    saved = config_lib.load_if_exists(storage.join(workdir, "config.json")) or {}
+    planned, batch = saved.get("total_steps"), saved.get("batch_size")
+  if planned is None or plan.total_steps * plan.batch_size > planned * batch:
+    return None
+  how = ("stopped early at step %d of %d" % (metrics["step"], planned)
+         if metrics.get("stopped_early") else f"trained its {planned} steps")
+  logging.warning(
+      "workdir=%s holds a finished run (%s at batch %d; accuracy %.4f in metrics.json): "
+      "nothing to train, nothing written. To train it further, raise config.epochs or "
+      "config.steps past %d steps at batch %d; for a new run, pass another --workdir.",
+      workdir, how, batch, metrics["accuracy"], planned, batch)
+  return metrics
+
+
+def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str) -> None:
+  """Refuses a resume whose checkpoint is past this config's last step (fewer
+  epochs, or a bigger batch: steps of the checkpoint's batch), which would train
+  nothing and export the old weights as this config's."""
+  if step <= plan.total_steps:
+    return
+  saved = config_lib.load_if_exists(storage.join(workdir, "config.json")) or {}
+  then = saved.get("batch_size")
+  raise UserError(
+      f"{restored} is at step {step}{f' (batch {then})' if then else ''}, past this "
+      f"config's last step {plan.total_steps} (batch {plan.batch_size}): resuming would train "
+      "nothing. Raise config.epochs or config.steps past step "
+      f"{step}{f', keep config.batch_size={then}' if then and then != plan.batch_size else ''}"
+      ", or pass another --workdir.")
 
 
 def check_workers_agree(runner, config, plan: controller.Plan, dataset, workdir: str) -> None:
@@ -152,6 +197,7 @@ def check_data(config) -> manifest.Dataset:
   for split in splits:
     dataset.split(split)
   manifest.check_shards(dataset, splits)
+  pipeline.check_fits_host(dataset, config.input)
   if config.init_from and not tf.io.gfile.exists(config.init_from):
     raise MissingError(f"config.init_from={config.init_from!r} does not exist: pass a "
                        "model.keras file (an earlier run's) or leave it empty.")
@@ -203,6 +249,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
     check_workers_agree(runner, config, plan, dataset, workdir)
+    finished = finished_run(workdir, plan)
+    if finished is not None:
+      return finished
     # The model before the workdir: a builder that breaks the contract leaves nothing.
     model, optimizer, schedule, output = build(config, plan, dataset, runner, builder,
                                                users_code)
@@ -211,17 +260,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     cleanup.callback(watchdog.close)
     workdir_lock = None
     if runner.chief:  # one live run per workdir; the other workers share the chief's
-      with watchdog.waiting("taking the workdir's lock and writing config.json"):
+      with watchdog.waiting("taking the workdir's lock"):
         workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
         cleanup.callback(watchdog.guarded("releasing the workdir's lock", workdir_lock.release))
         config_path = storage.join(workdir, "config.json")
         if not tf.io.gfile.exists(config_path):
           # A run that fails before its first checkpoint leaves no config.json
-          # behind: nothing then stops a retry with other settings.
+          # behind: nothing then stops a retry with other settings. (Pushed
+          # before the checkpoints' close: a save in flight ends first.)
           forget = watchdog.guarded("removing config.json", _forget_config, workdir,
                                     config_path)
           cleanup.push(lambda failed, *_: failed and forget())
-        config_lib.save(_resolved(config, plan, dataset, runner, stack, output), config_path)
     _log_plan(config, plan, train_examples, runner)
 
     runner.start(model, optimizer, schedule, plan, dataset, config.input, config.seed,
@@ -229,14 +278,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     checkpoints = runner.checkpoints(workdir, config.keep_checkpoints)
     # A save still being written (asynchronously) ends before the lock is released.
     cleanup.callback(watchdog.guarded("finishing the last checkpoint", checkpoints.close))
-    with watchdog.waiting("reading the latest checkpoint and history.json"):
+    with watchdog.waiting("reading the latest checkpoint"):
       restored = checkpoints.restore()
       step = runner.step()
+    if restored:
+      check_progress(workdir, step, plan, restored)
+      watchdog.saved(restored)
+    # config.json only once the resume is accepted: a refused run leaves the
+    # workdir's run as it was.
+    if runner.chief:
+      with watchdog.waiting("writing config.json"):
+        config_lib.save(_resolved(config, plan, dataset, runner, stack, output), config_path)
+    with watchdog.waiting("reading history.json"):
       report = controller.Report(workdir, runner.chief, plan.total_steps, step,
                                  plan.batch_size)
-    if restored:
-      watchdog.saved(restored)
-    evaluate = runner.evaluator(dataset, config.input.eval_split, plan.batch_size, config.input)
+    # Every step too: one blocked on input that does not come is said, bounded,
+    # and ended by a stop signal.
+    steps_watchdog = watchdog_lib.StepWatchdog(config.storage_timeout_secs, watchdog)
+    cleanup.callback(steps_watchdog.close)
+    evaluate_split = runner.evaluator(dataset, config.input.eval_split, plan.batch_size,
+                                      config.input)
+
+    def evaluate():
+      with steps_watchdog.running("evaluation", f"records from {config.data_dir}"):
+        return evaluate_split()
     cleanup.callback(watchdog.guarded("writing the last summaries", report.close))
     profiler = controller.Profiler(runner, config.profile_steps,
                                    storage.join(workdir, "train"), runner.chief)
@@ -246,7 +311,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       step, speed = controller.train(
           runner, plan, report, checkpoints, evaluate, profiler, sigterm,
           controller.EarlyStopping(config.early_stopping_patience), dataset.num_classes, step,
-          watchdog, renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
+          watchdog, steps_watchdog, _input_source(config), renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
           confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None)
       with watchdog.waiting(f"finishing checkpoint {step}"):
         checkpoints.wait()  # before metrics.json says the run is complete
@@ -254,13 +319,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-      if runner.processes == 1:
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError) as e:
+      cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+      if runner.processes > 1 and not isinstance(e, tf.errors.AbortedError):
+        raise UserError(f"A worker of this job was lost ({cause}). Start every worker again "
+                        "with the same command: they resume from the last checkpoint "
+                        f"({checkpoints.latest() or 'none yet'}).") from None
+      if not watchdog_lib.is_storage_error(e):
         raise
-      raise UserError(f"A worker of this job was lost ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200]}). Start every worker again with the "
-                      "same command: they resume from the last checkpoint "
-                      f"({checkpoints.latest() or 'none yet'}).") from None
+      # TensorFlow's gs:// reads, after their own retries (minutes).
+      raise errors.StorageUnavailable(
+          f"the storage of config.data_dir={config.data_dir} did not answer while reading "
+          f"the input ({cause}). Last checkpoint: {watchdog.last_checkpoint}. Run the same "
+          "command again once it answers: it resumes from there.") from None
     with watchdog.waiting("writing the final summaries"):
       report.scalars("validation", final, step)
       report.close()
@@ -284,8 +356,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     return result
 
 
+def _input_source(config) -> str:
+  """Where the training input comes from, as the step watchdog's lines name it."""
+  if config.input.service:
+    return (f"batches from the tf.data service at {config.input.service} (are its workers "
+            "up, and reachable from here by the names they advertise?)")
+  return f"records from {config.data_dir}"
+
+
 def _forget_config(workdir: str, config_path: str) -> None:
-  if not tf.io.gfile.glob(storage.join(workdir, "checkpoints", "*")):
+  if (tf.io.gfile.exists(config_path)
+      and not tf.io.gfile.glob(storage.join(workdir, "checkpoints", "*"))):
     tf.io.gfile.remove(config_path)
 
 
@@ -365,7 +446,9 @@ def _results(config, plan: controller.Plan, runner, speed: controller.Speed, fin
   logging.info("Final evaluation on %s (%d examples): loss %.4f, accuracy %.4f.",
                config.input.eval_split, final["examples"], final["loss"], final["accuracy"])
   return {"accuracy": final["accuracy"], "loss": final["loss"],
-          "eval_examples": final["examples"], "step": step, "examples_per_second": rate,
+          "eval_examples": final["examples"], "step": step, "total_steps": plan.total_steps,
+          "batch_size": plan.batch_size, "stopped_early": step < plan.total_steps,
+          "examples_per_second": rate,
           "examples_per_second_includes_compilation": includes_compilation,
           "replicas": runner.replicas, "precision": plan.precision,
           "model": config.model, "backend": runner.name,

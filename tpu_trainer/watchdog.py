@@ -15,6 +15,7 @@ the same command resumes.
 """
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -122,6 +123,95 @@ class StorageWatchdog:
         logging.warning("Still %s after %.0f s: storage is slow or not answering, retrying; "
                         "the run gives up at %.0f s (config.storage_timeout_secs).", what,
                         waited, self.limit_s)
+
+  def close(self) -> None:
+    self._closed.set()
+
+
+class StepWatchdog:
+  """Bounded waits on the steps. A step blocked on input that does not come (a
+  tf.data service with no worker, or one the trainer cannot reach; a data_dir
+  whose storage went silent) holds the main thread inside TensorFlow: it can
+  neither log nor run a signal's handler. From a thread of its own, while a
+  step runs (running(kind)):
+  - every notice_s a line says what it waits for;
+  - past the limit (the larger of limit_s and 10x the longest such step so
+    far; never the first, which compiles) the run ends, exit 75, the last
+    checkpoint named: the same command resumes;
+  - a stop signal whose safe point does not come (STOP_GRACE_S or twice the
+    longest such step; FIRST_STOP_GRACE_S for the first) ends the process,
+    128 + N; a second Ctrl-C at once.
+  """
+
+  STOP_GRACE_S = 10.0
+  FIRST_STOP_GRACE_S = 30.0  # the first step compiles: its time is not known
+
+  def __init__(self, limit_s: float, storage: StorageWatchdog, notice_s: float = 60.0):
+    self.limit_s, self.notice_s = limit_s, min(notice_s, limit_s / 3)
+    self._storage = storage  # its last checkpoint
+    self._kind, self._since, self._source = None, 0.0, ""
+    self._longest = {}  # kind -> the longest step of that kind, seconds
+    self._lock = threading.Lock()
+    self._closed = threading.Event()
+    self._thread = threading.Thread(target=self._watch, name="step-watchdog", daemon=True)
+    self._thread.start()
+
+  @contextlib.contextmanager
+  def running(self, kind: str, source: str):
+    """Around one execution of steps: kind says which ("training step"), source
+    where its input comes from ("records from gs://b/data")."""
+    with self._lock:
+      self._kind, self._since, self._source = kind, time.monotonic(), source
+    try:
+      yield
+    finally:
+      with self._lock:
+        self._longest[kind] = max(self._longest.get(kind, 0.0), time.monotonic() - self._since)
+        self._kind = None
+
+  def _exit(self, line: str, status: int) -> None:
+    print(line, file=sys.stderr, flush=True)
+    os._exit(status)  # pylint: disable=protected-access  (the main thread is blocked)
+
+  def _watch(self) -> None:
+    from tpu_trainer import stopping  # pylint: disable=g-import-not-at-top
+    signals, notices, watched = [], 0, None
+    while not self._closed.is_set():
+      now = time.monotonic()
+      signals += [(n, now) for n in stopping.arrived(0.5)]
+      with self._lock:
+        kind, since, source = self._kind, self._since, self._source
+        longest = self._longest.get(kind)
+      if sum(n == signal.SIGINT for n, _ in signals) >= 2:
+        self._exit("interrupted (Ctrl-C twice): stopped without saving. Last checkpoint: "
+                   f"{self._storage.last_checkpoint}.", 128 + signal.SIGINT)
+      if kind is None or self._closed.is_set():
+        continue
+      now = time.monotonic()
+      waited = now - since
+      if signals:
+        signum, at = signals[0]
+        grace = max(self.STOP_GRACE_S, 2 * longest) if longest else self.FIRST_STOP_GRACE_S
+        if now - at >= grace:
+          self._exit(f"preempted: {signal.Signals(signum).name}, and the {kind} in progress "
+                     f"had not returned {grace:.0f} s later (waiting for {source}?): "
+                     "stopped without a new checkpoint. Last checkpoint: "
+                     f"{self._storage.last_checkpoint}. Run the same command again to "
+                     "resume.", 128 + signum)
+      if since != watched:
+        notices, watched = 0, since
+      limit = max(self.limit_s, 10 * longest) if longest else None
+      if limit and waited >= limit:
+        self._exit(f"error: no {kind} returned in {waited:.0f} s (the longest took "
+                   f"{longest:.1f} s): {source} stopped coming. Last checkpoint: "
+                   f"{self._storage.last_checkpoint}. Run the same command again once it "
+                   "answers: it resumes from there.", StorageUnavailable.exit_status)
+      if waited >= (notices + 1) * self.notice_s:
+        notices += 1
+        logging.warning("The %s has not returned in %.0f s%s: waiting for %s.%s", kind,
+                        waited, f" (the longest took {longest:.1f} s)" if longest else "",
+                        source, f" The run ends at {limit:.0f} s (exit 75)." if limit
+                        else "")
 
   def close(self) -> None:
     self._closed.set()

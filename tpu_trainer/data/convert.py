@@ -70,6 +70,12 @@ def check_source(source: sources_lib.Source) -> None:
   if len(source.class_names) < 2:
     raise UserError(f"Source {source.name!r} has {len(source.class_names)} class(es); a "
                     "classifier needs at least 2.")
+  names = [manifest.class_name(n) for n in source.class_names]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise UserError(f"Source {source.name!r} names class(es) {twice} more than once (as "
+                    "Unicode NFC, the same text however it was typed): give each class its "
+                    "own name.")
   for name, split in source.splits.items():
     if split.labels is None or not len(split.labels):
       continue

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 
 from absl import logging
 import numpy as np
@@ -52,6 +53,13 @@ class Split:
   @property
   def num_examples(self) -> int:
     return sum(self.shard_lengths)
+
+
+def class_name(name) -> str:
+  """A class name as stored and compared: Unicode NFC. A folder named on macOS
+  (decomposed, NFD) and the same name typed elsewhere print the same and are
+  the same class."""
+  return unicodedata.normalize("NFC", str(name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +203,8 @@ def write(output_dir: str, *, name: str, image_shape, encoding: str, class_names
   """
   tfds = _tfds()
   from etils import epath  # pylint: disable=g-import-not-at-top
-  names = [f"(no class: label {i})" for i in range(label_offset)] + [str(n) for n in class_names]
+  names = ([f"(no class: label {i})" for i in range(label_offset)]
+           + [class_name(n) for n in class_names])
   features = _features_dict(_merge(
       _nested(image_key, image_feature(image_shape, encoding)),
       _nested(label_key, tfds.features.ClassLabel(names=names))))
@@ -373,7 +382,7 @@ def read(data_dir: str, client=None) -> Dataset:
   offset = int((adopted or {}).get("label_offset", 0))
   class_names = _class_names(data_dir, label_key, label, client)[offset:]
   recorded = (ours or {}).get("key", {}).get("class_names")
-  if recorded is not None and list(recorded) != list(class_names):
+  if recorded is not None and [class_name(n) for n in recorded] != list(class_names):
     raise UserError(f"{data_dir}: its class names ({label_key}.labels.txt) are not those it "
                     f"was converted with ({OURS_FILE}): a conversion stopped while publishing "
                     "its metadata. Run the same tpu-trainer-convert command again.")
@@ -390,7 +399,7 @@ def _class_names(data_dir, label_key, label, client) -> list:
   """ClassLabel names live in <key>.labels.txt beside features.json."""
   file_name = label_key.replace("/", "-") + ".labels.txt"  # as TFDS names it
   text = storage.read_text_if_exists(storage.join(data_dir, file_name), client)
-  names = [n for n in (text or "").splitlines() if n]
+  names = [class_name(n) for n in (text or "").splitlines() if n]
   if len(names) == label.num_classes:
     return names
   return [str(i) for i in range(label.num_classes)]

@@ -11,6 +11,7 @@ rescales them.
 """
 import json
 import math
+import os
 import zlib
 
 from absl import logging
@@ -39,11 +40,51 @@ def num_input_pipelines(strategy) -> int:
   return 1
 
 
+def host_memory_bytes() -> int:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# What the input may hold in this host's memory: the rest is the model's, the
+# runtime's and the other splits'.
+MEMORY_SHARE = 0.5
+THREADS_PER_CORE = 4  # more input threads than this only queue
+
+
+def check_fits_host(dataset: Dataset, input_config) -> None:
+  """Refuses input settings this machine cannot hold, in one line with the
+  numbers, before any work: a thread pool of 100,000 or a shuffle buffer of
+  a dataset's size grew past the memory with no message (then the kernel's kill)."""
+  cores = os.cpu_count() or 1
+  if input_config.threads > THREADS_PER_CORE * cores:
+    raise UserError(f"config.input.threads={input_config.threads} is more than this machine "
+                    f"can use: at most {THREADS_PER_CORE} per CPU core "
+                    f"({THREADS_PER_CORE * cores} here); 0 lets tf.data size its own pool.")
+  split = dataset.split(input_config.train_split)
+  record_bytes = (split.num_bytes / max(1, split.num_examples)
+                  or math.prod(dataset.image_shape))  # TFDS's size unknown: decoded
+  buffered = min(input_config.shuffle_buffer, split.num_examples) * record_bytes
+  limit = MEMORY_SHARE * host_memory_bytes()
+  if buffered > limit:
+    fits = max(1, int(limit / record_bytes))
+    raise UserError(f"config.input.shuffle_buffer={input_config.shuffle_buffer} would hold "
+                    f"{buffered / 2**30:.1f} GiB of {dataset.data_dir}'s records "
+                    f"({record_bytes / 2**10:.0f} KiB each), more than half this machine's "
+                    f"{host_memory_bytes() / 2**30:.1f} GiB: at most {fits} here.")
+
+
 def fits_cache(dataset: Dataset, split: str, pipelines: int, input_config) -> bool:
   """Whether one pipeline's share of a split's records is cached: input.cache on and
-  the share (decoded size, what the cache holds) within input.cache_max_bytes."""
-  split_bytes = dataset.split(split).num_examples * (math.prod(dataset.image_shape) + 64)
-  return input_config.cache and split_bytes / pipelines <= input_config.cache_max_bytes
+  the share (decoded size, what the cache holds) within input.cache_max_bytes and
+  half this host's memory (said when the memory decides)."""
+  share = dataset.split(split).num_examples * (math.prod(dataset.image_shape) + 64) / pipelines
+  if not input_config.cache or share > input_config.cache_max_bytes:
+    return False
+  if share > MEMORY_SHARE * host_memory_bytes():
+    logging.warning("The %s split's %.1f GiB (decoded) is within config.input.cache_max_bytes "
+                    "but more than half this machine's %.1f GiB of memory: streamed, not "
+                    "cached.", split, share / 2**30, host_memory_bytes() / 2**30)
+    return False
+  return True
 
 
 def file_dataset(files, pipelines, index, seed=None, epoch=0):

@@ -44,6 +44,11 @@ def parse_address(address: str) -> tuple[str, str, int]:
   return parsed.scheme, parsed.hostname, port
 
 
+def host_port(host: str, port) -> str:
+  """HOST:PORT as gRPC takes it: an IPv6 address in brackets ([::1]:5050)."""
+  return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_reachable(address: str, flag: str = "config.input.service",
                     timeout_s: float = 10.0) -> None:
   """One TCP connection to the dispatcher. tf.data service itself retries an
@@ -87,7 +92,7 @@ def distribute(dataset: tf.data.Dataset, address: str, job_name: str = "") -> tf
   protocol, host, port = parse_address(address)
   return dataset.apply(tf.data.experimental.service.distribute(
       processing_mode=tf.data.experimental.service.ShardingPolicy.OFF,
-      service=f"{protocol}://{host}:{port}", job_name=job_name or None))
+      service=f"{protocol}://{host_port(host, port)}", job_name=job_name or None))
 
 
 def start_dispatcher(port: int, work_dir: str = "",
@@ -105,11 +110,11 @@ def start_worker(dispatcher: str, port: int = 0, host: str = ""):
   known to trainers as host:port (host: this machine's name by default)."""
   _, dispatcher_host, dispatcher_port = parse_address(dispatcher)
   config = tf.data.experimental.service.WorkerConfig(
-      dispatcher_address=f"{dispatcher_host}:{dispatcher_port}",
-      worker_address=f"{host or socket.gethostname()}:%port%", port=port)
+      dispatcher_address=host_port(dispatcher_host, dispatcher_port),
+      worker_address=host_port(host or socket.gethostname(), "%port%"), port=port)
   server = tf.data.experimental.service.WorkerServer(config)
-  logging.info("Worker registered with the dispatcher at %s:%d.", dispatcher_host,
-               dispatcher_port)
+  logging.info("Worker registered with the dispatcher at %s.",
+               host_port(dispatcher_host, dispatcher_port))
   return server
 
 

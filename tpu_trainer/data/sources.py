@@ -25,6 +25,7 @@ import google_crc32c
 import numpy as np
 
 from tpu_trainer import storage
+from tpu_trainer.data import manifest
 from tpu_trainer.errors import MissingError
 from tpu_trainer.errors import UserError
 
@@ -553,13 +554,15 @@ def folder(directory: str, image_size=None, test_fraction: float = 0.1) -> Sourc
     logging.warning("Passed over %d file(s) that are no image Pillow reads: %s%s.",
                     len(skipped), ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
   separator = "/" if remote else os.sep
-  classes = sorted({rel.split(separator)[0] for rel, _, _ in listing})
+  # NFC: a folder copied from macOS (names decomposed) is the same classes and
+  # the same split as the folder it was copied from.
+  classes = sorted({manifest.class_name(rel.split(separator)[0]) for rel, _, _ in listing})
   label_of = {name: i for i, name in enumerate(classes)}
   files = {"train": [], "test": []}
   stats = []
   for rel, size, stamp in listing:
-    label = label_of[rel.split(separator)[0]]
-    bucket = zlib.crc32(rel.encode()) % 10_000
+    label = label_of[manifest.class_name(rel.split(separator)[0])]
+    bucket = zlib.crc32(manifest.class_name(rel).encode()) % 10_000
     split = "test" if bucket < test_fraction * 10_000 else "train"
     files[split].append((storage.join(directory, rel) if remote else
                          os.path.join(directory, rel), label))
