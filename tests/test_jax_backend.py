@@ -238,3 +238,53 @@ def test_jax_divergence_exits_3_and_bad_settings_are_one_line(digits_dir, tmp_pa
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and says in errors[0]
     assert not (tmp_path / "b" / "config.json").exists()
+
+
+def _jax_workers(digits_dir, tmp_path, indices, *flags):
+  """Processes `indices` of a two-process JAX job (TF_CONFIG), logging to files."""
+  workers = [f"127.0.0.1:{_free_port()}", "127.0.0.1:1"]  # only worker 0's port is used
+  procs = []
+  for index in indices:
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    procs.append(start_cli(
+        "train", "--config=configs/mlp.py", "--config.backend=jax",
+        "--config.strategy=multiworker", f"--config.data_dir={digits_dir}",
+        f"--workdir={tmp_path / 'w'}", "--config.storage_timeout_secs=15", *flags,
+        log=tmp_path / f"worker{index}.log", env={"TF_CONFIG": json.dumps(tf_config)}))
+  return procs
+
+
+def test_a_jax_worker_that_never_starts_is_one_line_in_bounded_time(digits_dir, tmp_path):
+  """Worker 1 of 2 never started: 5 minutes of silence, then XLA's abort and
+  its stack. Now a line at once, one error line at the limit, exit 75."""
+  proc, = _jax_workers(digits_dir, tmp_path, [0])
+  log = tmp_path / "worker0.log"
+  assert proc.wait(timeout=120) == 75, log.read_text()[-3000:]
+  text = log.read_text()
+  assert "Joining the other processes of this job at 127.0.0.1:" in text
+  assert text.splitlines()[-1].startswith("error: not every process of this job joined the "
+                                          "coordinator at 127.0.0.1:"), text[-2000:]
+  assert "Check failure stack trace" not in text and "Traceback" not in text
+
+
+def test_a_lost_jax_worker_is_one_line_saying_what_to_do(digits_dir, tmp_path):
+  """kill -9 of worker 1 mid-run: worker 0's collective fails (gloo), or waits
+  until the limit. One error line either way, not an internal error and XLA's
+  abort and stack at exit; exit 75 (try again: GKE restarts the job)."""
+  procs = _jax_workers(digits_dir, tmp_path, [0, 1], "--config.steps=100000",
+                       "--config.steps_per_execution=1", "--config.log_every_steps=20")
+  try:
+    log = tmp_path / "worker0.log"
+    wait_for(lambda: "step 40/" in log.read_text(), procs[0], log, timeout=240)
+    procs[1].kill()
+    assert procs[0].wait(timeout=120) == 75, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Check failure stack trace" not in text and "Traceback" not in text, text[-3000:]
+    last = text.splitlines()[-1]
+    assert (last.startswith("error: A worker of this job was lost (")
+            or last.startswith("error: no training step returned in ")), text[-2000:]
+    assert "Start every worker again with the same command" in last
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()

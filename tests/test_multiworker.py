@@ -134,7 +134,7 @@ def test_a_lost_worker_is_one_line_saying_what_to_do(digits_dir, tmp_path):
   procs = _training_workers(digits_dir, str(tmp_path / "w"), tmp_path, watch=0)
   procs[1].kill()
   (code0, _, err0), _ = _wait(procs, tmp_path, timeout=180)
-  assert code0 == 2 and "Traceback" not in err0, err0[-3000:]
+  assert code0 == 75 and "Traceback" not in err0, err0[-3000:]  # try again: GKE restarts
   errors = [line for line in err0.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "A worker of this job was lost" in errors[0], err0[-2000:]
   assert "Start every worker again with the same command" in errors[0]

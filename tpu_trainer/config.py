@@ -74,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_min_secs = 60.0   # between per-epoch checkpoints (the end and SIGTERM always save)
   c.eval_every_epochs = 1        # evaluate the eval split this often
   c.keep_checkpoints = 3         # the newest checkpoints kept
-  c.storage_timeout_secs = 300.0 # a write to the workdir not done by then ends the run (exit 75)
+  c.storage_timeout_secs = 300.0 # a wait (a write to the workdir, a step for its input or the other processes) not done by then ends the run (exit 75)
   c.profile_steps = ""           # "START,END": record a TensorBoard profile
   c.seed = 0                     # initial weights and the input order
   return c

@@ -16,12 +16,21 @@ class Diverged(UserError):
   exported. The tools exit with 3."""
 
 
-class StorageUnavailable(UserError):
-  """The workdir's storage stopped answering (watchdog.py): nothing more could be
-  written; rerunning the same command resumes from the last checkpoint. The
-  tools exit with 75 (sysexits' EX_TEMPFAIL: try again later) at once, without
-  the cleanup that would wait on storage again."""
+class TryAgain(UserError):
+  """Something outside the run failed (its storage, another worker) and the same
+  command, run again, resumes from the last checkpoint. The tools exit with 75
+  (sysexits' EX_TEMPFAIL: try again later; a GKE job restarts on it) at once:
+  the interpreter's own exit would wait on storage again, or on JAX's lost peer
+  (its shutdown barrier ends in an abort and a C++ stack)."""
   exit_status = 75
+
+
+class StorageUnavailable(TryAgain):
+  """The workdir's (or data_dir's) storage stopped answering (watchdog.py)."""
+
+
+class WorkerLost(TryAgain):
+  """Another process of a multi-process job is gone (its VM lost, killed)."""
 
 
 class OtherVariables(UserError):

@@ -155,18 +155,22 @@ def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str
       ", or pass another --workdir.")
 
 
-def check_workers_agree(runner, config, plan: controller.Plan, dataset, workdir: str) -> None:
+def check_workers_agree(runner, config, plan: controller.Plan, dataset, workdir: str,
+                        finished: bool = False) -> None:
   """Every process of a multi-process job runs the same config on the same data
   (workers started with another learning rate would train apart, silently);
   refused before anything is written, naming the keys. data_dir may differ (a
   copy per host): the dataset's identity may not. On JAX the workdir may not
-  either: every process writes its shards of each checkpoint there (Orbax)."""
+  either: every process writes its shards of each checkpoint there (Orbax).
+  Nor whether the workdir holds a finished run (finished_run): one worker
+  returning while another trains would leave that one waiting."""
   if runner.processes == 1:
     return
   values = {**{k: v for k, v in config_lib.flat(config.to_dict()).items()
                if k != "data_dir"},
             "dataset": dataset.identity, "batch_size (resolved)": plan.batch_size,
-            "precision (resolved)": plan.precision, "total_steps": plan.total_steps}
+            "precision (resolved)": plan.precision, "total_steps": plan.total_steps,
+            "whether the workdir holds a finished run": finished}
   if runner.name == "jax":
     values["workdir (every process writes its checkpoint shards there)"] = workdir
   keys = sorted(values)
@@ -248,8 +252,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     train_examples = dataset.split(config.input.train_split).num_examples
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
-    check_workers_agree(runner, config, plan, dataset, workdir)
     finished = finished_run(workdir, plan)
+    check_workers_agree(runner, config, plan, dataset, workdir, finished is not None)
     if finished is not None:
       return finished
     # The model before the workdir: a builder that breaks the contract leaves nothing.
@@ -311,7 +315,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       step, speed = controller.train(
           runner, plan, report, checkpoints, evaluate, profiler, sigterm,
           controller.EarlyStopping(config.early_stopping_patience), dataset.num_classes, step,
-          watchdog, steps_watchdog, _input_source(config), renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
+          watchdog, steps_watchdog, _input_source(config, runner.processes), renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
           confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None)
       with watchdog.waiting(f"finishing checkpoint {step}"):
         checkpoints.wait()  # before metrics.json says the run is complete
@@ -320,12 +324,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-            tf.errors.AbortedError) as e:
+            tf.errors.AbortedError, *runner.peer_errors) as e:
       cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
       if runner.processes > 1 and not isinstance(e, tf.errors.AbortedError):
-        raise UserError(f"A worker of this job was lost ({cause}). Start every worker again "
-                        "with the same command: they resume from the last checkpoint "
-                        f"({checkpoints.latest() or 'none yet'}).") from None
+        raise errors.WorkerLost(
+            f"A worker of this job was lost ({cause}). Start every worker again with the "
+            "same command: they resume from the last checkpoint "
+            f"({watchdog.last_checkpoint}).") from None
       if not watchdog_lib.is_storage_error(e):
         raise
       # TensorFlow's gs:// reads, after their own retries (minutes).
@@ -356,12 +361,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     return result
 
 
-def _input_source(config) -> str:
-  """Where the training input comes from, as the step watchdog's lines name it."""
+def _input_source(config, processes: int) -> str:
+  """What a training step waits for, as the step watchdog's lines name it."""
   if config.input.service:
-    return (f"batches from the tf.data service at {config.input.service} (are its workers "
-            "up, and reachable from here by the names they advertise?)")
-  return f"records from {config.data_dir}"
+    source = (f"batches from the tf.data service at {config.input.service} (are its "
+              "workers up, and reachable from here by the names they advertise?)")
+  else:
+    source = f"records from {config.data_dir}"
+  if processes > 1:
+    source += (" or the other processes of this job (a worker lost? Start every worker "
+               "again with the same command)")
+  return source
 
 
 def _forget_config(workdir: str, config_path: str) -> None:

@@ -18,6 +18,8 @@ import io
 import json
 import os
 import re
+import sys
+import threading
 
 from absl import logging
 import jax
@@ -34,6 +36,7 @@ from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import position
 from tpu_trainer.errors import OtherVariables
+from tpu_trainer.errors import StorageUnavailable
 from tpu_trainer.errors import UserError
 
 
@@ -76,7 +79,37 @@ def cluster_from_gke(env) -> tuple[str, int, int] | None:
       len(workers) * slices, index
 
 
-def join_processes(kind: str) -> str:
+def _join(timeout_s: float, coordinator=None, count=None, index=None) -> None:
+  """jax.distributed.initialize, bounded by our own line. JAX ends a process
+  with a C++ abort and its stack when the others have not all joined by its
+  initialization timeout, or when one stops sending heartbeats (a lost
+  worker): both set past timeout_s, so that this timer, and the step watchdog
+  (watchdog.StepWatchdog, the same limit), speak first."""
+  where = f" at {coordinator}" if coordinator else ""
+  logging.info("Joining the other processes of this job%s (waiting up to %.0f s for all "
+               "of them to start: config.storage_timeout_secs).", where, timeout_s)
+
+  def not_joined():
+    print(f"error: not every process of this job joined the coordinator{where} in "
+          f"{timeout_s:.0f} s (process {index} of {count}): start every worker with the same "
+          "command, the coordinator (worker 0) included, or raise "
+          "config.storage_timeout_secs.", file=sys.stderr, flush=True)
+    os._exit(StorageUnavailable.exit_status)  # pylint: disable=protected-access
+
+  timer = threading.Timer(timeout_s, not_joined)
+  timer.daemon = True
+  timer.start()
+  try:
+    # What keras.distribution.initialize does, with the timeouts; the seed is
+    # set by training.build, on every process alike.
+    jax.distributed.initialize(coordinator, count, index,
+                               initialization_timeout=int(timeout_s) + 30,
+                               heartbeat_timeout_seconds=int(1.5 * timeout_s) + 10)
+  finally:
+    timer.cancel()
+
+
+def join_processes(kind: str, timeout_s: float) -> str:
   """Starts jax.distributed when the job has several processes; says how."""
   if jax.distributed.is_initialized():
     return "already joined"
@@ -87,18 +120,18 @@ def join_processes(kind: str) -> str:
     addresses, count, index = cluster_from_tf_config(os.environ["TF_CONFIG"])
     # CPU collectives between processes (a GPU or TPU job has its own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    keras.distribution.initialize(addresses, count, index)
+    _join(timeout_s, addresses.split(",")[0], count, index)
     return f"process {index} of {count}, coordinator {addresses.split(',')[0]} (TF_CONFIG)"
   gke = cluster_from_gke(os.environ) if kind in ("tpu", "auto") else None
   if gke and gke[1] > 1:
     coordinator, count, index = gke
     # For CPU devices only (pods simulated as processes); a TPU has its own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    keras.distribution.initialize(coordinator, count, index)
+    _join(timeout_s, coordinator, count, index)
     return f"process {index} of {count}, coordinator {coordinator} (GKE)"
   if kind == "tpu" or (kind == "auto" and strategy_lib.may_have_local_tpu()):
     try:  # a Cloud TPU VM describes its slice itself
-      keras.distribution.initialize()
+      _join(timeout_s)
       return f"process {jax.process_index()} of {jax.process_count()} (Cloud TPU)"
     except (ValueError, RuntimeError) as e:
       if kind == "tpu":
@@ -310,9 +343,11 @@ class Runner:
   """Runs a run's executions on every JAX device of every host."""
 
   name = "jax"
+  # A collective whose peer is gone (gloo: "Connection closed by peer").
+  peer_errors = (jax.errors.JaxRuntimeError,)
 
   def __init__(self, config):
-    joined = join_processes(config.strategy)
+    joined = join_processes(config.strategy, config.storage_timeout_secs)
     if config.strategy in ("gpu", "cpu") and jax.default_backend() != config.strategy:
       raise UserError(f"strategy={config.strategy} but JAX runs on {jax.default_backend()}.")
     if config.cpu_devices > 1 and jax.default_backend() == "cpu":

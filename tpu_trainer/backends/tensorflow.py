@@ -170,6 +170,8 @@ class Runner:
   """Runs a run's executions on a tf.distribute strategy."""
 
   name = "tensorflow"
+  # A lost peer's errors besides TensorFlow's own (UnavailableError): none.
+  peer_errors = ()
 
   def __init__(self, config, strategy=None):
     self.strategy = strategy or strategy_lib.get_strategy(

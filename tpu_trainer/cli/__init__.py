@@ -13,7 +13,7 @@ import sys
 from tpu_trainer import logs
 from tpu_trainer import stopping
 from tpu_trainer.errors import Diverged
-from tpu_trainer.errors import StorageUnavailable
+from tpu_trainer.errors import TryAgain
 from tpu_trainer.errors import UserError
 
 
@@ -206,7 +206,7 @@ def run(main, record_stop_signals: bool = False) -> None:
     except Diverged as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(3)
-    except StorageUnavailable as e:
+    except TryAgain as e:
       sys.stdout.flush()
       print(f"error: {e}", file=sys.stderr, flush=True)
       # At once: exiting normally flushes TensorFlow's writers, waiting on storage again.
