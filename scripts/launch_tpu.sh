@@ -71,6 +71,7 @@ run() {  # print the command, quoted; run it unless --dry_run
   [ "$dry_run" = 1 ] || "$@"
 }
 [[ "$data_workers" =~ ^[0-9]+$ ]] || die "--data_service_workers=$data_workers must be a number of VMs."
+data_workers=$((10#$data_workers))  # decimal: bash reads 010 as 8 and 08 as an error
 gc=(gcloud compute tpus tpu-vm)
 qr=(gcloud compute tpus queued-resources)
 where=(--zone="$zone")
@@ -95,6 +96,16 @@ if [ "$delete_only" = 1 ]; then
 fi
 [ -n "$config" ] || die "--config=configs/X.py is required."
 [ -f "$REPO/${config%%:*}" ] || die "--config=$config: no such file in the repo."
+# What ships is HEAD (git archive): a config file not committed as it is here
+# would be missing, or another one, on the TPU VM.
+if git -C "$REPO" rev-parse --git-dir > /dev/null 2>&1; then
+  git -C "$REPO" ls-files --error-unmatch -- "${config%%:*}" > /dev/null 2>&1 \
+    || die "--config=$config is not committed, and the TPU VM gets the repo's last commit (git archive HEAD): commit it first."
+  git -C "$REPO" diff --quiet HEAD -- "${config%%:*}" \
+    || die "--config=$config has changes not committed, and the TPU VM gets the repo's last commit (git archive HEAD): commit them first."
+  changed="$(git -C "$REPO" status --porcelain --untracked-files=no -- tpu_trainer configs scripts | wc -l)"
+  [ "$changed" = 0 ] || echo "warning: $changed file(s) under tpu_trainer/, configs/ or scripts/ have changes not committed: the TPU VM runs the last commit." >&2
+fi
 case "$workdir" in gs://*) ;; *) die "--workdir must be gs://BUCKET/PATH: TPU VMs keep nothing after deletion." ;; esac
 
 case "$backend" in tensorflow|jax) ;; *) die "--backend=$backend: use tensorflow or jax." ;; esac
@@ -130,13 +141,23 @@ if [ "$create" = 1 ]; then
     state_cmd=("${qr[@]}" describe "$name" "${where[@]}" --format="value(state.state)")
     echo "Waiting for queued resource $name to be ACTIVE (Ctrl-C stops waiting; the request stays queued)."
     echo "+ $(quoted "${state_cmd[@]}")"
+    failures=0 poll_s="${TPU_TRAINER_QUEUED_POLL_S:-30}"  # seconds between describes
     while [ "$dry_run" = 0 ]; do
-      state="$("${state_cmd[@]}")"
+      # A describe that fails (a network blip, a quota on API calls) is tried again:
+      # the request stays queued either way. Ten in a row end the wait.
+      if ! state="$("${state_cmd[@]}")"; then
+        failures=$((failures + 1))
+        [ "$failures" -lt 10 ] || die "gcloud could not describe queued resource $name 10 times in a row; it stays queued: see $(quoted "${qr[@]}" describe "$name" "${where[@]}")"
+        echo "describe failed ($failures in a row); trying again in $poll_s s." >&2
+        sleep "$poll_s"
+        continue
+      fi
+      failures=0
       case "$state" in
         ACTIVE) break ;;
         FAILED|SUSPENDED) die "queued resource $name is $state; see: $(quoted "${qr[@]}" describe "$name" "${where[@]}")" ;;
       esac
-      sleep 30
+      sleep "$poll_s"
     done
   else
     create_cmd=("${gc[@]}" create "$name" "${where[@]}" --accelerator-type="$accelerator" --version="$runtime")

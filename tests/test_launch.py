@@ -204,7 +204,7 @@ def test_tensorflow_on_tpu7x_is_refused_naming_the_jax_backend():
   result = _launch("--name=t", "--zone=z", "--accelerator=tpu7x-8", "--config=configs/cnn.py",
                    "--workdir=gs://b/r")
   assert result.returncode == 2 and "+ gcloud" not in result.stdout
-  assert result.stderr.strip().splitlines() == [
+  assert [l for l in result.stderr.strip().splitlines() if not l.startswith("warning:")] == [
       'error: TensorFlow does not run on tpu7x (Cloud TPU: "TensorFlow is not supported"): '
       "use --backend=jax."]
   result = _launch("--name=t", "--zone=z", "--accelerator=tpu7x-8", "--backend=jax",
@@ -250,3 +250,64 @@ def test_data_service_needs_data_the_workers_can_read():
   result = _launch("--name=t", "--zone=z", "--config=configs/cnn.py", "--workdir=gs://b/r",
                    "--data_service_workers=many")
   assert result.returncode == 2 and "must be a number" in result.stderr
+
+
+def test_vm_counts_are_decimal():
+  """bash arithmetic read 010 as octal (8 VMs) and 08 as an error (the launch went
+  on without the service)."""
+  for given, vms in (("010", 10), ("08", 8)):
+    cmds = _commands(_launch("--name=t1", "--zone=z", "--config=configs/cnn.py",
+                             "--workdir=gs://b/r", "--data_dir=gs://b/d",
+                             f"--data_service_workers={given}"))
+    create = next(c for c in cmds if c.startswith("gcloud compute instances create"))
+    assert create.split()[4:4 + vms + 1] == [f"t1-data-{i}" for i in range(vms)] + ["--zone=z"]
+
+
+def test_a_config_file_not_committed_is_refused_before_any_command(tmp_path):
+  """The TPU VM gets `git archive HEAD`: an untracked config file was missing
+  there, after the TPU VM had been created; a modified one would run as committed."""
+  clone = tmp_path / "clone"
+  subprocess.run(["git", "clone", "-q", REPO, str(clone)], check=True, timeout=120)
+  # This checkout's launcher, committed there (the clone has the last commit's).
+  (clone / "scripts" / "launch_tpu.sh").write_text(open(LAUNCH).read())
+  subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t",
+                  "commit", "-qam", "launcher"], check=True)
+  (clone / "configs" / "mine.py").write_text("from configs.cnn import get_config\n")
+  launch = str(clone / "scripts" / "launch_tpu.sh")
+  common = ["--dry_run", "--name=t", "--zone=z", "--workdir=gs://b/r"]
+  result = subprocess.run(["bash", launch, *common, "--config=configs/mine.py"],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2 and "+ gcloud" not in result.stdout, result.stdout
+  assert "--config=configs/mine.py is not committed" in result.stderr
+  with open(clone / "configs" / "cnn.py", "a") as f:
+    f.write("# edited\n")
+  result = subprocess.run(["bash", launch, *common, "--config=configs/cnn.py:smoke"],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2 and "+ gcloud" not in result.stdout, result.stdout
+  assert "--config=configs/cnn.py:smoke has changes not committed" in result.stderr
+  subprocess.run(["git", "-C", str(clone), "checkout", "configs/cnn.py"], check=True)
+  with open(clone / "tpu_trainer" / "training.py", "a") as f:
+    f.write("# edited\n")
+  result = subprocess.run(["bash", launch, *common, "--config=configs/cnn.py"],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert "1 file(s) under tpu_trainer/, configs/ or scripts/ have changes not committed" \
+      in result.stderr
+
+
+def test_a_failed_describe_while_queued_is_tried_again(tmp_path):
+  """One failed `describe` (a network blip) abandoned the queued launch."""
+  env = _fake_gcloud(tmp_path, 0)
+  gcloud = tmp_path / "bin" / "gcloud"
+  gcloud.write_text(gcloud.read_text().replace(
+      'case "$*" in', f'case "$*" in *"queued-resources describe"*) '
+      f'n=$(cat {tmp_path}/describes 2>/dev/null || echo 0); echo $((n + 1)) > '
+      f'{tmp_path}/describes; [ "$n" = 0 ] && exit 1; echo ACTIVE; exit 0 ;; ', 1))
+  result = subprocess.run(
+      ["bash", LAUNCH, "--name=q", "--zone=z", "--queued", "--config=configs/cnn.py",
+       "--workdir=gs://b/r"], capture_output=True, text=True, timeout=60,
+      env={**os.environ, **env, "TPU_TRAINER_QUEUED_POLL_S": "0"})
+  assert result.returncode == 0, result.stderr
+  assert "describe failed (1 in a row); trying again in 0 s." in result.stderr
+  assert (tmp_path / "describes").read_text().strip() == "2"
+  assert "tpu_job.sh" in (tmp_path / "calls").read_text()

@@ -5,7 +5,7 @@ import hashlib
 import json
 import os
 import signal
-import sys
+import subprocess
 
 import pytest
 
@@ -114,3 +114,37 @@ def test_a_refused_resume_leaves_the_finished_runs_config_json(digits_dir, tmp_p
   assert "holds other variables" in changed.stderr
   assert _contents(workdir) == before
   assert json.loads((workdir / "config.json").read_text())["precision"] == "float32"
+
+
+def _read_only(directory):
+  """Makes `directory` read-only for this user; undone by calling what it returns.
+  Root writes through permissions: a read-only file system is mounted there."""
+  if os.geteuid() != 0:
+    directory.chmod(0o555)
+    return lambda: directory.chmod(0o755)
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                            str(directory)], capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f"root here, and no read-only mount: {mounted.stderr.strip()}")
+  return lambda: subprocess.run(["umount", str(directory)], check=True)
+
+
+@pytest.mark.parametrize("where", ["workdir", "its parent"])
+def test_a_read_only_workdir_is_refused_before_any_work(digits_dir, tmp_path, where):
+  parent = tmp_path / "ro"
+  workdir = parent / "run"
+  workdir.mkdir(parents=True)
+  if where == "its parent":
+    workdir.rmdir()
+  target = workdir if where == "workdir" else parent
+  undo = _read_only(target)
+  try:
+    result = run_cli("train", "--config=configs/mlp.py", f"--workdir={workdir}",
+                     f"--config.data_dir={digits_dir}")
+  finally:
+    undo()
+  assert result.returncode == 2, result.stderr[-3000:]
+  error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert error == [f"error: workdir={workdir} cannot be written by this user ({target} is "
+                   "read-only here): pass another --workdir, or make it writable."], \
+      result.stderr[-3000:]

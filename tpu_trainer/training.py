@@ -187,6 +187,15 @@ def check_workdir(workdir: str) -> None:
     storage.require_bucket(workdir)  # before the lock's first write into it
   elif os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir={workdir} is a file, not a directory: pass another --workdir.")
+  else:
+    # Where the run would write first (the workdir, or the folder it would be
+    # made in): read-only there failed only at the lock, or later.
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+      raise UserError(f"workdir={workdir} cannot be written by this user ({existing} is "
+                      "read-only here): pass another --workdir, or make it writable.")
 
 
 def check_data(config) -> manifest.Dataset:
