@@ -254,7 +254,8 @@ def test_input_settings_past_what_the_machine_holds_are_one_line_before_any_work
   import os  # pylint: disable=g-import-not-at-top
   from conftest import run_cli  # pylint: disable=g-import-not-at-top
   result = run_cli("train", "--config=configs/mlp.py", f"--workdir={tmp_path / 'w'}",
-                   f"--config.data_dir={digits_dir}", "--config.input.threads=100000")
+                   f"--config.data_dir={digits_dir}", "--config.input.threads=100000",
+                   timeout=120)  # refused in seconds; unbounded, it grew for minutes
   assert result.returncode == 2, result.stderr[-3000:]
   error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(error) == 1, result.stderr[-3000:]
