@@ -171,7 +171,8 @@ def _jax_step(config, model, optimizer, shape, num_classes: int, per_replica: in
   forward = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0]).lower(
       state[0], state[1], jnp.zeros((1,) + tuple(shape), jnp.float32)).compile().cost_analysis()
   forward = forward[0] if isinstance(forward, list) else forward
-  return float(sums[0] / sums[2]), bool(agreed[0]), float(forward.get("flops", 0.0))
+  return (float(sums[0] / sums[2]), bool(agreed[0] or agreed[1]),
+          float(forward.get("flops", 0.0)))
 
 
 # Optimizer slots per weight (float32): momentum for sgd, two moments for adam(w).
@@ -246,7 +247,8 @@ def _model_checks(config, dataset, tpu_slice):
                                          config.label_smoothing, num_classes, totals, signals,
                                          from_logits), jit_compile=True)
       step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
-      loss, diverged = totals.result()["loss"], signals.read().diverged
+      agreed = signals.read(1)
+      loss, diverged = totals.result()["loss"], agreed.nonfinite or agreed.exploded
       flops = forward_flops(model, shape)
     if not math.isfinite(loss) or diverged:
       raise UserError(f"loss is {loss} on zero images: diverged at the first step")

@@ -139,6 +139,22 @@ def finished_run(workdir: str, plan: controller.Plan) -> dict | None:
   return metrics
 
 
+def check_precision(workdir: str, plan: controller.Plan) -> None:
+  """Refuses to resume across mixed_float16's edge, naming the setting:
+  mixed_float16 trains through a loss-scale optimizer, whose variables the
+  checkpoint of a run in another precision lacks (and the other way round).
+  float32 and mixed_bfloat16 resume each other."""
+  saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
+  if saved is None or "precision" not in saved:
+    return
+  if (saved.precision == "mixed_float16") != (plan.precision == "mixed_float16"):
+    raise UserError(
+        f"workdir={workdir} holds a run in precision {saved.precision}, and this one is in "
+        f"{plan.precision}: mixed_float16 trains with a loss scale in the optimizer, so the "
+        f"checkpoints of one cannot resume the other. Pass --config.precision="
+        f"{saved.precision} to resume it, or another --workdir.")
+
+
 def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str) -> None:
   """Refuses a resume whose checkpoint is past this config's last step (fewer
   epochs, or a bigger batch: steps of the checkpoint's batch), which would train
@@ -261,6 +277,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     train_examples = dataset.split(config.input.train_split).num_examples
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
+    check_precision(workdir, plan)
     finished = finished_run(workdir, plan)
     check_workers_agree(runner, config, plan, dataset, workdir, finished is not None)
     if finished is not None:

@@ -250,7 +250,7 @@ class Runner:
       self._run_unrolled(self._iterator, steps, tf.constant(host_flags, tf.float32))
     else:
       self._run(self._iterator, tf.constant(steps), tf.constant(host_flags, tf.float32))
-    return self._signals.read()
+    return self._signals.read(steps)
 
   def train_totals(self) -> dict:
     """Loss and accuracy since the last call."""
