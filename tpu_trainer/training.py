@@ -349,6 +349,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
+    except tf.errors.NotFoundError as e:  # a shard gone (the service's own errors aside)
+      if config.input.service and "iteration client" in str(e):
+        raise service.explain_lost_job(config.input.service, watchdog.last_checkpoint) \
+            from None
+      raise manifest.explain_gone(dataset, e, watchdog.last_checkpoint) from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.AbortedError, *runner.peer_errors) as e:
       cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
