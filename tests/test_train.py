@@ -590,6 +590,28 @@ def test_a_shard_removed_under_a_live_run_is_one_line_and_the_rerun_resumes(digi
   assert "Resumed from" in again.stderr
 
 
+def test_a_step_that_cannot_fit_in_memory_is_one_line_before_any_step(digits_dir, tmp_path,
+                                                                     monkeypatch):
+  """The MLP on very large images (a 7,077,888 x 128 weight) was "internal error,
+  a bug to report: ResourceExhaustedError: OOM". Here a machine with 64 KiB to
+  give: the estimate (weights, gradients, Adam's slots, activations) is refused
+  in one line with its numbers, before the workdir is touched."""
+  from tpu_trainer import memory  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(memory, "host_available_bytes", lambda: 64 * 2**10)
+  workdir = tmp_path / "w"
+  config = _digits_config(mlp_config, digits_dir, steps=10, precision="float32")
+  with pytest.raises(ValueError) as refused:
+    training.run(config, str(workdir), tf.distribute.get_strategy())
+  params = 64 * 128 + 128 + 128 * 10 + 10
+  assert str(refused.value).startswith(
+      f"The training step will not fit in this machine's memory: {params:,} parameters; ~")
+  assert f"weights, gradients, optimizer: {params * 16 / 2**20:.1f} MiB" in str(refused.value)
+  assert "0.1 MiB available. Lower config.batch_size" in str(refused.value)
+  assert not workdir.exists()
+  monkeypatch.undo()
+  assert training.run(config, str(workdir), tf.distribute.get_strategy())["step"] == 10
+
+
 def test_conv_bn_scores_early_evaluations_with_its_batch_norm_statistics(digits_dir, tmp_path):
   """Batch norm's moving statistics keep up with a short run: the recipe's own
   settings, evaluated after 60 steps, score far above chance (Keras's default

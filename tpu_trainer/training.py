@@ -28,6 +28,7 @@ from tpu_trainer import controller
 from tpu_trainer import errors
 from tpu_trainer import export as export_lib
 from tpu_trainer import lock as lock_lib
+from tpu_trainer import memory
 from tpu_trainer import models
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import stopping
@@ -171,6 +172,26 @@ def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str
       ", or pass another --workdir.")
 
 
+def check_step_fits(model, config, plan: controller.Plan, runner) -> None:
+  """Refuses, before the first step, a training step whose estimated memory
+  (memory.py) is more than this host has available: an allocation failing
+  inside TensorFlow or XLA names no setting ("ResourceExhaustedError: OOM").
+  On CPUs, where the replicas share the host's memory; an accelerator's is
+  the doctor's to say (tpu-trainer-doctor, against the generation's HBM)."""
+  if runner.platform != "cpu":
+    return
+  need = memory.step_memory(model, config.optimizer, plan.precision,
+                            plan.batch_size // runner.replicas)
+  replicas_here = max(1, runner.replicas // runner.processes)
+  have = memory.host_available_bytes()
+  if need.total * replicas_here > have:
+    raise UserError(
+        f"The training step will not fit in this machine's memory: {need.describe()}"
+        f"{f', x {replicas_here} replicas on this host' if replicas_here > 1 else ''}; "
+        f"{memory.gib(have)} available. Lower config.batch_size, convert smaller images "
+        "(tpu-trainer-convert --image_size=H,W), or use a smaller model.")
+
+
 def check_workers_agree(runner, config, plan: controller.Plan, dataset, workdir: str,
                         finished: bool = False) -> None:
   """Every process of a multi-process job runs the same config on the same data
@@ -285,6 +306,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     # The model before the workdir: a builder that breaks the contract leaves nothing.
     model, optimizer, schedule, output = build(config, plan, dataset, runner, builder,
                                                users_code)
+    check_step_fits(model, config, plan, runner)
     # Every write to the workdir from here on: bounded, said while it waits.
     watchdog = watchdog_lib.StorageWatchdog(workdir, config.storage_timeout_secs)
     cleanup.callback(watchdog.close)

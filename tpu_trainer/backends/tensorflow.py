@@ -183,6 +183,7 @@ class Runner:
     self.processes = (pipeline.num_input_pipelines(self.strategy)
                       if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
                       else 1)
+    self.platform = strategy_lib.platform(self.strategy)
     self.description = type(self.strategy).__name__
     self._profiling = False  # while a profile runs (start_profile .. stop_profile)
 
