@@ -38,10 +38,11 @@ class Service:
                                    log=log))
     return self.trainers[-1]
 
-  def _dispatcher(self):
+  def _dispatcher(self, journal=True):
     log = self.tmp_path / "dispatcher.log"
     proc = start_cli("data_service", "--role=dispatcher", f"--port={self.port}",
-                     f"--work_dir={self.tmp_path / 'journal'}", "--worker_timeout_s=2", log=log)
+                     *([f"--work_dir={self.tmp_path / 'journal'}"] if journal else []),
+                     "--worker_timeout_s=2", log=log)
     wait_for(lambda: "dispatcher on port" in log.read_text(), proc, log, timeout=120)
     return proc
 
@@ -52,10 +53,10 @@ class Service:
     wait_for(lambda: "Worker registered" in log.read_text(), proc, log, timeout=120)
     return proc
 
-  def restart_dispatcher(self):
+  def restart_dispatcher(self, journal=True):
     self.dispatcher.kill()
     self.dispatcher.wait()
-    self.dispatcher = self._dispatcher()
+    self.dispatcher = self._dispatcher(journal)
 
   def stop(self):
     for proc in [*self.trainers, self.dispatcher, *self.workers]:
@@ -224,3 +225,23 @@ def test_an_ipv6_dispatcher_and_worker_serve_a_trainer(digits_dir, tmp_path):
     assert f"tf.data service at grpc://[::1]:{service.port}" in log.read_text()
   finally:
     service.stop()
+
+
+def test_a_dispatcher_restarted_without_its_journal_is_one_line(digits_dir, tmp_path,
+                                                                data_service):
+  """Restarted without --work_dir, the dispatcher forgets the trainer's job:
+  that was a Python traceback ("Unknown iteration client id")."""
+  log = tmp_path / "train.log"
+  trainer = data_service.start_trainer(
+      "--config=configs/mlp.py", f"--config.data_dir={digits_dir}", f"--workdir={tmp_path / 'w'}",
+      "--config.batch_size=64", "--config.steps=100000", "--config.log_every_steps=20",
+      "--config.checkpoint_every_steps=20", log=log)
+  wait_for(lambda: "step 40/" in log.read_text(), trainer, log, timeout=300)
+  data_service.restart_dispatcher(journal=False)
+  assert trainer.wait(timeout=300) == 2, log.read_text()[-3000:]
+  text = log.read_text()
+  assert "Traceback" not in text
+  last = text.strip().splitlines()[-1]
+  assert last.startswith(f"error: The tf.data service dispatcher at {data_service.address} "
+                         "restarted without its journal"), last
+  assert "Restart it with --work_dir=DIR" in last and "resumes from the last checkpoint (" in last

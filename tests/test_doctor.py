@@ -10,6 +10,7 @@ import pytest
 from configs import mlp as mlp_config
 from conftest import run_cli
 from tpu_trainer import doctor
+from tpu_trainer import memory
 
 
 def _config(data_dir, **overrides):
@@ -191,7 +192,7 @@ def test_the_memory_estimate_counts_weights_optimizer_and_activations():
   x = keras.layers.Flatten()(inputs)                        # 16 values
   outputs = keras.layers.Dense(10)(keras.layers.Dense(8)(x))  # 8 + 10 values
   model = keras.Model(inputs, outputs)
-  assert doctor.activation_values(model) == 16 + 16 + 8 + 10  # the input's too
+  assert memory.activation_values(model) == 16 + 16 + 8 + 10  # the input's too
   config = _config("", optimizer="adam", precision="auto")
   v4 = doctor.parse_accelerator("v4-8")
   check = doctor.memory_check(model, config, 128, v4)

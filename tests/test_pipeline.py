@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tpu_trainer import config as config_lib
+from tpu_trainer import memory
 from tpu_trainer.data import convert
 from tpu_trainer.data import manifest
 from tpu_trainer.data import pipeline
@@ -272,7 +273,7 @@ def test_a_shuffle_buffer_or_cache_past_the_memory_is_refused_or_streamed(digits
   a buffer of all the records is refused with the numbers; the cache that
   would not fit streams instead, and says so."""
   dataset = manifest.read(digits_dir)
-  monkeypatch.setattr(pipeline, "host_memory_bytes", lambda: 2 * 64 * 1024)
+  monkeypatch.setattr(memory, "host_bytes", lambda: 2 * 64 * 1024)
   with pytest.raises(ValueError, match=r"config.input.shuffle_buffer=10000 would hold "
                      r"0.0 GiB of .* more than half this machine's 0.0 GiB: at most \d+ here"):
     pipeline.check_fits_host(dataset, _input())

@@ -102,7 +102,8 @@ def test_a_resume_past_the_configs_last_step_is_refused_and_writes_nothing(digit
 @pytest.mark.core
 def test_a_refused_resume_leaves_the_finished_runs_config_json(digits_dir, tmp_path):
   """mixed_float16 adds a loss scale to the optimizer: the float32 run's
-  checkpoint cannot resume it (refused), and config.json still says float32."""
+  checkpoint cannot resume it. Refused naming the setting (it was an internal
+  error, then "other variables"), and config.json still says float32."""
   workdir = tmp_path / "run"
   first = run_cli(*_train(digits_dir, workdir, "--config.epochs=2",
                           "--config.precision=float32"))
@@ -111,7 +112,12 @@ def test_a_refused_resume_leaves_the_finished_runs_config_json(digits_dir, tmp_p
   changed = run_cli(*_train(digits_dir, workdir, "--config.epochs=3",
                             "--config.precision=mixed_float16"))
   assert changed.returncode == 2, changed.stderr[-3000:]
-  assert "holds other variables" in changed.stderr
+  error = [l for l in changed.stderr.splitlines() if l.startswith("error:")]
+  assert error == [f"error: workdir={workdir} holds a run in precision float32, and this one "
+                   "is in mixed_float16: mixed_float16 trains with a loss scale in the "
+                   "optimizer, so the checkpoints of one cannot resume the other. Pass "
+                   "--config.precision=float32 to resume it, or another --workdir."], \
+      changed.stderr[-3000:]
   assert _contents(workdir) == before
   assert json.loads((workdir / "config.json").read_text())["precision"] == "float32"
 

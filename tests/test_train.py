@@ -563,6 +563,55 @@ def test_class_names_typed_composed_or_decomposed_are_the_same_classes(tmp_path)
   assert not (tmp_path / "twice_data").exists()
 
 
+def test_a_shard_removed_under_a_live_run_is_one_line_and_the_rerun_resumes(digits_dir,
+                                                                          tmp_path):
+  """Files removed (or converted again) while training: "internal error, a bug
+  to report: NotFoundError". Now the shard named, exit 2, and once the data is
+  back the same command resumes from the last checkpoint."""
+  from conftest import run_cli, start_cli, wait_for  # pylint: disable=g-import-not-at-top
+  from tpu_trainer.data import manifest  # pylint: disable=g-import-not-at-top
+  data, workdir, log = tmp_path / "data", tmp_path / "w", tmp_path / "train.log"
+  shutil.copytree(digits_dir, data)
+  args = ["--config=configs/mlp.py", f"--config.data_dir={data}", f"--workdir={workdir}",
+          "--config.input.cache=false", "--config.checkpoint_every_steps=20",
+          "--config.batch_size=64", "--config.steps_per_execution=10"]
+  proc = start_cli("train", *args, "--config.steps=100000", log=log)
+  wait_for(lambda: (workdir / "checkpoints" / "checkpoint").exists(), proc, log)
+  shard = manifest.read(str(data)).splits["train"].files[3]
+  os.rename(shard, tmp_path / "kept")
+  assert proc.wait(timeout=120) == 2, log.read_text()[-3000:]
+  last = log.read_text().strip().splitlines()[-1]
+  assert last.startswith(f"error: The dataset changed under this run: {shard} is gone "
+                         "(removed, or"), last
+  assert "Rerun the same command: it resumes from the last checkpoint (" in last
+  os.rename(tmp_path / "kept", shard)
+  again = run_cli("train", *args, "--config.steps=300")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resumed from" in again.stderr
+
+
+def test_a_step_that_cannot_fit_in_memory_is_one_line_before_any_step(digits_dir, tmp_path,
+                                                                     monkeypatch):
+  """The MLP on very large images (a 7,077,888 x 128 weight) was "internal error,
+  a bug to report: ResourceExhaustedError: OOM". Here a machine with 64 KiB to
+  give: the estimate (weights, gradients, Adam's slots, activations) is refused
+  in one line with its numbers, before the workdir is touched."""
+  from tpu_trainer import memory  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(memory, "host_available_bytes", lambda: 64 * 2**10)
+  workdir = tmp_path / "w"
+  config = _digits_config(mlp_config, digits_dir, steps=10, precision="float32")
+  with pytest.raises(ValueError) as refused:
+    training.run(config, str(workdir), tf.distribute.get_strategy())
+  params = 64 * 128 + 128 + 128 * 10 + 10
+  assert str(refused.value).startswith(
+      f"The training step will not fit in this machine's memory: {params:,} parameters; ~")
+  assert f"weights, gradients, optimizer: {params * 16 / 2**20:.1f} MiB" in str(refused.value)
+  assert "0.1 MiB available. Lower config.batch_size" in str(refused.value)
+  assert not workdir.exists()
+  monkeypatch.undo()
+  assert training.run(config, str(workdir), tf.distribute.get_strategy())["step"] == 10
+
+
 def test_conv_bn_scores_early_evaluations_with_its_batch_norm_statistics(digits_dir, tmp_path):
   """Batch norm's moving statistics keep up with a short run: the recipe's own
   settings, evaluated after 60 steps, score far above chance (Keras's default

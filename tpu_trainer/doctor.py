@@ -10,6 +10,7 @@ import ml_collections
 import tensorflow as tf
 
 from tpu_trainer import loop
+from tpu_trainer import memory
 from tpu_trainer import metrics
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import scaling
@@ -171,54 +172,22 @@ def _jax_step(config, model, optimizer, shape, num_classes: int, per_replica: in
   forward = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0]).lower(
       state[0], state[1], jnp.zeros((1,) + tuple(shape), jnp.float32)).compile().cost_analysis()
   forward = forward[0] if isinstance(forward, list) else forward
-  return float(sums[0] / sums[2]), bool(agreed[0]), float(forward.get("flops", 0.0))
-
-
-# Optimizer slots per weight (float32): momentum for sgd, two moments for adam(w).
-_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2}
-
-
-def activation_values(model) -> int | None:
-  """Values of every layer output for one example (through nested models): what
-  the backward pass keeps. None for a subclassed model (no graph of layers)."""
-  total = 0
-  for layer in model.layers:
-    if isinstance(layer, keras.Model):
-      inner = activation_values(layer)
-      if inner is None:
-        return None
-      total += inner
-      continue
-    nodes = layer._inbound_nodes  # pylint: disable=protected-access
-    if not nodes:  # a subclassed model's layers: called in Python, not a graph
-      return None
-    for node in nodes:
-      total += sum(math.prod(d for d in t.shape[1:] if d) for t in node.output_tensors)
-  return total
+  return (float(sums[0] / sums[2]), bool(agreed[0] or agreed[1]),
+          float(forward.get("flops", 0.0)))
 
 
 def memory_check(model, config, per_replica: int, tpu_slice) -> Check:
-  """The training step's memory on one device, estimated: float32 weights, their
-  gradients and optimizer slots, plus every layer's output for the replica's
-  batch in the compute dtype (kept for the backward pass), against the
+  """The training step's memory on one device (memory.py), against the
   generation's HBM per device."""
-  params = model.count_params()
-  state = params * 4 * (2 + _SLOTS.get(config.optimizer, 2))
-  values = activation_values(model)
-  bytes_per_value = 2 if config.precision in ("auto", "mixed_bfloat16", "mixed_float16") else 4
-  activations = (values or 0) * per_replica * bytes_per_value
+  need = memory.step_memory(model, config.optimizer, config.precision, per_replica)
   hbm = tpu_slice.generation.hbm_bytes_per_device
-  total = state + activations
-  gib = lambda n: f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-  detail = (f"{params:,} parameters; ~{gib(total)} per device at {per_replica} per replica "
-            f"(weights, gradients, optimizer: {gib(state)}; activations: "
-            f"{gib(activations) if values is not None else 'unknown for a subclassed model'})"
-            f" of {tpu_slice.generation.name}'s {gib(hbm)} HBM per device")
-  if total > hbm:
+  detail = (f"{need.describe()} of {tpu_slice.generation.name}'s {memory.gib(hbm)} HBM per "
+            "device")
+  if need.total > hbm:
     return Check("memory per device", "WARN", detail + ": it will not fit; lower "
                  "config.batch_size, use a smaller model, or a slice with more HBM per "
                  "device")
-  if total > 0.8 * hbm:
+  if need.total > 0.8 * hbm:
     return Check("memory per device", "WARN", detail + ": close to the limit (an estimate)")
   return Check("memory per device", "OK", detail)
 
@@ -246,7 +215,8 @@ def _model_checks(config, dataset, tpu_slice):
                                          config.label_smoothing, num_classes, totals, signals,
                                          from_logits), jit_compile=True)
       step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
-      loss, diverged = totals.result()["loss"], signals.read().diverged
+      agreed = signals.read(1)
+      loss, diverged = totals.result()["loss"], agreed.nonfinite or agreed.exploded
       flops = forward_flops(model, shape)
     if not math.isfinite(loss) or diverged:
       raise UserError(f"loss is {loss} on zero images: diverged at the first step")

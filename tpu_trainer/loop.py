@@ -44,8 +44,9 @@ def compile_steps(strategy, step_fn, signals=None, unrolled=False):
 
 
 class Signals:
-  """What every host must agree on after an execution: the loss diverged, a host
-  got SIGTERM, a host wants a progress line or a checkpoint.
+  """What every host must agree on after an execution: the loss was not finite,
+  or exploded (controller.Agreed), a host got SIGTERM, a host wants a progress
+  line or a checkpoint.
 
   Sync-on-read counters: every replica adds to its own copy, and one read sums
   them over all replicas and hosts (a single small collective per execution).
@@ -57,28 +58,33 @@ class Signals:
 
   def __init__(self, strategy):
     with strategy.scope():
-      self._counts = tf.Variable([0.0] * 4, trainable=False, name="signals",
+      self._counts = tf.Variable([0.0] * 5, trainable=False, name="signals",
                                  synchronization=tf.VariableSynchronization.ON_READ,
                                  aggregation=tf.VariableAggregation.SUM)
-    self._seen = np.zeros(4)
+    self._replicas = strategy.num_replicas_in_sync
+    self._seen = np.zeros(5)
 
   def add_diverged(self, loss, mean_example_loss, limit: float):
-    """In a step (replica context): counts a loss that is NaN, infinite, or whose
-    mean over the examples is above `limit`."""
-    diverged = tf.logical_or(~tf.math.is_finite(loss), mean_example_loss > limit)
-    self._counts.assign_add(tf.stack([tf.cast(diverged, tf.float32), 0., 0., 0.]))
+    """In a step (replica context): counts a loss that is NaN or infinite, and
+    one whose mean over the examples is above `limit`."""
+    nonfinite = ~tf.math.is_finite(loss)
+    exploded = tf.logical_or(nonfinite, mean_example_loss > limit)
+    self._counts.assign_add(tf.stack([tf.cast(nonfinite, tf.float32),
+                                      tf.cast(exploded, tf.float32), 0., 0., 0.]))
 
   def add_host_flags(self, host_flags):
     """host_flags: float32 [got SIGTERM, wants a progress line, wants a
     checkpoint] of this host."""
-    self._counts.assign_add(tf.concat([[0.0], tf.cast(host_flags, tf.float32)], 0))
+    self._counts.assign_add(tf.concat([[0.0, 0.0], tf.cast(host_flags, tf.float32)], 0))
 
-  def read(self) -> Agreed:
-    """Over the whole job; line_due and checkpoint_due since the last read."""
+  def read(self, steps: int) -> Agreed:
+    """Over the whole job, after an execution of `steps` steps; exploded, line_due
+    and checkpoint_due since the last read."""
     counts = self._counts.numpy()
-    new, self._seen = counts > self._seen, counts
-    return Agreed(diverged=bool(counts[0]), stop=bool(counts[1]), line_due=bool(new[2]),
-                  checkpoint_due=bool(new[3]))
+    added, self._seen = counts - self._seen, counts
+    return Agreed(nonfinite=bool(counts[0]),
+                  exploded=added[1] >= steps * self._replicas / 2,  # most of its steps
+                  stop=bool(counts[2]), line_due=bool(added[3]), checkpoint_due=bool(added[4]))
 
 
 def train_step(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int,

@@ -28,6 +28,7 @@ from tpu_trainer import controller
 from tpu_trainer import errors
 from tpu_trainer import export as export_lib
 from tpu_trainer import lock as lock_lib
+from tpu_trainer import memory
 from tpu_trainer import models
 from tpu_trainer import optimizer as optimizer_lib
 from tpu_trainer import stopping
@@ -139,6 +140,22 @@ def finished_run(workdir: str, plan: controller.Plan) -> dict | None:
   return metrics
 
 
+def check_precision(workdir: str, plan: controller.Plan) -> None:
+  """Refuses to resume across mixed_float16's edge, naming the setting:
+  mixed_float16 trains through a loss-scale optimizer, whose variables the
+  checkpoint of a run in another precision lacks (and the other way round).
+  float32 and mixed_bfloat16 resume each other."""
+  saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
+  if saved is None or "precision" not in saved:
+    return
+  if (saved.precision == "mixed_float16") != (plan.precision == "mixed_float16"):
+    raise UserError(
+        f"workdir={workdir} holds a run in precision {saved.precision}, and this one is in "
+        f"{plan.precision}: mixed_float16 trains with a loss scale in the optimizer, so the "
+        f"checkpoints of one cannot resume the other. Pass --config.precision="
+        f"{saved.precision} to resume it, or another --workdir.")
+
+
 def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str) -> None:
   """Refuses a resume whose checkpoint is past this config's last step (fewer
   epochs, or a bigger batch: steps of the checkpoint's batch), which would train
@@ -153,6 +170,26 @@ def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str
       "nothing. Raise config.epochs or config.steps past step "
       f"{step}{f', keep config.batch_size={then}' if then and then != plan.batch_size else ''}"
       ", or pass another --workdir.")
+
+
+def check_step_fits(model, config, plan: controller.Plan, runner) -> None:
+  """Refuses, before the first step, a training step whose estimated memory
+  (memory.py) is more than this host has available: an allocation failing
+  inside TensorFlow or XLA names no setting ("ResourceExhaustedError: OOM").
+  On CPUs, where the replicas share the host's memory; an accelerator's is
+  the doctor's to say (tpu-trainer-doctor, against the generation's HBM)."""
+  if runner.platform != "cpu":
+    return
+  need = memory.step_memory(model, config.optimizer, plan.precision,
+                            plan.batch_size // runner.replicas)
+  replicas_here = max(1, runner.replicas // runner.processes)
+  have = memory.host_available_bytes()
+  if need.total * replicas_here > have:
+    raise UserError(
+        f"The training step will not fit in this machine's memory: {need.describe()}"
+        f"{f', x {replicas_here} replicas on this host' if replicas_here > 1 else ''}; "
+        f"{memory.gib(have)} available. Lower config.batch_size, convert smaller images "
+        "(tpu-trainer-convert --image_size=H,W), or use a smaller model.")
 
 
 def check_workers_agree(runner, config, plan: controller.Plan, dataset, workdir: str,
@@ -261,6 +298,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     train_examples = dataset.split(config.input.train_split).num_examples
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
+    check_precision(workdir, plan)
     finished = finished_run(workdir, plan)
     check_workers_agree(runner, config, plan, dataset, workdir, finished is not None)
     if finished is not None:
@@ -268,6 +306,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     # The model before the workdir: a builder that breaks the contract leaves nothing.
     model, optimizer, schedule, output = build(config, plan, dataset, runner, builder,
                                                users_code)
+    check_step_fits(model, config, plan, runner)
     # Every write to the workdir from here on: bounded, said while it waits.
     watchdog = watchdog_lib.StorageWatchdog(workdir, config.storage_timeout_secs)
     cleanup.callback(watchdog.close)
@@ -332,6 +371,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
+    except tf.errors.NotFoundError as e:  # a shard gone (the service's own errors aside)
+      if config.input.service and "iteration client" in str(e):
+        raise service.explain_lost_job(config.input.service, watchdog.last_checkpoint) \
+            from None
+      raise manifest.explain_gone(dataset, e, watchdog.last_checkpoint) from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.AbortedError, *runner.peer_errors) as e:
       cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"

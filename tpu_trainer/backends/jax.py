@@ -276,7 +276,7 @@ class Checkpoints:
 def step_fn(model, optimizer, global_batch: int, label_smoothing: float, num_classes: int,
             from_logits: bool = False):
   """fn(state, images[batch...], labels) -> (state, [loss sum, correct, examples,
-  diverged]): one optimizer step. state: (trainable, non-trainable, optimizer)
+  not finite, exploded]): one optimizer step. state: (trainable, non-trainable, optimizer)
   variable values, as Keras's stateless API takes them. The model gets float32
   0-255 images and returns probabilities, or logits (from_logits)."""
   loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
@@ -304,18 +304,21 @@ def step_fn(model, optimizer, global_batch: int, label_smoothing: float, num_cla
         optimizer_variables, grads, trainable)
     correct = jnp.argmax(probabilities, -1) == labels
     mean_loss = jnp.mean(per_example.astype(jnp.float32))
-    diverged = ~jnp.isfinite(loss) | (mean_loss > limit)
+    nonfinite = ~jnp.isfinite(loss)
+    exploded = nonfinite | (mean_loss > limit)
     sums = jnp.stack([jnp.sum(per_example.astype(jnp.float32)),
                       jnp.sum(correct.astype(jnp.float32)),
-                      jnp.float32(labels.shape[0]), diverged.astype(jnp.float32)])
+                      jnp.float32(labels.shape[0]), nonfinite.astype(jnp.float32),
+                      exploded.astype(jnp.float32)])
     return (trainable, non_trainable, optimizer_variables), sums
 
   return train_step
 
 
 def agreed_fn(sums, host_flags):
-  """([loss sum, correct, examples], [diverged steps, a host got SIGTERM, wants a
-  line, wants a checkpoint]): host_flags max-reduced over every device."""
+  """([loss sum, correct, examples], [steps not finite, steps exploded, a host got
+  SIGTERM, wants a line, wants a checkpoint]): host_flags max-reduced over every
+  device."""
   return sums[:3], jnp.concatenate([sums[3:], jnp.max(host_flags, axis=0)])
 
 
@@ -333,7 +336,7 @@ def execution_fn(model, optimizer, global_batch: int, label_smoothing: float,
       state, step_sums = train_step(state, images[i], labels[i])
       return state, sums + step_sums
 
-    state, sums = jax.lax.fori_loop(0, steps, body, (state, jnp.zeros(4, jnp.float32)))
+    state, sums = jax.lax.fori_loop(0, steps, body, (state, jnp.zeros(5, jnp.float32)))
     return (state,) + agreed_fn(sums, host_flags)
 
   return execution
@@ -466,7 +469,7 @@ class Runner:
     agreed = jax.jit(agreed_fn, out_shardings=self._replicated)
 
     def execution(state, images, labels, steps, host_flags):
-      sums = self._placed(jnp.zeros(4, jnp.float32))
+      sums = self._placed(jnp.zeros(5, jnp.float32))
       for i in range(steps):
         state, step_sums = step(state, images[i], labels[i])
         sums = sums + step_sums
@@ -507,8 +510,10 @@ class Runner:
     self._assign(state)
     self._sums = sums if self._sums is None else self._sums + sums
     agreed = local_value(agreed)
-    return controller.Agreed(diverged=bool(agreed[0]), stop=bool(agreed[1]),
-                             line_due=bool(agreed[2]), checkpoint_due=bool(agreed[3]))
+    return controller.Agreed(nonfinite=bool(agreed[0]),
+                             exploded=agreed[1] >= steps / 2,  # most of its steps
+                             stop=bool(agreed[2]), line_due=bool(agreed[3]),
+                             checkpoint_due=bool(agreed[4]))
 
   def train_totals(self) -> dict:
     """Loss and accuracy since the last call."""

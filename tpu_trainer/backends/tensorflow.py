@@ -183,6 +183,7 @@ class Runner:
     self.processes = (pipeline.num_input_pipelines(self.strategy)
                       if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
                       else 1)
+    self.platform = strategy_lib.platform(self.strategy)
     self.description = type(self.strategy).__name__
     self._profiling = False  # while a profile runs (start_profile .. stop_profile)
 
@@ -250,7 +251,7 @@ class Runner:
       self._run_unrolled(self._iterator, steps, tf.constant(host_flags, tf.float32))
     else:
       self._run(self._iterator, tf.constant(steps), tf.constant(host_flags, tf.float32))
-    return self._signals.read()
+    return self._signals.read(steps)
 
   def train_totals(self) -> dict:
     """Loss and accuracy since the last call."""

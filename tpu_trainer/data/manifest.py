@@ -522,6 +522,21 @@ def verify(data_dir: str, client=None) -> dict:
                        f"no {OURS_FILE}: record counts checked, checksums not"}
 
 
+def explain_gone(dataset: Dataset, error: Exception, last_checkpoint: str) -> ValueError:
+  """Turns a NotFoundError from reading a dataset mid-run (its text names no file
+  on its first line) into one line: which shard went away, and what to do."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  gone = [f for split in dataset.splits.values() for f in split.files
+          if not tf.io.gfile.exists(f)]
+  if not gone:  # back already (converted again in place): the error's own words
+    gone = [(str(error).strip().splitlines() or ["?"])[-1][:200]]
+  more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+  return UserError(f"The dataset changed under this run: {gone[0]}{more} is gone (removed, "
+                   f"or {dataset.data_dir} converted again while training). Rerun the same "
+                   f"command: it resumes from the last checkpoint ({last_checkpoint}) if the "
+                   "data is the same records, and says so if not.")
+
+
 def explain_data_loss(data_dir: str, error: Exception) -> ValueError:
   """Turns TensorFlow's DataLossError, which names no file, into one that does."""
   try:

@@ -69,6 +69,16 @@ def check_reachable(address: str, flag: str = "config.input.service",
       time.sleep(0.5)
 
 
+def explain_lost_job(address: str, last_checkpoint: str) -> UserError:
+  """What a trainer says when its dispatcher came back without its journal
+  ("Unknown iteration client id ... not configured to be fault tolerant")."""
+  return UserError(f"The tf.data service dispatcher at {address} restarted without its "
+                   "journal: the jobs this run read from are gone. Restart it with "
+                   "--work_dir=DIR (a local dir or gs:// prefix it journals to; "
+                   "scripts/launch_tpu.sh always gives one), then rerun the same command: "
+                   f"it resumes from the last checkpoint ({last_checkpoint}).")
+
+
 def check_port_free(port: int) -> None:
   """gRPC binds with SO_REUSEPORT: a second server on a taken port would start and
   share it with the first, each answering some of the connections. Refused here."""
