@@ -29,6 +29,9 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("#42: an out-of-memory step an internal error", "tpu_trainer/training.py",
+           "    except tf.errors.ResourceExhaustedError as e:", "    except ZeroDivisionError as e:",
+           ("tests/test_train.py", "-k", "allocation_that_fails")),
     Mutant("#42: an early explosion that recovers stopped as diverged", "tpu_trainer/controller.py",
            "step - exploded_since >= explosion_patience(plan)", "step - exploded_since >= 0",
            ("tests/test_cli.py", "-k", "explosion")),

@@ -612,6 +612,34 @@ def test_a_step_that_cannot_fit_in_memory_is_one_line_before_any_step(digits_dir
   assert training.run(config, str(workdir), tf.distribute.get_strategy())["step"] == 10
 
 
+def test_an_allocation_that_fails_in_a_step_is_one_line(digits_dir, tmp_path):
+  """A user's layer whose training call needs 4 TiB, which no estimate of layer
+  outputs sees: TensorFlow's out-of-memory error was "internal error, a bug to
+  report"; now one line with the estimate and what to lower."""
+  from conftest import run_cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / "greedy.py").write_text(
+      "import keras\n"
+      "@keras.saving.register_keras_serializable('greedy')\n"
+      "class Greedy(keras.layers.Layer):\n"
+      "  def call(self, x, training=False):\n"
+      "    if training:  # 2**40 float32 values, from the input: nothing folds them\n"
+      "      x = x + keras.ops.sum(keras.ops.tile(x[:1, :1], (2**20, 2**20)))\n"
+      "    return x\n"
+      "def build(input_shape, num_classes, config):\n"
+      "  inputs = keras.Input(input_shape)\n"
+      "  x = Greedy()(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs)))\n"
+      "  return keras.Model(inputs, keras.layers.Dense(num_classes, activation='softmax')(x))\n")
+  result = run_cli("train", "--config=configs/mlp.py",
+                   f"--config.model={tmp_path}/greedy.py:build",
+                   f"--config.data_dir={digits_dir}",
+                   f"--workdir={tmp_path / 'w'}", "--config.steps=4", "--config.precision=float32")
+  assert result.returncode == 2, result.stderr[-3000:]
+  error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(error) == 1 and error[0].startswith("error: Out of memory on a cpu device ("), \
+      result.stderr[-3000:]
+  assert "the training step was estimated at" in error[0] and "Lower config.batch_size" in error[0]
+
+
 def test_conv_bn_scores_early_evaluations_with_its_batch_norm_statistics(digits_dir, tmp_path):
   """Batch norm's moving statistics keep up with a short run: the recipe's own
   settings, evaluated after 60 steps, score far above chance (Keras's default

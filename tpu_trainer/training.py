@@ -192,6 +192,19 @@ def check_step_fits(model, config, plan: controller.Plan, runner) -> None:
         "(tpu-trainer-convert --image_size=H,W), or use a smaller model.")
 
 
+def _out_of_memory(error, model, config, plan: controller.Plan, runner) -> UserError:
+  """What an allocation that failed inside TensorFlow (a device's memory: a TPU's
+  HBM, or more than the estimate said) tells the user."""
+  need = memory.step_memory(model, config.optimizer, plan.precision,
+                            plan.batch_size // runner.replicas)
+  first = (str(error).strip().splitlines() or [""])[0]
+  return UserError(f"Out of memory on a {runner.platform} device ({first[:160]}); the "
+                   f"training step was estimated at {need.describe()}. Lower "
+                   "config.batch_size, convert smaller images (tpu-trainer-convert "
+                   "--image_size=H,W), or use a smaller model or a bigger device "
+                   "(tpu-trainer-doctor estimates it for a TPU slice).")
+
+
 def check_workers_agree(runner, config, plan: controller.Plan, dataset, workdir: str,
                         finished: bool = False) -> None:
   """Every process of a multi-process job runs the same config on the same data
@@ -376,6 +389,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         raise service.explain_lost_job(config.input.service, watchdog.last_checkpoint) \
             from None
       raise manifest.explain_gone(dataset, e, watchdog.last_checkpoint) from None
+    except tf.errors.ResourceExhaustedError as e:  # a device's memory: the estimate fell short
+      raise _out_of_memory(e, model, config, plan, runner) from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.AbortedError, *runner.peer_errors) as e:
       cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
