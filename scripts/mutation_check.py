@@ -71,7 +71,7 @@ MUTANTS = (
            ("tests/test_data_service.py", "-k", "serves_nothing and none and sigterm")),
     Mutant("#43: a second Ctrl-C to a blocked step ignored", "tpu_trainer/watchdog.py",
            "if sum(n == signal.SIGINT for n, _ in signals) >= 2:", "if False:",
-           ("tests/test_data_service.py", "-k", "serves_nothing and none and ctrl")),
+           ("tests/test_data_service.py", "-k", "serves_nothing and unresolvable")),
     Mutant("#43: a step past the limit waited on", "tpu_trainer/watchdog.py",
            "      if limit and waited >= limit:", "      if False:",
            ("tests/test_tf_gcs.py", "-k", "data_dir_gone")),

@@ -171,8 +171,7 @@ def test_the_jax_backend_trains_through_the_service(digits_dir, tmp_path, data_s
   assert metrics["backend"] == "jax" and metrics["accuracy"] > 0.9
 
 
-@pytest.mark.parametrize("worker", ["none", "unresolvable"])
-@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c twice"])
+@pytest.mark.parametrize("worker,stop", [("none", "sigterm"), ("unresolvable", "ctrl-c twice")])
 def test_a_trainer_whose_service_serves_nothing_says_so_and_stops_when_told(
     digits_dir, tmp_path, worker, stop):
   """No worker, or only one advertising a name this host cannot resolve: the
