@@ -376,7 +376,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       step, speed = controller.train(
           runner, plan, report, checkpoints, evaluate, profiler, sigterm,
           controller.EarlyStopping(config.early_stopping_patience), dataset.num_classes, step,
-          watchdog, steps_watchdog, _input_source(config, runner.processes), renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
+          watchdog, steps_watchdog, _input_source(config, runner.processes),
+          renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
           confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None)
       with watchdog.waiting(f"finishing checkpoint {step}"):
         checkpoints.wait()  # before metrics.json says the run is complete
