@@ -271,7 +271,7 @@ def test_a_config_file_not_committed_is_refused_before_any_command(tmp_path):
   # This checkout's launcher, committed there (the clone has the last commit's).
   (clone / "scripts" / "launch_tpu.sh").write_text(open(LAUNCH).read())
   subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t",
-                  "commit", "-qam", "launcher"], check=True)
+                  "commit", "-qam", "launcher", "--allow-empty"], check=True)
   (clone / "configs" / "mine.py").write_text("from configs.cnn import get_config\n")
   launch = str(clone / "scripts" / "launch_tpu.sh")
   common = ["--dry_run", "--name=t", "--zone=z", "--workdir=gs://b/r"]
