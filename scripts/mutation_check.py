@@ -29,6 +29,12 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("#39: a finished write's wait never cleared", "tpu_trainer/watchdog.py",
+           "          self._what = None", "          pass",
+           ("tests/test_watchdog.py", "-k", "healthy")),
+    Mutant("#39: HOST:PORT without grpc:// refused", "tpu_trainer/data/service.py",
+           'text = address if "://" in address else f"grpc://{address}"', "text = address",
+           ("tests/test_data_service.py", "-k", "address_forms")),
     Mutant("#42: an out-of-memory step an internal error", "tpu_trainer/training.py",
            "    except tf.errors.ResourceExhaustedError as e:", "    except ZeroDivisionError as e:",
            ("tests/test_train.py", "-k", "allocation_that_fails")),

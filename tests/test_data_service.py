@@ -131,6 +131,31 @@ def test_workers_do_the_work(digits_dir, tmp_path):
     service.stop()
 
 
+@pytest.mark.parametrize("given,parsed,target", [
+    ("grpc://10.0.0.5:5050", ("grpc", "10.0.0.5", 5050), "10.0.0.5:5050"),
+    ("10.0.0.5:5050", ("grpc", "10.0.0.5", 5050), "10.0.0.5:5050"),  # the scheme implied
+    ("data-0:5050", ("grpc", "data-0", 5050), "data-0:5050"),
+    ("grpc://data-0.example.com:5050/", ("grpc", "data-0.example.com", 5050),
+     "data-0.example.com:5050"),
+    ("grpc+loas://data-0:5050", ("grpc+loas", "data-0", 5050), "data-0:5050"),
+    ("grpc://[::1]:5050", ("grpc", "::1", 5050), "[::1]:5050"),  # IPv6 keeps its brackets
+    ("[fe80::1]:6000", ("grpc", "fe80::1", 6000), "[fe80::1]:6000"),
+])
+def test_the_address_forms_a_user_writes(given, parsed, target):
+  from tpu_trainer.data import service  # pylint: disable=g-import-not-at-top
+  assert service.parse_address(given) == parsed
+  assert service.host_port(*parsed[1:]) == target
+
+
+@pytest.mark.parametrize("given", ["http://data-0:5050", "grpc://data-0", "data-0",
+                                   "grpc://data-0:5050/jobs", "grpc://:5050",
+                                   "grpc://data-0:99999"])
+def test_addresses_that_are_not_one_are_refused_saying_the_form(given):
+  from tpu_trainer.data import service  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"expected grpc://HOST:PORT"):
+    service.parse_address(given)
+
+
 def test_bad_addresses_and_ports_are_one_error_line(digits_dir, tmp_path):
   closed = _free_port()
   cases = [

@@ -35,7 +35,8 @@ def test_single_host():
                            "--data_dir=gs://bkt/digits", "--", "--config.epochs=3"))
   assert cmds[0] == ("gcloud compute tpus tpu-vm create tpu1 --zone=us-central2-b "
                      "--accelerator-type=v4-8 --version=tpu-vm-tf-2.16.1-pjrt --spot")
-  assert cmds[2] == ("gcloud compute tpus tpu-vm scp /tmp/tpu_trainer-tpu1.tar.gz "
+  tarball = os.path.join(os.environ.get("TMPDIR", "/tmp"), "tpu_trainer-tpu1.tar.gz")
+  assert cmds[2] == (f"gcloud compute tpus tpu-vm scp {tarball} "
                      "tpu1:tpu_trainer.tar.gz --zone=us-central2-b --worker=all")
   # Installed over the image's TensorFlow, which stays (pip constraints).
   assert cmds[3].endswith("--worker=all --command 'rm -rf tpu_trainer && tar xzf "
