@@ -33,6 +33,13 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("#39: no loss scaling under mixed_float16", "tpu_trainer/loop.py",
+           "      scaled_loss = optimizer.scale_loss(loss)", "      scaled_loss = loss",
+           ("tests/test_train.py", "-k", "mixed_float16_run")),
+    Mutant("#39: the JAX export fed image / 255", "tpu_trainer/backends/jax.py",
+           "      probabilities = tf.cast(model_fn(image), tf.float32)",
+           "      probabilities = tf.cast(model_fn(image / 255.0), tf.float32)",
+           ("tests/test_jax_backend.py", "-k", "jax_export_scores")),
     Mutant("#39: JAX checkpoints without the optimizer's state", "tpu_trainer/backends/jax.py",
            "Checkpoints(self.model.variables + self.optimizer.variables, workdir,",
            "Checkpoints(self.model.variables + self.optimizer.variables[:1], workdir,",

@@ -288,3 +288,22 @@ def test_a_lost_jax_worker_is_one_line_saying_what_to_do(digits_dir, tmp_path):
     for proc in procs:
       if proc.poll() is None:
         proc.kill()
+
+
+def test_the_jax_export_scores_images_in_either_convention(digits_dir, tmp_path):
+  """The SavedModel a JAX run exports (through jax2tf) takes float 0-255 and 0-1
+  images alike, as the TensorFlow backend's does, and scores them as the run's
+  own evaluation did."""
+  result = run_cli("train", "--config=configs/mlp.py", "--config.backend=jax",
+                   f"--config.data_dir={digits_dir}", f"--workdir={tmp_path / 'w'}",
+                   "--config.steps=60", "--config.precision=float32")
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  images, labels = tfds.as_numpy(tfds.builder_from_directory(digits_dir).as_dataset(
+      split="test", as_supervised=True, batch_size=-1))
+  serve = tf.saved_model.load(str(tmp_path / "w" / "saved_model")).signatures["serving_default"]
+  scored = [serve(image=tf.constant(x, tf.float32))["probabilities"].numpy()
+            for x in (images, images / 255.0)]
+  np.testing.assert_allclose(scored[0], scored[1], atol=1e-5)
+  assert (scored[0].argmax(-1) == labels).mean() == pytest.approx(metrics["accuracy"])

@@ -640,6 +640,19 @@ def test_an_allocation_that_fails_in_a_step_is_one_line(digits_dir, tmp_path):
   assert "the training step was estimated at" in error[0] and "Lower config.batch_size" in error[0]
 
 
+def test_a_mixed_float16_run_trains_through_its_loss_scale(digits_dir, tmp_path):
+  """What a GPU user gets: float16 compute, the loss scaled up before the
+  gradient and the gradient scaled back down (Keras's LossScaleOptimizer).
+  Unscaled, float16 gradients of a small loss underflow and the run learns
+  little; on a CPU the policy works the same, slowly. SGD: Adam's update does not
+  see a gradient's scale."""
+  config = _digits_config(mlp_config, digits_dir, steps=300, precision="mixed_float16",
+                          optimizer="sgd", base_lr=0.05)
+  metrics = training.run(config, str(tmp_path / "w"), tf.distribute.get_strategy())
+  assert metrics["precision"] == "mixed_float16"
+  assert metrics["accuracy"] > 0.9, metrics
+
+
 def test_conv_bn_scores_early_evaluations_with_its_batch_norm_statistics(digits_dir, tmp_path):
   """Batch norm's moving statistics keep up with a short run: the recipe's own
   settings, evaluated after 60 steps, score far above chance (Keras's default
