@@ -33,6 +33,18 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("#39: the launcher streams every worker's log", "scripts/launch_tpu.sh",
+           'run "${gc[@]}" ssh "$name" "${where[@]}" --worker=0 --command \\\n  "tail --pid',
+           'run "${gc[@]}" ssh "$name" "${where[@]}" --worker=all --command \\\n  "tail --pid',
+           ("tests/test_launch.py::test_single_host",)),
+    Mutant("#39: a rerun keeps a shard whose size matches", "tpu_trainer/data/convert.py",
+           '(was.get("crc32c"), was.get("num_bytes")) ==\n                            (crc, present[job.file])',
+           'was.get("num_bytes") ==\n                            present[job.file]',
+           ("tests/test_convert.py", "-k", "damaged_in_place")),
+    Mutant("#39: streamed files read in one order whatever the seed", "tpu_trainer/data/pipeline.py",
+           "    ds = _records(files, pipelines, index, deterministic, seed, number)",
+           "    ds = _records(files, pipelines, index, deterministic, None, number)",
+           ("tests/test_pipeline.py", "-k", "seeds_order")),
     Mutant("#39: no loss scaling under mixed_float16", "tpu_trainer/loop.py",
            "      scaled_loss = optimizer.scale_loss(loss)", "      scaled_loss = loss",
            ("tests/test_train.py", "-k", "mixed_float16_run")),

@@ -132,6 +132,24 @@ def test_rerun_keeps_its_shards_and_rewrites_damaged_ones(tmp_path):
   assert manifest.verify(out)["examples"] == 1797
 
 
+def test_a_shard_damaged_in_place_at_its_size_is_rewritten_on_rerun(tmp_path):
+  """A flipped byte (a bad disk, a copy gone wrong) keeps the file's size: the
+  rerun compares the recorded crc32c, not the size, and writes the shard again."""
+  out = str(tmp_path / "d")
+  convert.convert(sources.digits(), out, min_shards=4)
+  bad = manifest.read(out).splits["train"].files[2]
+  with open(bad, "rb") as f:
+    original = f.read()
+  with open(bad, "r+b") as f:
+    f.seek(len(original) // 2)
+    f.write(bytes([original[len(original) // 2] ^ 0xFF]))
+  assert os.path.getsize(bad) == len(original)
+  convert.convert(sources.digits(), out, min_shards=4)
+  with open(bad, "rb") as f:
+    assert f.read() == original
+  assert manifest.verify(out)["examples"] == 1797
+
+
 def _npz(path, x_train, y_train, **more):
   np.savez(path, x_train=x_train, y_train=y_train, **more)
   return str(path)

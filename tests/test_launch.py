@@ -51,6 +51,7 @@ def test_single_host():
       "--config.epochs=3")
   assert _remote(cmds[5]) == ("tail --pid=$(cat ~/train.pid) -n +1 -f ~/train.log; "
                               "exit $(cat ~/train.status 2>/dev/null || echo 255)")
+  assert "--worker=0" in cmds[5]  # the job's log and status are worker 0's
   assert not any(" delete " in c for c in cmds)
 
 
