@@ -33,6 +33,16 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant("#39: a resume at its very last step refused (< for <=)", "tpu_trainer/training.py",
+           "  if step <= plan.total_steps:\n    return", "  if step < plan.total_steps:\n    return",
+           ("tests/test_resume.py::test_sigterm_during_export_exits_143_and_the_rerun_finishes_"
+            "the_export",)),
+    Mutant("#39: the learning rate scaled by the inverse batch ratio", "tpu_trainer/scaling.py",
+           "  ratio = batch_size / config.base_batch_size",
+           "  ratio = config.base_batch_size / batch_size", ("tests/test_scaling.py",)),
+    Mutant("#39: an in-memory epoch one batch longer (off by one)", "tpu_trainer/data/position.py",
+           "      per_epoch = count // batch", "      per_epoch = count // batch + 1",
+           ("tests/test_pipeline.py", "-k", "started_at_a_step")),
     Mutant("#39: the launcher streams every worker's log", "scripts/launch_tpu.sh",
            'run "${gc[@]}" ssh "$name" "${where[@]}" --worker=0 --command \\\n  "tail --pid',
            'run "${gc[@]}" ssh "$name" "${where[@]}" --worker=all --command \\\n  "tail --pid',
