@@ -72,6 +72,7 @@ def test_a_second_training_run_into_a_live_workdir_is_refused(digits_dir, tmp_pa
     deadline = time.time() + 120
     while not (workdir / "config.json").exists() and time.time() < deadline:
       time.sleep(0.1)
+    assert (workdir / "config.json").exists(), "the first run never took the workdir"
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2
     errors = [l for l in second.stderr.splitlines() if l.startswith("error:")]
