@@ -1,5 +1,6 @@
 """The storage watchdog: bounded waits on the workdir, one line when storage is
 gone. End to end (a gs:// workdir losing its storage mid-run): test_tf_gcs.py."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -60,12 +61,13 @@ def test_a_wait_past_the_limit_ends_the_process_with_75():
                           timeout=30, check=False)
   assert result.returncode == 75, result.stderr
   lines = result.stderr.strip().splitlines()
-  assert any("Still saving checkpoint 7 after 1 s" in l for l in lines), lines
-  assert lines[-1] == ("error: the storage of workdir=gs://bucket/run did not answer while "
-                       "saving checkpoint 7 (no answer in 3 s); nothing more was written. Last "
-                       "checkpoint: none (none saved yet). Run the same command again once it "
-                       "answers: it resumes from there (or a newer one, if the save in progress "
-                       "ended whole).")
+  # Seconds as the 1 s poller saw them: more on a loaded machine.
+  assert any(re.search(r"Still saving checkpoint 7 after \d+ s", l) for l in lines), lines
+  assert re.fullmatch(
+      r"error: the storage of workdir=gs://bucket/run did not answer while saving checkpoint "
+      r"7 \(no answer in \d+ s\); nothing more was written\. Last checkpoint: none \(none "
+      r"saved yet\)\. Run the same command again once it answers: it resumes from there "
+      r"\(or a newer one, if the save in progress ended whole\)\.", lines[-1]), lines[-1]
 
 
 def test_a_healthy_run_longer_than_the_limit_finishes(digits_dir, tmp_path):
