@@ -31,7 +31,7 @@ class Agreed(NamedTuple):
   same step. A decision taken by one host alone (on its own clock, say) would
   leave the others waiting in a collective."""
   nonfinite: bool       # a replica's loss was NaN or infinite (in this run)
-  exploded: bool        # most of this execution's steps: not finite, or above divergence_limit
+  exploded_share: float # of this execution's steps: not finite, or above divergence_limit
   stop: bool            # a host got SIGTERM
   line_due: bool        # a host wants a progress line (since the last read)
   checkpoint_due: bool  # a host's last checkpoint is older than it should be
@@ -298,7 +298,7 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
     profiler.after(step)
     done = step >= plan.total_steps
     exploded_since = (step - n if exploded_since is None else exploded_since
-                      ) if agreed.exploded else None
+                      ) if agreed.exploded_share >= 0.5 else None  # most of its steps
     if agreed.nonfinite or (exploded_since is not None and (
         step - exploded_since >= explosion_patience(plan) or done)):
       limit = divergence_limit(num_classes)

@@ -216,7 +216,7 @@ def _model_checks(config, dataset, tpu_slice):
                                          from_logits), jit_compile=True)
       step(tf.zeros([per_replica] + list(shape), tf.uint8), tf.zeros([per_replica], tf.int32))
       agreed = signals.read(1)
-      loss, diverged = totals.result()["loss"], agreed.nonfinite or agreed.exploded
+      loss, diverged = totals.result()["loss"], agreed.nonfinite or agreed.exploded_share > 0
       flops = forward_flops(model, shape)
     if not math.isfinite(loss) or diverged:
       raise UserError(f"loss is {loss} on zero images: diverged at the first step")

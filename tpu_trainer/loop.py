@@ -78,12 +78,11 @@ class Signals:
     self._counts.assign_add(tf.concat([[0.0, 0.0], tf.cast(host_flags, tf.float32)], 0))
 
   def read(self, steps: int) -> Agreed:
-    """Over the whole job, after an execution of `steps` steps; exploded, line_due
-    and checkpoint_due since the last read."""
+    """Over the whole job, after an execution of `steps` steps; exploded_share
+    (every replica's steps counted), line_due and checkpoint_due since the last read."""
     counts = self._counts.numpy()
     added, self._seen = counts - self._seen, counts
-    return Agreed(nonfinite=bool(counts[0]),
-                  exploded=added[1] >= steps * self._replicas / 2,  # most of its steps
+    return Agreed(nonfinite=bool(counts[0]), exploded_share=added[1] / (steps * self._replicas),
                   stop=bool(counts[2]), line_due=bool(added[3]), checkpoint_due=bool(added[4]))
 
 

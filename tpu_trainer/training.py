@@ -64,12 +64,12 @@ def _strict_json(value):
   return value
 
 
-def check_resumable(workdir: str, resolved: dict, identities=()) -> None:
-  """Refuses, before anything in the workdir changes, to resume a run whose
-  model or data differ from this one's. The data by its identity (content),
-  not its path: a copy elsewhere resumes, a reconversion in place with another
-  content does not. identities: what else the data's identity was once written as."""
-  saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
+def check_resumable(workdir: str, saved, resolved: dict, identities=()) -> None:
+  """Refuses, before anything in the workdir changes, to resume a run (saved: its
+  config.json, or None) whose model or data differ from this one's. The data by
+  its identity (content), not its path: a copy elsewhere resumes, a reconversion
+  in place with another content does not. identities: what else the data's
+  identity was once written as."""
   if saved is None:
     return
   saved = {"backend": "tensorflow", **saved.to_dict()}  # workdirs from before backends
@@ -114,7 +114,7 @@ def clear_workdir(workdir: str) -> None:
       os.remove(path)
 
 
-def finished_run(workdir: str, plan: controller.Plan) -> dict | None:
+def finished_run(workdir: str, saved, plan: controller.Plan) -> dict | None:
   """metrics.json of the run in workdir when it finished (its planned steps, or
   an early stop) and this config asks no more of it: as many examples or fewer
   (steps x batch, so a changed batch size compares). None otherwise. A finished
@@ -126,8 +126,7 @@ def finished_run(workdir: str, plan: controller.Plan) -> dict | None:
   if "total_steps" in metrics:
     planned, batch = metrics["total_steps"], metrics["batch_size"]
   else:  # metrics.json from before it said so: config.json was that run's
-    saved = config_lib.load_if_exists(storage.join(workdir, "config.json")) or {}
-    planned, batch = saved.get("total_steps"), saved.get("batch_size")
+    planned, batch = (saved or {}).get("total_steps"), (saved or {}).get("batch_size")
   if planned is None or plan.total_steps * plan.batch_size > planned * batch:
     return None
   how = ("stopped early at step %d of %d" % (metrics["step"], planned)
@@ -140,12 +139,11 @@ def finished_run(workdir: str, plan: controller.Plan) -> dict | None:
   return metrics
 
 
-def check_precision(workdir: str, plan: controller.Plan) -> None:
+def check_precision(workdir: str, saved, plan: controller.Plan) -> None:
   """Refuses to resume across mixed_float16's edge, naming the setting:
   mixed_float16 trains through a loss-scale optimizer, whose variables the
   checkpoint of a run in another precision lacks (and the other way round).
   float32 and mixed_bfloat16 resume each other."""
-  saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
   if saved is None or "precision" not in saved:
     return
   if (saved.precision == "mixed_float16") != (plan.precision == "mixed_float16"):
@@ -156,14 +154,13 @@ def check_precision(workdir: str, plan: controller.Plan) -> None:
         f"{saved.precision} to resume it, or another --workdir.")
 
 
-def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str) -> None:
+def check_progress(saved, step: int, plan: controller.Plan, restored: str) -> None:
   """Refuses a resume whose checkpoint is past this config's last step (fewer
   epochs, or a bigger batch: steps of the checkpoint's batch), which would train
   nothing and export the old weights as this config's."""
   if step <= plan.total_steps:
     return
-  saved = config_lib.load_if_exists(storage.join(workdir, "config.json")) or {}
-  then = saved.get("batch_size")
+  then = (saved or {}).get("batch_size")
   raise UserError(
       f"{restored} is at step {step}{f' (batch {then})' if then else ''}, past this "
       f"config's last step {plan.total_steps} (batch {plan.batch_size}): resuming would train "
@@ -172,16 +169,14 @@ def check_progress(workdir: str, step: int, plan: controller.Plan, restored: str
       ", or pass another --workdir.")
 
 
-def check_step_fits(model, config, plan: controller.Plan, runner) -> None:
+def check_step_fits(need: memory.StepMemory, runner) -> None:
   """Refuses, before the first step, a training step whose estimated memory
-  (memory.py) is more than this host has available: an allocation failing
-  inside TensorFlow or XLA names no setting ("ResourceExhaustedError: OOM").
-  On CPUs, where the replicas share the host's memory; an accelerator's is
-  the doctor's to say (tpu-trainer-doctor, against the generation's HBM)."""
+  (`need`, memory.py) is more than this host has available: an allocation
+  failing inside TensorFlow or XLA names no setting ("ResourceExhaustedError:
+  OOM"). On CPUs, where the replicas share the host's memory; an accelerator's
+  is the doctor's to say (tpu-trainer-doctor, against the generation's HBM)."""
   if runner.platform != "cpu":
     return
-  need = memory.step_memory(model, config.optimizer, plan.precision,
-                            plan.batch_size // runner.replicas)
   replicas_here = max(1, runner.replicas // runner.processes)
   have = memory.host_available_bytes()
   if need.total * replicas_here > have:
@@ -192,11 +187,9 @@ def check_step_fits(model, config, plan: controller.Plan, runner) -> None:
         "(tpu-trainer-convert --image_size=H,W), or use a smaller model.")
 
 
-def _out_of_memory(error, model, config, plan: controller.Plan, runner) -> UserError:
+def _out_of_memory(error, need: memory.StepMemory, runner) -> UserError:
   """What an allocation that failed inside TensorFlow (a device's memory: a TPU's
-  HBM, or more than the estimate said) tells the user."""
-  need = memory.step_memory(model, config.optimizer, plan.precision,
-                            plan.batch_size // runner.replicas)
+  HBM, or more than the estimate `need` said) tells the user."""
   first = (str(error).strip().splitlines() or [""])[0]
   return UserError(f"Out of memory on a {runner.platform} device ({first[:160]}); the "
                    f"training step was estimated at {need.describe()}. Lower "
@@ -299,10 +292,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     builder, model_name, users_code = models.resolve(config.model)
     config = _with_model_name(config, model_name)
     check_workdir(workdir)
-    check_resumable(workdir, {**config.to_dict(), "image_shape": list(dataset.image_shape),
-                              "class_names": list(dataset.class_names),
-                              "dataset_identity": dataset.identity},
-                     dataset.identities)
+    # The run already there: read once, for every check of this one against it.
+    saved = config_lib.load_if_exists(storage.join(workdir, "config.json"))
+    check_resumable(workdir, saved, {**config.to_dict(),
+                                     "image_shape": list(dataset.image_shape),
+                                     "class_names": list(dataset.class_names),
+                                     "dataset_identity": dataset.identity},
+                    dataset.identities)
     runner = backends.runner(config, strategy)
     sigterm = stopping.StopSignals()  # after the strategy, which may take SIGTERM over
     cleanup.callback(sigterm.close)
@@ -311,15 +307,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
     train_examples = dataset.split(config.input.train_split).num_examples
     plan = controller.plan_run(config, train_examples, runner.replicas,
                                runner.precision(config.precision, config.model))
-    check_precision(workdir, plan)
-    finished = finished_run(workdir, plan)
+    check_precision(workdir, saved, plan)
+    finished = finished_run(workdir, saved, plan)
     check_workers_agree(runner, config, plan, dataset, workdir, finished is not None)
     if finished is not None:
       return finished
     # The model before the workdir: a builder that breaks the contract leaves nothing.
     model, optimizer, schedule, output = build(config, plan, dataset, runner, builder,
                                                users_code)
-    check_step_fits(model, config, plan, runner)
+    need = memory.step_memory(model, config.optimizer, plan.precision,
+                              plan.batch_size // runner.replicas)
+    check_step_fits(need, runner)
     # Every write to the workdir from here on: bounded, said while it waits.
     watchdog = watchdog_lib.StorageWatchdog(workdir, config.storage_timeout_secs)
     cleanup.callback(watchdog.close)
@@ -347,7 +345,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       restored = checkpoints.restore()
       step = runner.step()
     if restored:
-      check_progress(workdir, step, plan, restored)
+      check_progress(saved, step, plan, restored)
       watchdog.saved(restored)
     # config.json only once the resume is accepted: a refused run leaves the
     # workdir's run as it was.
@@ -391,7 +389,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
             from None
       raise manifest.explain_gone(dataset, e, watchdog.last_checkpoint) from None
     except tf.errors.ResourceExhaustedError as e:  # a device's memory: the estimate fell short
-      raise _out_of_memory(e, model, config, plan, runner) from None
+      raise _out_of_memory(e, need, runner) from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.AbortedError, *runner.peer_errors) as e:
       cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"

@@ -22,8 +22,10 @@ import time
 
 from absl import logging
 
+from tpu_trainer import stopping
 from tpu_trainer import storage
 from tpu_trainer.errors import StorageUnavailable
+from tpu_trainer.errors import TryAgain
 
 NOTICE_S = 30.0
 
@@ -174,7 +176,6 @@ class StepWatchdog:
     os._exit(status)  # pylint: disable=protected-access  (the main thread is blocked)
 
   def _watch(self) -> None:
-    from tpu_trainer import stopping  # pylint: disable=g-import-not-at-top
     signals, notices, watched = [], 0, None
     while not self._closed.is_set():
       now = time.monotonic()
@@ -205,7 +206,7 @@ class StepWatchdog:
         self._exit(f"error: no {kind} returned in {waited:.0f} s (the longest took "
                    f"{longest:.1f} s): {source} stopped coming. Last checkpoint: "
                    f"{self._storage.last_checkpoint}. Run the same command again once it "
-                   "answers: it resumes from there.", StorageUnavailable.exit_status)
+                   "answers: it resumes from there.", TryAgain.exit_status)
       if waited >= (notices + 1) * self.notice_s:
         notices += 1
         logging.warning("The %s has not returned in %.0f s%s: waiting for %s.%s", kind,

@@ -36,7 +36,7 @@ from tpu_trainer import strategy as strategy_lib
 from tpu_trainer.data import pipeline
 from tpu_trainer.data import position
 from tpu_trainer.errors import OtherVariables
-from tpu_trainer.errors import StorageUnavailable
+from tpu_trainer.errors import TryAgain
 from tpu_trainer.errors import UserError
 
 
@@ -94,7 +94,7 @@ def _join(timeout_s: float, coordinator=None, count=None, index=None) -> None:
           f"{timeout_s:.0f} s (process {index} of {count}): start every worker with the same "
           "command, the coordinator (worker 0) included, or raise "
           "config.storage_timeout_secs.", file=sys.stderr, flush=True)
-    os._exit(StorageUnavailable.exit_status)  # pylint: disable=protected-access
+    os._exit(TryAgain.exit_status)  # pylint: disable=protected-access
 
   timer = threading.Timer(timeout_s, not_joined)
   timer.daemon = True
@@ -510,8 +510,7 @@ class Runner:
     self._assign(state)
     self._sums = sums if self._sums is None else self._sums + sums
     agreed = local_value(agreed)
-    return controller.Agreed(nonfinite=bool(agreed[0]),
-                             exploded=agreed[1] >= steps / 2,  # most of its steps
+    return controller.Agreed(nonfinite=bool(agreed[0]), exploded_share=float(agreed[1]) / steps,
                              stop=bool(agreed[2]), line_due=bool(agreed[3]),
                              checkpoint_due=bool(agreed[4]))
 

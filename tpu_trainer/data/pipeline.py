@@ -60,13 +60,13 @@ def check_fits_host(dataset: Dataset, input_config) -> None:
   record_bytes = (split.num_bytes / max(1, split.num_examples)
                   or math.prod(dataset.image_shape))  # TFDS's size unknown: decoded
   buffered = min(input_config.shuffle_buffer, split.num_examples) * record_bytes
-  limit = MEMORY_SHARE * memory.host_bytes()
-  if buffered > limit:
-    fits = max(1, int(limit / record_bytes))
+  host = memory.host_bytes()
+  if buffered > MEMORY_SHARE * host:
+    fits = max(1, int(MEMORY_SHARE * host / record_bytes))
     raise UserError(f"config.input.shuffle_buffer={input_config.shuffle_buffer} would hold "
                     f"{buffered / 2**30:.1f} GiB of {dataset.data_dir}'s records "
                     f"({record_bytes / 2**10:.0f} KiB each), more than half this machine's "
-                    f"{memory.host_bytes() / 2**30:.1f} GiB: at most {fits} here.")
+                    f"{host / 2**30:.1f} GiB: at most {fits} here.")
 
 
 def fits_cache(dataset: Dataset, split: str, pipelines: int, input_config) -> bool:
@@ -76,10 +76,11 @@ def fits_cache(dataset: Dataset, split: str, pipelines: int, input_config) -> bo
   share = dataset.split(split).num_examples * (math.prod(dataset.image_shape) + 64) / pipelines
   if not input_config.cache or share > input_config.cache_max_bytes:
     return False
-  if share > MEMORY_SHARE * memory.host_bytes():
+  host = memory.host_bytes()
+  if share > MEMORY_SHARE * host:
     logging.warning("The %s split's %.1f GiB (decoded) is within config.input.cache_max_bytes "
                     "but more than half this machine's %.1f GiB of memory: streamed, not "
-                    "cached.", split, share / 2**30, memory.host_bytes() / 2**30)
+                    "cached.", split, share / 2**30, host / 2**30)
     return False
   return True
 
