@@ -1,6 +1,9 @@
 """What the user can fix, as types: the tools print these as one 'error:' line
 (exit 2). Any other exception is a bug in this project or below it, and keeps
 its traceback (cli.run)."""
+import errno
+import re
+import shutil
 
 
 class UserError(ValueError):
@@ -40,3 +43,15 @@ class OtherVariables(UserError):
   def __init__(self, checkpoint: str):
     super().__init__(f"{checkpoint} holds other variables than this model and optimizer: "
                      "use another --workdir, or delete that one.")
+
+
+def disk_full_path(error: Exception) -> str | None:
+  """The path being written when `error` is a full disk (Python's OSError or
+  TensorFlow's ResourceExhaustedError), else None."""
+  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    return error.filename or "(a file)"
+  if isinstance(error, shutil.Error):  # copytree: [(source, destination, why), ...]
+    full = [dst for _, dst, why in error.args[0] if "No space left on device" in str(why)]
+    return full[0] if full else None
+  match = re.search(r"(\S+); No space left on device", str(error))
+  return match.group(1) if match else None

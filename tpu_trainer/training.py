@@ -388,7 +388,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
         raise service.explain_lost_job(config.input.service, watchdog.last_checkpoint) \
             from None
       raise manifest.explain_gone(dataset, e, watchdog.last_checkpoint) from None
-    except tf.errors.ResourceExhaustedError as e:  # a device's memory: the estimate fell short
+    except tf.errors.ResourceExhaustedError as e:  # a device's memory, or a full disk
+      if errors.disk_full_path(e) is not None:  # a checkpoint's write (cli.run says it)
+        raise
       raise _out_of_memory(e, need, runner) from None
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.AbortedError, *runner.peer_errors) as e:

@@ -3,13 +3,12 @@
 Every tool: `--help` shows what it does, examples and its own flags (exit 0);
 `-v` / `--verbosity=1` adds TensorFlow's own logs, hidden by default.
 """
-import errno
 import json
 import os
 import re
-import shutil
 import sys
 
+from tpu_trainer import errors
 from tpu_trainer import logs
 from tpu_trainer import stopping
 from tpu_trainer.errors import Diverged
@@ -39,18 +38,6 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
 
-
-
-def disk_full_path(error: Exception) -> str | None:
-  """The path being written when `error` is a full disk (Python's OSError or
-  TensorFlow's ResourceExhaustedError), else None."""
-  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-    return error.filename or "(a file)"
-  if isinstance(error, shutil.Error):  # copytree: [(source, destination, why), ...]
-    full = [dst for _, dst, why in error.args[0] if "No space left on device" in str(why)]
-    return full[0] if full else None
-  match = re.search(r"(\S+); No space left on device", str(error))
-  return match.group(1) if match else None
 
 
 def print_written(dataset, output_dir: str) -> None:
@@ -218,7 +205,7 @@ def run(main, record_stop_signals: bool = False) -> None:
       print("interrupted (Ctrl-C)", file=sys.stderr)
       sys.exit(130)
     except Exception as e:  # pylint: disable=broad-except
-      full = disk_full_path(e)
+      full = errors.disk_full_path(e)
       if full is not None:
         print(f"error: no space left on the device writing {full}: free some space there, "
               "or write somewhere else.", file=sys.stderr)
