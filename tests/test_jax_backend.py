@@ -222,6 +222,25 @@ def test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps(dig
   assert int(values[names.index("adam/iteration")]) == 600
 
 
+def test_a_relative_workdir_trains_and_resumes_on_jax(digits_dir, tmp_path):
+  """--workdir=w as a user types it, from the directory they are in (Orbax itself
+  takes absolute paths only)."""
+  def train(steps):
+    return subprocess.run(
+        [sys.executable, "-m", "tpu_trainer.cli.train", f"--config={REPO}/configs/mlp.py",
+         "--config.backend=jax", "--workdir=w", f"--config.data_dir={digits_dir}",
+         f"--config.steps={steps}", "--config.steps_per_execution=10"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO})
+  first = train(10)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert (tmp_path / "w" / "checkpoints" / "10" / "commit_success.txt").exists()
+  again = train(20)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resumed from w/checkpoints/10." in again.stderr
+  assert json.loads(again.stdout.splitlines()[0])["step"] == 20
+
+
 def test_jax_divergence_exits_3_and_bad_settings_are_one_line(digits_dir, tmp_path):
   common = ["--config=configs/mlp.py", "--config.backend=jax", f"--config.data_dir={digits_dir}",
             "--config.batch_size=64", "--config.steps=40", "--config.steps_per_execution=10"]

@@ -174,7 +174,9 @@ class Checkpoints:
     self.directory = storage.join(workdir, "checkpoints")
     self._variables, self._chief = variables, chief
     self._input_position_now = input_position
-    self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+    # Orbax takes absolute paths only (a relative --workdir was "a bug to report").
+    where = self.directory if storage.is_gcs(self.directory) else os.path.abspath(self.directory)
+    self._manager = ocp.CheckpointManager(where, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True))
     self._saving = None  # the checkpoint being written, until known written
     self.written = None  # the newest checkpoint known written whole
