@@ -227,12 +227,15 @@ def test_plain_bad_input_is_one_error_line_not_a_traceback(digits_dir, tmp_path)
   config.data_dir = digits_dir
   config_lib.save(config, str(tmp_path / "run" / "config.json"))
   (tmp_path / "not_a_model").mkdir()
+  (tmp_path / "cut.keras").write_bytes(b"PK\x03\x04 cut short in the copy")
   (tmp_path / "bad_config.py").write_text("def get_config(:\n")
   cases = [
       (("train", "--config=configs/mlp.py", "--config.data_dir=/etc/hostname",
         f"--workdir={tmp_path / 'w'}"), "is a file, not a dataset directory"),
       (("evaluate", f"--workdir={tmp_path / 'run'}", f"--model={tmp_path / 'not_a_model'}"),
        "neither a .keras file nor a SavedModel directory"),
+      (("evaluate", f"--workdir={tmp_path / 'run'}", f"--model={tmp_path / 'cut.keras'}"),
+       "cut.keras is not a .keras model (a Keras zip archive)"),
       (("evaluate", f"--workdir={tmp_path / 'run'}", "--batch_size=-5"),
        "--batch_size=-5 must be positive"),
       (("train", f"--config={tmp_path / 'bad_config.py'}", f"--workdir={tmp_path / 'w'}"),

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 
 from absl import logging
 import keras
@@ -110,6 +111,10 @@ def load_serving_fn(path: str, from_logits: bool = False):
   images of any numeric dtype (uint8 as the pipeline feeds them). from_logits:
   the .keras model returns logits (config.json's model_output)."""
   if path.endswith(".keras"):
+    with tf.io.gfile.GFile(path, "rb") as f:  # Keras says "File not found" of any other file
+      if not zipfile.is_zipfile(f):
+        raise UserError(f"{path} is not a .keras model (a Keras zip archive): pass a "
+                        "workdir's model.keras or saved_model/.")
     model = keras.models.load_model(path)
 
     def predict(images):
