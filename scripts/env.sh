@@ -11,7 +11,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 STACK="${TPU_TRAINER_STACK:-newest}"
 case "$STACK" in
-  newest) VENV="${VENV:-$REPO/.venv}"; EXTRAS="${TPU_TRAINER_EXTRAS:-cpu,jax,profile,beam,test}" ;;
+  newest) VENV="${VENV:-$REPO/.venv}"; EXTRAS="${TPU_TRAINER_EXTRAS:-cpu,jax,profile,beam,test,docs}" ;;
   oldest) VENV="${VENV:-$REPO/.venv-oldest}"; EXTRAS="${TPU_TRAINER_EXTRAS:-test}"
           OLDEST_TF="tensorflow-cpu==2.16.1" OLDEST_KERAS="keras==3.6.0" ;;
   *) echo "error: TPU_TRAINER_STACK=$STACK: use newest or oldest." >&2; exit 2 ;;

@@ -175,15 +175,22 @@ def parse_profile_steps(value: str) -> tuple[int, int]:
   return start, end
 
 
-def describe(config: ml_collections.ConfigDict) -> str:
-  """Every key with its value here and its meaning (the comment in default_config)."""
+def meanings() -> dict:
+  """{key: what it means}: the comment beside each key in default_config, and the
+  choices of the keys that take one of a set (--show_config and the docs' config
+  reference read them here)."""
   import inspect  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
   meaning = dict(re.findall(r"^  c\.([\w.]+) = .*?#\s*(.+)$",
                             inspect.getsource(default_config), re.MULTILINE))
-  leaves = flat(config)
   for key, allowed in choices().items():
-    meaning[key] = f"{' | '.join(allowed)}: {meaning.get(key, '')}"
+    meaning[key] = f"{' | '.join(allowed)}: {meaning.get(key, '')}".rstrip(" :")
+  return meaning
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """Every key with its value here and its meaning."""
+  meaning, leaves = meanings(), flat(config)
   width = max(len(k) + len(repr(v)) for k, v in leaves.items()) + 3
   return "\n".join(f"{f'{k} = {v!r}':<{width}}  # {meaning.get(k, '')}".rstrip(" #:")
                     for k, v in leaves.items())

@@ -166,7 +166,18 @@ def run(main, record_stop_signals: bool = False) -> None:
   """app.run(main), with user errors as one 'error: ...' line and exit status 2.
 
   record_stop_signals: SIGTERM and SIGINT are recorded from here on, for a
-  training run to act on at its safe points (save, then exit 143 / 130)."""
+  training run to act on at its safe points (save, then exit 143 / 130).
+
+  Exit statuses (every tool; the docs' reference reads this table):
+    0          done
+    1          a bug (ours, or below us): one line, the traceback with -v; please report it
+    2          bad input or settings, a full disk: one error: line saying what to do
+    3          training diverged: nothing exported
+    75         try again: the workdir's or data_dir's storage stopped answering, a step's
+               input stopped coming, a worker was lost or never started; the same command
+               resumes
+    130 / 143  Ctrl-C / SIGTERM: a checkpoint was saved; the same command resumes
+  """
   if record_stop_signals:
     stopping.record_stop_signals()
   module = sys.modules[main.__module__]
