@@ -1,4 +1,4 @@
-"""The docs site (docs/, mkdocs.yml): it builds with `mkdocs build --strict` (a
+"""The docs site (docs/, mkdocs.yml) and the README: the site builds with `mkdocs build --strict` (a
 broken link or anchor, or a page left out of the navigation, fails it), its
 reference pages are made from the code, and every block marked `<!-- run -->`
 runs as written: a page's blocks in order in one shell, from the repository's
@@ -39,7 +39,9 @@ def _as_shell(language: str, code: str) -> str:
   return code if language == "sh" else f"python - <<'PYTHON_BLOCK'\n{code}PYTHON_BLOCK\n"
 
 
-PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if runnable_blocks(p))
+PAGES = sorted(p.relative_to(REPO).as_posix()
+               for p in [pathlib.Path(REPO) / "README.md", *DOCS.rglob("*.md")]
+               if runnable_blocks(p))
 
 
 def test_the_docs_build_strict_with_the_reference_made_from_the_code(tmp_path):
@@ -63,9 +65,9 @@ def test_the_docs_build_strict_with_the_reference_made_from_the_code(tmp_path):
 
 def test_the_guides_hold_runnable_blocks():
   """The pages a new user starts from each hold commands this suite runs."""
-  for page in ("guides/convert.md", "guides/train.md", "guides/own-model.md",
-               "guides/resume.md", "guides/backends.md", "guides/gke.md",
-               "guides/cloud-tpu.md"):
+  for page in ("README.md", "docs/guides/convert.md", "docs/guides/train.md",
+               "docs/guides/own-model.md", "docs/guides/resume.md", "docs/guides/backends.md",
+               "docs/guides/gke.md", "docs/guides/cloud-tpu.md"):
     assert page in PAGES, page
 
 
@@ -79,7 +81,7 @@ def test_a_pages_runnable_blocks_run_as_written(page, tmp_path, request, monkeyp
   work = tmp_path / "tmp"
   work.mkdir()
   script = "set -euo pipefail\n" + "\n".join(
-      _as_shell(language, code) for language, code in runnable_blocks(DOCS / page))
+      _as_shell(language, code) for language, code in runnable_blocks(pathlib.Path(REPO) / page))
   script = script.replace("/tmp/", f"{work}/")
   if "gs://BUCKET" in script:  # a bucket of its own on the emulator
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("gcs_emulator").url)
@@ -93,3 +95,13 @@ def test_a_pages_runnable_blocks_run_as_written(page, tmp_path, request, monkeyp
                           timeout=900, env=env)
   assert result.returncode == 0, f"{page}:\n{script}\n{result.stderr[-4000:]}"
   assert "Traceback" not in result.stderr, result.stderr[-4000:]
+
+
+def test_the_readmes_links_lead_to_pages_of_the_site():
+  readme = (pathlib.Path(REPO) / "README.md").read_text()
+  assert len(readme.splitlines()) <= 200
+  links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+  assert len(links) >= 10
+  for link in links:
+    assert not link.startswith("http") and (pathlib.Path(REPO) / link).is_file(), link
+    assert link.startswith("docs/") and link.endswith(".md"), link
