@@ -67,7 +67,8 @@ def test_the_guides_hold_runnable_blocks():
   """The pages a new user starts from each hold commands this suite runs."""
   for page in ("README.md", "docs/guides/convert.md", "docs/guides/train.md",
                "docs/guides/own-model.md", "docs/guides/resume.md", "docs/guides/backends.md",
-               "docs/guides/gke.md", "docs/guides/cloud-tpu.md", "docs/guides/own-tfrecords.md"):
+               "docs/guides/gke.md", "docs/guides/cloud-tpu.md",
+               "docs/guides/own-tfrecords.md"):
     assert page in PAGES, page
 
 
