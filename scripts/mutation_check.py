@@ -335,6 +335,13 @@ MUTANTS = (
     Mutant("GKE: a preemption fails the JobSet instead of restarting it", "tpu_trainer/gke.py",
            "RESTART_EXIT_CODES = (75, *range(128, 256))", "RESTART_EXIT_CODES = (75,)",
            ("tests/test_gke.py::test_exit_codes_decide_restart_or_failure",)),
+    Mutant("GKE: TPU7x's workload policy named by chips, not TensorCores", "tpu_trainer/tpus.py",
+           'f"{generation.name}-{chips * generation.devices_per_chip}-{torus}-placement-policy"',
+           'f"{generation.name}-{chips}-{torus}-placement-policy"',
+           ("tests/test_gke.py", "-k", "workload_policy or node_pool")),
+    Mutant("GKE: multislice of one-VM slices accepted", "tpu_trainer/gke.py",
+           "  if slices > 1 and node.vms == 1:", "  if slices > 1 and node.vms == 0:",
+           ("tests/test_gke.py", "-k", "cannot_run")),
     Mutant("GKE: pods not joined into one job", "tpu_trainer/backends/jax.py",
            "  if gke and gke[1] > 1:", "  if False:",
            ("tests/test_gke.py::test_the_manifests_pods_form_one_job_that_trains_like_one_"

@@ -2,6 +2,7 @@
 Kubernetes's own schemas, tpu-trainer-launch's kubectl/gcloud calls recorded by
 fakes on PATH, and the manifest's pods simulated as local processes with the
 environment GKE gives each (hostnames mapped to localhost, JAX on CPU, gloo)."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,6 +19,7 @@ from conftest import REPO
 from conftest import run_cli
 from tpu_trainer import gke
 from tpu_trainer import tpus
+from tpu_trainer.errors import UserError
 
 GOLDEN = pathlib.Path(__file__).parent / "gke_golden"
 # (file, accelerator, slices, spot): v5e 2x4, v5p 2x2x2 twice, v6e 4x4, TPU7x 2x2x1.
@@ -72,6 +74,45 @@ def _fails_at_once(manifest: dict, exit_code: int) -> bool:
   return (exit_code in codes["values"]) == (codes["operator"] == "In")
 
 
+def test_tpu7x_pods_select_the_workload_policy_their_node_pools_were_made_with():
+  """TPU7x node pools are placed by a workload policy whose name GKE labels every
+  node with: a pod without that selector (or another name) never schedules."""
+  def selector(accelerator, **job):
+    manifest = gke.jobset(dataclasses.replace(_job("run", accelerator, 1, False), **job))
+    return manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "nodeSelector"]
+  label = "cloud.google.com/placement-policy-name"
+  assert selector("tpu7x-16")[label] == "tpu7x-16-2x2x2-placement-policy"  # xpk's name
+  assert selector("tpu7x-16", placement_policy="mine")[label] == "mine"
+  assert label not in selector("v6e-16")
+  with pytest.raises(UserError, match="not placed by a workload policy"):
+    selector("v6e-16", placement_policy="mine")
+
+
+def test_the_node_pool_commands_match_the_jobs_selectors():
+  """--node_pools prints what makes the nodes the JobSet selects: one pool per
+  slice, of the slice's VMs and machine type, compact by topology, TPU7x by its
+  workload policy (created first, in the zone's region)."""
+  result = run_cli("launch", "--platform=gke", "--cluster=c1", "--location=us-central1-c",
+                   "--accelerator=tpu7x-16", "--slices=2", "--spot", "--project=p",
+                   "--node_pools")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines() == [
+      "gcloud beta compute resource-policies create workload-policy "
+      "tpu7x-16-2x2x2-placement-policy --region=us-central1 --type=HIGH_THROUGHPUT "
+      "--accelerator-topology=2x2x2 --project=p",
+      *(f"gcloud container node-pools create tpu7x-16-{i} --cluster=c1 "
+        "--location=us-central1-c --machine-type=tpu7x-standard-4t --num-nodes=2 "
+        "--placement-policy=tpu7x-16-2x2x2-placement-policy --spot --project=p"
+        for i in range(2))]
+  v6e = gke.node_pool_commands("v6e-16", 1, "c1", "us-east5-b")
+  assert v6e == [["gcloud", "container", "node-pools", "create", "v6e-16-0", "--cluster=c1",
+                  "--location=us-east5-b", "--machine-type=ct6e-standard-4t", "--num-nodes=4",
+                  "--tpu-topology=4x4", "--placement-type=COMPACT"]]
+  one_vm = gke.node_pool_commands("v6e-4", 1, "c1", "us-east5-b")[0]
+  assert "--num-nodes=1" in one_vm and not any("topology" in a for a in one_vm)
+
+
 def test_exit_codes_decide_restart_or_failure():
   manifest = gke.jobset(_job("run", "v6e-16", 1, False))
   for code in (75, 130, 137, 143):  # storage gone, interrupted, killed, preempted
@@ -86,9 +127,10 @@ def test_exit_codes_decide_restart_or_failure():
     ("tpu7x-8", 1, "tensorflow", "TensorFlow does not run on tpu7x"),
     ("v5e-12", 1, "jax", "v5e-12 is 12 chips: GKE's TPU slices are 1 chip or a power of two"),
     ("v3-8", 1, "jax", "GKE has no v3 node pools"),
+    ("v6e-4", 2, "jax", "multi-host slices only, and v6e-4 is one TPU VM (2x2): use one bigger "
+     "slice (--accelerator=v6e-8 --slices=1)"),
 ])
 def test_what_gke_cannot_run_is_one_line(accelerator, slices, backend, expected):
-  from tpu_trainer.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     gke.check(accelerator, slices, backend)
     gke.jobset(_job("run", accelerator, slices, False))
@@ -242,10 +284,11 @@ def test_the_manifests_pods_form_one_job_that_trains_like_one_process(tmp_path):
 
 
 def test_a_sigterm_to_one_pod_ends_every_pod_with_a_restart_exit_code(digits_dir, tmp_path):
-  """Two slices of one VM each (multislice's MEGASCALE_* environment): a
-  preemption's SIGTERM to the second pod stops both after a saved checkpoint, both
-  with 143, an exit the JobSet restarts on."""
-  job = _job("run", "v5e-4", 2, True, gke.trainer_command(
+  """Two slices of two VMs each (multislice's MEGASCALE_* environment; GKE's
+  multislice needs multi-host slices): a preemption's SIGTERM to a pod of the
+  second slice stops all four after a saved checkpoint, each with 143, an exit
+  the JobSet restarts on."""
+  job = _job("run", "v5e-8", 2, True, gke.trainer_command(
       "cnn.py", str(tmp_path / "w"), digits_dir, "jax",
       ["--config.steps=100000", "--config.steps_per_execution=5",
        "--config.log_every_steps=5"]))
@@ -255,11 +298,11 @@ def test_a_sigterm_to_one_pod_ends_every_pod_with_a_restart_exit_code(digits_dir
     assert time.time() < deadline and all(p.poll() is None for p in procs), \
         "\n".join(log.read_text()[-2000:] for log in logs)
     time.sleep(0.5)
-  procs[1].send_signal(signal.SIGTERM)
+  procs[2].send_signal(signal.SIGTERM)
   _finish(procs, timeout=120)
-  assert [p.returncode for p in procs] == [143, 143], [l.read_text()[-2000:] for l in logs]
+  assert [p.returncode for p in procs] == [143] * 4, [l.read_text()[-2000:] for l in logs]
   assert not _fails_at_once(gke.jobset(job), 143)
-  assert "SIGTERM here at step" in logs[1].read_text()
+  assert "SIGTERM here at step" in logs[2].read_text()
   assert "on another worker at step" in logs[0].read_text()
 
 

@@ -9,6 +9,7 @@ each pod TPU_WORKER_HOSTNAMES / TPU_WORKER_ID (and MEGASCALE_* across slices):
 the JAX backend joins its peers from them (backends/jax.py).
 """
 import dataclasses
+import re
 import shlex
 
 from tpu_trainer import tpus
@@ -40,6 +41,7 @@ class Job:
   spot: bool = False
   max_restarts: int = 10
   grace_period_s: int = GRACE_PERIOD_S
+  placement_policy: str = ""  # TPU7x: the node pool's workload policy; "" = xpk's name
 
 
 def check_name(name: str) -> str:
@@ -52,9 +54,11 @@ def check_name(name: str) -> str:
 
 def jobset(job: Job) -> dict:
   """The JobSet manifest (a dict; kubectl takes it as YAML or JSON)."""
-  node = check(job.accelerator, job.slices)
+  node = check(job.accelerator, job.slices, placement_policy=job.placement_policy)
   node_selector = {"cloud.google.com/gke-tpu-accelerator": node.accelerator,
                    "cloud.google.com/gke-tpu-topology": node.topology}
+  if node.placement_policy:  # TPU7x pools: the pods wait for nodes of this label
+    node_selector["cloud.google.com/placement-policy-name"] = node.placement_policy
   tolerations = [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
   if job.spot:
     node_selector["cloud.google.com/gke-spot"] = "true"
@@ -155,14 +159,30 @@ def worker_zero(name: str) -> str:
           "jobset.sigs.k8s.io/job-index=0,batch.kubernetes.io/job-completion-index=0")
 
 
-def check(accelerator: str, slices: int, backend: str = "jax") -> tpus.GkeSlice:
-  """The node pool of `slices` x `accelerator` on GKE; UserError for what GKE or
-  the backend cannot run. TensorFlow on GKE: one TPU VM (a slice of several VMs
-  needs TensorFlow's own cluster resolver for GKE, which this launcher does not set up)."""
+def check(accelerator: str, slices: int, backend: str = "jax",
+          placement_policy: str = "") -> tpus.GkeSlice:
+  """The node pool of `slices` x `accelerator` on GKE (placed by the workload
+  policy named `placement_policy`, where the generation's are: "" = xpk's name);
+  UserError for what GKE or the backend cannot run. TensorFlow on GKE: one TPU VM
+  (a slice of several VMs needs TensorFlow's own cluster resolver for GKE, which
+  this launcher does not set up)."""
   tpu_slice = tpus.parse_accelerator(accelerator)
   node = tpus.gke_slice(tpu_slice)
+  if placement_policy and not node.placement_policy:
+    raise UserError(f"--placement_policy={placement_policy}: {accelerator}'s node pools are "
+                    "not placed by a workload policy (TPU7x's are): leave it out.")
+  if placement_policy:
+    node = dataclasses.replace(node, placement_policy=placement_policy)
   if slices < 1:
     raise UserError(f"--slices={slices}: at least 1.")
+  if slices > 1 and node.vms == 1:  # GKE's multislice: multi-host node pools only
+    generation, size = accelerator.rsplit("-", 1)
+    bigger = int(size) * slices
+    instead = (f" (--accelerator={generation}-{bigger} --slices=1)"
+               if bigger & (bigger - 1) == 0 else "")
+    raise UserError(f"--slices={slices} x {accelerator}: GKE runs multislice on multi-host "
+                    f"slices only, and {accelerator} is one TPU VM ({node.topology}): use one "
+                    f"bigger slice{instead}, or slices of several VMs each.")
   if backend not in ("jax", "tensorflow"):
     raise UserError(f"--backend={backend!r}: jax or tensorflow.")
   if backend == "tensorflow":
@@ -173,6 +193,33 @@ def check(accelerator: str, slices: int, backend: str = "jax") -> tpus.GkeSlice:
       raise UserError(f"--backend=tensorflow on GKE trains on one TPU VM; {accelerator} x "
                       f"{slices} is {node.vms * slices}: use --backend=jax.")
   return node
+
+
+def node_pool_commands(accelerator: str, slices: int, cluster: str, location: str,
+                       spot: bool = False, placement_policy: str = "") -> list[list[str]]:
+  """The gcloud commands that create the node pools a job of `slices` x
+  `accelerator` runs on (xpk's node-pool flags, from the same table as the
+  JobSet's selectors): one pool per slice, of `vms` TPU VMs; multi-VM pools
+  placed compactly by their topology, TPU7x pools by a workload policy instead
+  (created first; in the location's region)."""
+  node = check(accelerator, slices, placement_policy=placement_policy)
+  commands, placement = [], []
+  if node.placement_policy:
+    policy = node.placement_policy
+    region = re.sub(r"-[a-z]$", "", location)  # a zone's region (us-central1-c)
+    commands.append(["gcloud", "beta", "compute", "resource-policies", "create",
+                     "workload-policy", policy, f"--region={region}", "--type=HIGH_THROUGHPUT",
+                     f"--accelerator-topology={node.topology}"])
+    placement = [f"--placement-policy={policy}"]
+  elif node.vms > 1:
+    placement = [f"--tpu-topology={node.topology}", "--placement-type=COMPACT"]
+  name = accelerator.replace(".", "-")
+  for i in range(slices):
+    commands.append(["gcloud", "container", "node-pools", "create", f"{name}-{i}",
+                     f"--cluster={cluster}", f"--location={location}",
+                     f"--machine-type={node.machine_type}", f"--num-nodes={node.vms}",
+                     *placement, *(["--spot"] if spot else [])])
+  return commands
 
 
 def to_yaml(manifest: dict) -> str:

@@ -47,6 +47,10 @@ class Generation:
   gke_accelerator: str = ""
   gke_machine: str = ""
   gke_dimensions: int = 2
+  # GKE: node pools placed by a workload policy (a Compute Engine resource policy
+  # of type HIGH_THROUGHPUT), whose name GKE puts on every node as the label
+  # cloud.google.com/placement-policy-name (xpk: TPU7x, every topology).
+  gke_workload_policy: bool = False
 
   @property
   def hbm_bytes_per_device(self) -> float:
@@ -68,7 +72,7 @@ GENERATIONS = {g.name: g for g in (
                gke_machine="ct6e-standard"),
     # Two TensorCores per chip, seen as two devices ("dual-chiplet").
     Generation("tpu7x", 2307, "cores", 4, "none", "", "", 192, 2, gke_accelerator="tpu7x",
-               gke_machine="tpu7x-standard", gke_dimensions=3),
+               gke_machine="tpu7x-standard", gke_dimensions=3, gke_workload_policy=True),
 )}
 ALIASES = {"v5e": "v5litepod"}  # GKE's and xpk's name for v5litepod
 
@@ -110,6 +114,9 @@ class GkeSlice:
   machine_type: str
   vms: int
   chips_per_vm: int
+  # The workload policy its node pool is placed by ("" for generations without):
+  # xpk's name for it, DEVICE-TOPOLOGY-placement-policy (tpu7x-8-2x2x1-...).
+  placement_policy: str = ""
 
 
 def topology(chips: int, dimensions: int) -> str:
@@ -134,8 +141,11 @@ def gke_slice(tpu_slice: Slice) -> GkeSlice:
                     "slices are 1 chip or a power of two from 4 (e.g. "
                     f"{generation.name}-{4 * (2 if generation.size_counts == 'cores' else 1)}).")
   per_vm = min(chips, 4)
-  return GkeSlice(generation.gke_accelerator, topology(chips, generation.gke_dimensions),
-                  f"{generation.gke_machine}-{per_vm}t", chips // per_vm, per_vm)
+  torus = topology(chips, generation.gke_dimensions)
+  policy = (f"{generation.name}-{chips * generation.devices_per_chip}-{torus}-placement-policy"
+            if generation.gke_workload_policy else "")
+  return GkeSlice(generation.gke_accelerator, torus, f"{generation.gke_machine}-{per_vm}t",
+                  chips // per_vm, per_vm, policy)
 
 
 def runtime(tpu_slice: Slice, backend: str) -> str:

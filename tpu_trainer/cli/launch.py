@@ -54,6 +54,10 @@ flags.DEFINE_string("data_dir", None, "gs:// dataset directory (config.data_dir)
 flags.DEFINE_bool("dry_run", False, "Print the JobSet and every command instead of running.")
 flags.DEFINE_bool("delete", False, "Delete the run's JobSet (or TPU VM) and exit.")
 flags.DEFINE_bool("follow", True, "gke: follow the first pod's log after applying.")
+flags.DEFINE_string("placement_policy", "", "gke, TPU7x: the workload policy its node pools "
+                    "were created with (default xpk's name, e.g. tpu7x-16-2x2x2-placement-policy).")
+flags.DEFINE_bool("node_pools", False, "gke: print the gcloud commands that create the node "
+                  "pools this job runs on (--accelerator, --slices, --spot), and exit.")
 
 
 def _run(command: list[str], dry_run: bool, **kwargs) -> subprocess.CompletedProcess | None:
@@ -115,9 +119,14 @@ def _gke(extra: list[str]) -> None:
   from tpu_trainer import storage  # pylint: disable=g-import-not-at-top
   if not FLAGS.cluster or not FLAGS.location:
     raise UserError("--platform=gke needs --cluster=NAME and --location=REGION_OR_ZONE.")
+  project = [f"--project={FLAGS.project}"] if FLAGS.project else []
+  if FLAGS.node_pools:
+    for command in gke.node_pool_commands(FLAGS.accelerator, FLAGS.slices, FLAGS.cluster,
+                                          FLAGS.location, FLAGS.spot, FLAGS.placement_policy):
+      print(shlex.join(command + project))
+    return
   name = gke.check_name(FLAGS.name or "")
-  where = [f"--location={FLAGS.location}"] + (
-      [f"--project={FLAGS.project}"] if FLAGS.project else [])
+  where = [f"--location={FLAGS.location}", *project]
   credentials = ["gcloud", "container", "clusters", "get-credentials", FLAGS.cluster, *where]
   if FLAGS.delete:
     _run(credentials, FLAGS.dry_run)
@@ -129,7 +138,8 @@ def _gke(extra: list[str]) -> None:
   if FLAGS.data_dir and not FLAGS.data_dir.startswith("gs://"):
     raise UserError(f"--data_dir={FLAGS.data_dir}: the pods cannot read this machine's "
                     "disk: give gs://BUCKET/PATH (tpu-trainer-convert --output_dir=gs://...).")
-  node = gke.check(FLAGS.accelerator, FLAGS.slices, FLAGS.backend)  # before any upload
+  node = gke.check(FLAGS.accelerator, FLAGS.slices, FLAGS.backend,
+                   FLAGS.placement_policy)  # before any upload
   config, sent = _config()
   launch_dir = storage.join(FLAGS.workdir, "launch")
   with tempfile.TemporaryDirectory() as staging:
@@ -146,6 +156,7 @@ def _gke(extra: list[str]) -> None:
     job = gke.Job(
         name=name, accelerator=FLAGS.accelerator, slices=FLAGS.slices,
         image=FLAGS.image or gke.JAX_IMAGE, spot=FLAGS.spot, max_restarts=FLAGS.max_restarts,
+        placement_policy=FLAGS.placement_policy,
         setup=gke.pod_setup(launch_dir, wheel),
         command=gke.trainer_command(config, FLAGS.workdir, FLAGS.data_dir, FLAGS.backend,
                                     extra))
