@@ -62,6 +62,13 @@ def test_one_service_workers_rate_and_the_workers_it_takes(digits_dir):
   assert "~10 such worker(s)" in advice and "--data_service_workers=10" in advice
 
 
+def test_the_workers_it_takes_is_exact_whatever_the_rate():
+  for rate in (52561.13610627476, 56031.50786580748, 0.3, 7.0):  # 10x / x is 10.000...02
+    assert "~10 such worker(s)" in benchmark.workers_needed(10 * rate, rate), rate
+  assert "~11 such worker(s)" in benchmark.workers_needed(10.01 * 7.0, 7.0)
+  assert "~1 such worker(s)" in benchmark.workers_needed(0.5, 7.0)
+
+
 def test_compute_limit_times_the_runs_own_step_without_input(digits_dir):
   """The step a run takes (its batch and precision), on one batch held on the
   device, timed on one replica and on 2."""

@@ -65,7 +65,9 @@ def service_worker_rate(config, seconds: float = 5.0) -> float:
 
 def workers_needed(need_per_s: float, worker_per_s: float) -> str:
   """How many such workers feed `need_per_s`, said as advice."""
-  workers = max(1, math.ceil(need_per_s / max(worker_per_s, 1e-9)))
+  # Rounded first: 10 x a rate over that rate is 10.000000000000002 for 1.6% of
+  # rates, and ceil made it 11 workers.
+  workers = max(1, math.ceil(round(need_per_s / max(worker_per_s, 1e-9), 6)))
   return (f"one tf.data service worker with this machine's {os.cpu_count()} cores gives "
           f"{worker_per_s:,.0f} examples/s on this pipeline: ~{workers} such worker(s) would "
           f"feed {need_per_s:,.0f} examples/s (scripts/launch_tpu.sh "
