@@ -4,6 +4,7 @@ line say the same; the input share follows an input made slow on purpose."""
 import glob
 import json
 import os
+import re
 import time
 
 import pytest
@@ -56,9 +57,16 @@ def test_the_overview_page_has_steps_and_the_summary_reads_them(digits_dir, tmp_
       float(table["p"]["steptime_ms_average"]), abs=0.06)  # the page rounds to 0.1 ms
   assert 0 <= summary["input_share"] < 1
   assert summary["top_ops"] and all(0 < op["share"] <= 1 for op in summary["top_ops"])
+  # Each op's time summed over the profiled steps (each step is its own copy of
+  # the model's scope, cnn_1/..., cnn_19/...): a CNN's hot ops are its convolutions.
+  hottest = summary["top_op_types"][0]
+  assert "Conv" in hottest["type"] and hottest["share"] >= 0.2, summary["top_op_types"]
+  assert not any(re.match(r"(gradient_tape/)?cnn_\d+/", op["op"]) for op in summary["top_ops"])
+  assert len({(op["op"], op["type"]) for op in summary["top_ops"]}) == len(summary["top_ops"])
   line = next(l for l in result.stderr.splitlines() if "Profile: " in l)
   assert f"{summary['steps']} step(s) (executions)" in line
   assert f"{summary['step_ms_average']:.1f} ms each" in line
+  assert f"most of the step's op time in {hottest['type']} {hottest['share']:.0%}" in line
   # Every profiled execution costs what the unprofiled ones do: the first of them
   # ran its steps before the trace began.
   times = [s["step_ms"] for s in summary["per_step"]]

@@ -9,6 +9,7 @@ first of them.
 """
 import json
 import os
+import re
 import tempfile
 
 from absl import logging
@@ -16,6 +17,10 @@ import tensorflow as tf
 
 SUMMARY_FILE = "profile_summary.json"
 TOP_OPS = 5
+# While profiled, each step of an execution is laid out in the graph on its own
+# (loop.py), under its own copy of the model's name scope: cnn_1/..., cnn_3/...,
+# gradient_tape/cnn_19/... The scope's number is the step's, not the op's.
+STEP_SCOPE = re.compile(r"^((?:gradient_tape/)?[^/]+?)_\d+(?=/)")
 
 
 def latest_trace(logdir: str) -> str | None:
@@ -41,15 +46,22 @@ def summarize(trace: str) -> dict | None:
       return json.loads(data)
 
     steps = _steps(tool("input_pipeline_analyzer"))
-    ops = _top_ops(tool("framework_op_stats"))
+    ops = _op_rows(tool("framework_op_stats"))
   total = sum(s["step_ms"] for s in steps)
   waiting = sum(s["input_ms"] for s in steps)
+  # tf.data's own ops (type Dataset) run beside the step, on other threads: the
+  # step's op time is the rest; the input's is said as its share of host op time.
+  step_ops = [r for r in ops if r["type"] != "Dataset"]
+  host = sum(r["self_us"] for r in ops if r["where"] == "Host")
+  dataset = sum(r["self_us"] for r in ops if r["type"] == "Dataset")
   return {
       "trace": trace,
       "steps": len(steps),
       "step_ms_average": round(total / len(steps), 3) if steps else None,
       "input_share": round(waiting / total, 4) if total else None,
-      "top_ops": ops,
+      "top_op_types": _top(step_ops, "type"),
+      "top_ops": _top(step_ops, "op", "type"),
+      "dataset_ops_share_of_host": round(dataset / host, 4) if host else None,
       "per_step": steps,
   }
 
@@ -68,21 +80,29 @@ def _steps(analysis: list) -> list[dict]:
           for r in rows]
 
 
-def _top_ops(stats: list) -> list[dict]:
-  """The ops with the most self time (idle time left out), with their share of
-  all op time on their side (host or device)."""
+def _op_rows(stats: list) -> list[dict]:
+  """The framework op stats' rows (idle time left out), each op named without
+  its step's scope, so that one op's time over the profiled steps adds up."""
   table = stats[0]
   ids = [c["id"] for c in table["cols"]]
   rows = [dict(zip(ids, (cell.get("v") for cell in row["c"]))) for row in table["rows"]]
-  rows = [r for r in rows if r["type"] != "IDLE"]
-  totals = {}
+  return [{"op": STEP_SCOPE.sub(r"\1", r["operation"]), "type": r["type"],
+           "where": r["host_or_device"], "self_us": r["total_self_time"]}
+          for r in rows if r["type"] != "IDLE"]
+
+
+def _top(rows: list[dict], *keys: str) -> list[dict]:
+  """The TOP_OPS groups of rows (by `keys`, and host or device) with the most self
+  time, with their share of the rows' time on their side."""
+  totals, groups = {}, {}
   for r in rows:
-    totals[r["host_or_device"]] = totals.get(r["host_or_device"], 0.0) + r["total_self_time"]
-  rows.sort(key=lambda r: r["total_self_time"], reverse=True)
-  return [{"op": r["operation"], "type": r["type"], "where": r["host_or_device"],
-           "self_ms": round(r["total_self_time"] / 1e3, 3),
-           "share": round(r["total_self_time"] / totals[r["host_or_device"]], 4)}
-          for r in rows[:TOP_OPS] if totals[r["host_or_device"]]]
+    totals[r["where"]] = totals.get(r["where"], 0.0) + r["self_us"]
+    group = (*(r[k] for k in keys), r["where"])
+    groups[group] = groups.get(group, 0.0) + r["self_us"]
+  ranked = sorted(groups.items(), key=lambda item: item[1], reverse=True)
+  return [{**dict(zip(keys, group[:-1])), "where": group[-1], "self_ms": round(us / 1e3, 3),
+           "share": round(us / totals[group[-1]], 4)}
+          for group, us in ranked[:TOP_OPS] if totals[group[-1]]]
 
 
 def describe(summary: dict) -> str:
@@ -90,10 +110,14 @@ def describe(summary: dict) -> str:
   if not summary["steps"]:
     return (f"Profile: no step found in the trace ({summary['trace']}); TensorBoard's "
             "trace viewer still has it.")
-  ops = ", ".join(f"{o['op']} ({o['type']}) {o['share']:.0%}" for o in summary["top_ops"][:3])
+  types = ", ".join(f"{o['type']} {o['share']:.0%}" for o in summary["top_op_types"][:3])
+  ops = ", ".join(f"{o['op']} {o['share']:.0%}" for o in summary["top_ops"][:2])
   return (f"Profile: {summary['steps']} step(s) (executions), {summary['step_ms_average']:.1f} "
           f"ms each on average, {summary['input_share']:.0%} of it waiting for input"
-          + (f"; most op time in {ops}" if ops else "")
+          + (f"; most of the step's op time in {types} (by op type); top ops {ops}"
+             if types else "")
+          + (f"; tf.data's own ops {summary['dataset_ops_share_of_host']:.0%} of host op time"
+             if summary["dataset_ops_share_of_host"] else "")
           + f". Details: {SUMMARY_FILE} beside the trace.")
 
 
