@@ -319,3 +319,24 @@ def test_a_config_file_that_raises_is_one_line_naming_where(tmp_path, body, rais
   assert lines == [f"error: the --config file raised {expected}; fix it (-v shows the "
                    "traceback), or pass another (e.g. configs/cnn.py)."], result.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_a_run_says_where_its_time_went(digits_dir, tmp_path):
+  """One line at the end and metrics.json's `seconds`: a small job's time is its
+  fixed costs, and this is where a user sees which."""
+  from tpu_trainer import controller  # pylint: disable=g-import-not-at-top
+  result = run_cli("train", "--config=configs/mlp.py", f"--config.data_dir={digits_dir}",
+                   f"--workdir={tmp_path / 'w'}", "--config.steps=30",
+                   "--config.steps_per_execution=10")
+  assert result.returncode == 0, result.stderr[-3000:]
+  seconds = json.loads((tmp_path / "w" / "metrics.json").read_text())["seconds"]
+  assert list(seconds) == [*controller.Phases.NAMES, "other", "total"]
+  assert all(s >= 0 for s in seconds.values()), seconds
+  for phase in ("start-up and imports", "setup", "compile", "training", "evaluation",
+                "export"):
+    assert seconds[phase] > 0, (phase, seconds)
+  assert sum(s for k, s in seconds.items() if k != "total") == pytest.approx(
+      seconds["total"], abs=0.02)
+  line = next(l for l in result.stderr.splitlines() if " Time: " in l)
+  assert f"Time: {seconds['total']:.1f} s in all: start-up and imports" in line
+  assert f"compile {seconds['compile']:.1f} s" in line or seconds["compile"] < 0.05

@@ -96,6 +96,49 @@ def plan_run(config, train_examples: int, replicas: int, precision: tuple[str, s
               precision=precision[0], decisions=decisions)
 
 
+class Phases:
+  """Where a run's time went, by phase, in seconds: one line at the end and
+  metrics.json's `seconds`. A small job's time is its fixed costs (start-up,
+  compilation, evaluations, export): what to cut first is what this says."""
+
+  NAMES = ("start-up and imports", "setup", "compile", "training", "evaluation",
+           "checkpoints", "export")
+
+  def __init__(self, started: float | None = None):
+    """started: time.time() when the process started (a CLI's), if known."""
+    self._run_start = time.time()
+    self._started = started if started is not None else self._run_start
+    self.seconds = dict.fromkeys(self.NAMES, 0.0)
+    self.seconds["start-up and imports"] = self._run_start - self._started
+
+  @contextlib.contextmanager
+  def timing(self, name: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[name] += time.perf_counter() - start
+
+  def add(self, name: str, seconds: float) -> None:
+    self.seconds[name] += seconds
+
+  def since_run_start(self) -> float:
+    return time.time() - self._run_start
+
+  def summary(self) -> dict:
+    """{phase: seconds} with `other` (logs, summaries, waits) and `total`."""
+    total = time.time() - self._started
+    out = {name: round(s, 3) for name, s in self.seconds.items()}
+    return {**out, "other": round(max(0.0, total - sum(self.seconds.values())), 3),
+            "total": round(total, 3)}
+
+  def describe(self) -> str:
+    summary = self.summary()
+    parts = ", ".join(f"{name} {s:.1f} s" for name, s in summary.items()
+                      if name != "total" and s >= 0.05)
+    return f"Time: {summary['total']:.1f} s in all: {parts}."
+
+
 class Speed:
   """Training examples per second. The first execution (tracing and compilation)
   is timed apart: it is the rate only of a run that has nothing else."""
@@ -269,7 +312,7 @@ def explosion_patience(plan: Plan) -> int:
 def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: Profiler,
           sigterm, early_stopping: EarlyStopping, num_classes: int,
           step: int, watchdog, steps_watchdog, source: str, renew_lock=lambda: None,
-          confirm_lock=lambda: None) -> tuple[int, Speed]:
+          confirm_lock=lambda: None, phases: Phases | None = None) -> tuple[int, Speed]:
   """Runs executions from `step` to plan.total_steps (or an early stop), with the
   logs, evaluations and checkpoints that fall due between them, each write to
   the workdir under `watchdog` (watchdog.StorageWatchdog), each execution under
@@ -277,8 +320,10 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
   as its lines name it). The workdir's lock
   is renewed at every progress line and confirmed before every checkpoint,
   before those writes: a run that lost it (lock.py) writes nothing more.
-  Returns the last step and the speed. Raises Diverged, or Preempted after saving."""
+  Returns the last step and the speed, and adds the time of executions,
+  evaluations and checkpoints to `phases`. Raises Diverged, or Preempted after saving."""
   speed, clock = Speed(plan.batch_size), CheckpointClock(plan.checkpoint_min_secs)
+  phases = phases or Phases()
   exploded_since = None  # where the executions in a row whose loss exploded began
   while step < plan.total_steps:
     n = min(plan.steps_per_execution, plan.total_steps - step)
@@ -291,6 +336,7 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
       agreed = runner.execute(n, [sigterm.received, report.progress.line_due(), clock.due()])
     step = runner.step()
     speed.executed(n, time.perf_counter() - start)
+    phases.add("compile" if first else "training", time.perf_counter() - start)
     if first:
       report.progress.log("First execution, compilation included: %.1f s.",
                           time.perf_counter() - start)
@@ -324,9 +370,10 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
         report.validation(step, values)
       stop_early = early_stopping.stop(values["accuracy"])
       speed.exclude(time.perf_counter() - eval_start)
+      phases.add("evaluation", time.perf_counter() - eval_start)
     if ((step % plan.checkpoint_every == 0 and agreed.checkpoint_due) or done
         or agreed.stop or stop_early):
-      with watchdog.waiting(f"saving checkpoint {step}"):
+      with watchdog.waiting(f"saving checkpoint {step}"), phases.timing("checkpoints"):
         confirm_lock()
         checkpoints.save(step)  # written in the background
         # What a storage failure names to resume from: only checkpoints known whole.

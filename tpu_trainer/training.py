@@ -276,14 +276,17 @@ def _with_model_name(config, name: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({**config.to_dict(), "model": name})
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, strategy=None,
+        started: float | None = None) -> dict:
   """Trains config.model on config.data_dir; writes everything to workdir.
 
   `strategy`: a tf.distribute strategy for the TensorFlow backend (tests);
   otherwise config.strategy picks one. Returns the final metrics (also written
   to workdir/metrics.json, last). Holds the workdir's lock (lock.py) from
-  before config.json is written to the end.
+  before config.json is written to the end. `started`: time.time() when the
+  process started (the CLI's), from which start-up and imports are timed.
   """
+  phases = controller.Phases(started)
   with contextlib.ExitStack() as cleanup:
     # Setup. Whatever a user can get wrong fails here, before anything is written.
     stack = versions.check()
@@ -370,17 +373,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
                                    storage.join(workdir, "train"), runner.chief)
     cleanup.callback(watchdog.guarded("writing the profile", profiler.close))
 
+    phases.add("setup", phases.since_run_start())
     try:
       step, speed = controller.train(
           runner, plan, report, checkpoints, evaluate, profiler, sigterm,
           controller.EarlyStopping(config.early_stopping_patience), dataset.num_classes, step,
           watchdog, steps_watchdog, _input_source(config, runner.processes),
           renew_lock=workdir_lock.renew if workdir_lock else lambda: None,
-          confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None)
-      with watchdog.waiting(f"finishing checkpoint {step}"):
+          confirm_lock=workdir_lock.confirm if workdir_lock else lambda: None, phases=phases)
+      with watchdog.waiting(f"finishing checkpoint {step}"), phases.timing("checkpoints"):
         checkpoints.wait()  # before metrics.json says the run is complete
       watchdog.saved(checkpoints.written)
-      final = evaluate()
+      with phases.timing("evaluation"):
+        final = evaluate()
     except tf.errors.DataLossError as e:  # from tf.data, on either backend
       raise manifest.explain_data_loss(config.data_dir, e) from None
     except tf.errors.NotFoundError as e:  # a shard gone (the service's own errors aside)
@@ -416,16 +421,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, strategy=None) -> dict:
       sigterm.check_export()
       workdir_lock.confirm()
       with watchdog.waiting(f"exporting the model to {workdir}"):
-        report.save_history()
-        with runner.export_scope():
-          export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model,
-                            safe_point=sigterm.check_export,
-                            from_logits=output == "logits", image_shape=dataset.image_shape)
-        sigterm.check_export()
+        with phases.timing("export"):
+          report.save_history()
+          with runner.export_scope():
+            export_lib.export(model, workdir, dataset.class_names, runner.save_serving_model,
+                              safe_point=sigterm.check_export,
+                              from_logits=output == "logits", image_shape=dataset.image_shape)
+          sigterm.check_export()
+        result["seconds"] = phases.summary()
+        logging.info("%s", phases.describe())
         # Last: its presence means the run and its export are complete. A run
         # stopped before it (SIGTERM during export, say) finishes the export when rerun.
         storage.write_text(storage.join(workdir, "metrics.json"),
                            json.dumps(_strict_json(result), indent=2, allow_nan=False) + "\n")
+    else:
+      result["seconds"] = phases.summary()
     runner.finish()
     return result
 

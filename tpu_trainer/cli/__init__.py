@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 
 from tpu_trainer import errors
 from tpu_trainer import logs
@@ -14,6 +15,22 @@ from tpu_trainer import stopping
 from tpu_trainer.errors import Diverged
 from tpu_trainer.errors import TryAgain
 from tpu_trainer.errors import UserError
+
+
+_IMPORTED = time.time()  # the first module of ours a tool imports
+
+
+def process_started() -> float:
+  """time.time() when this process started: from Linux's /proc (the interpreter's
+  own start-up included), elsewhere when this module was imported."""
+  try:
+    with open("/proc/self/stat", encoding="ascii") as f:  # field 22: start, in ticks
+      ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime", encoding="ascii") as f:
+      uptime = float(f.read().split()[0])
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+  except (OSError, ValueError, IndexError):
+    return _IMPORTED
 
 
 def _verbose(argv) -> bool:

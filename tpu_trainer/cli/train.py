@@ -41,7 +41,7 @@ def main(argv):
     raise UserError("--workdir is required: where the run's checkpoints, logs and model go.")
   workdir = cli.expand_path(FLAGS.workdir)
   from tpu_trainer import training  # pylint: disable=g-import-not-at-top
-  result = training.run(config, workdir)
+  result = training.run(config, workdir, started=cli.process_started())
   print(json.dumps(result))
   print(f"Model, checkpoints and metrics in {workdir}; "
         f"TensorBoard: scripts/tensorboard.sh {workdir}")
