@@ -32,6 +32,27 @@ def run_cli(name, *args, timeout=300, env=None):
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
 
 
+FAKE_CLOUD = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$FAKE_LOG"
+case "$*" in
+  "get pods"*) echo run-slice-0-0-abcde ;;
+  "logs"*) echo "step 1/10 (10%): loss 2.3" ;;
+  "apply -f "*) cp "$3" "$FAKE_LOG.applied" ;;
+esac
+"""
+
+
+def fake_cloud(directory) -> dict:
+  """kubectl and gcloud that record each call in directory/calls.log (the manifest
+  kubectl applies beside it, as calls.log.applied): the environment to run with."""
+  bin_dir = directory / "bin"
+  bin_dir.mkdir()
+  for tool in ("kubectl", "gcloud"):
+    (bin_dir / tool).write_text(FAKE_CLOUD)
+    (bin_dir / tool).chmod(0o755)
+  return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(directory / "calls.log")}
+
+
 def start_cli(name, *args, log, env=None):
   """Starts a console entry point in the background, its stderr into the file `log`."""
   with open(log, "w") as stderr:

@@ -16,17 +16,11 @@ import uuid
 import pytest
 
 from conftest import REPO
+from conftest import fake_cloud
 
 DOCS = pathlib.Path(REPO) / "docs"
 RUNNABLE = re.compile(r"^([ \t]*)<!-- run -->\n[ \t]*```(sh|python)\n(.*?)^[ \t]*```",
                       re.MULTILINE | re.DOTALL)
-FAKE_CLOUD = """#!/usr/bin/env bash
-echo "$(basename "$0") $*" >> "$FAKE_LOG"
-case "$*" in
-  "get pods"*) echo job-slice-0-0-abcde ;;
-  "logs"*) echo "step 10/10 (100%): loss 0.1" ;;
-esac
-"""
 
 
 def runnable_blocks(page: pathlib.Path) -> list[tuple[str, str]]:
@@ -74,11 +68,7 @@ def test_the_guides_hold_runnable_blocks():
 
 @pytest.mark.parametrize("page", PAGES)
 def test_a_pages_runnable_blocks_run_as_written(page, tmp_path, request, monkeypatch):
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  for tool in ("kubectl", "gcloud"):
-    (bin_dir / tool).write_text(FAKE_CLOUD)
-    (bin_dir / tool).chmod(0o755)
+  cloud = fake_cloud(tmp_path)
   work = tmp_path / "tmp"
   work.mkdir()
   script = "set -euo pipefail\n" + "\n".join(
@@ -90,8 +80,8 @@ def test_a_pages_runnable_blocks_run_as_written(page, tmp_path, request, monkeyp
     bucket = f"docs-{uuid.uuid4().hex[:12]}"
     storage.gcs_client().create_bucket(bucket)
     script = script.replace("gs://BUCKET", f"gs://{bucket}")
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "FAKE_LOG": str(tmp_path / "calls.log"),
-         "PATH": f"{os.path.dirname(sys.executable)}:{bin_dir}:{os.environ['PATH']}"}
+  env = {**os.environ, **cloud, "TF_CPP_MIN_LOG_LEVEL": "2",
+         "PATH": f"{os.path.dirname(sys.executable)}:{cloud['PATH']}"}
   result = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True,
                           timeout=900, env=env)
   assert result.returncode == 0, f"{page}:\n{script}\n{result.stderr[-4000:]}"

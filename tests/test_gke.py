@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from conftest import fake_cloud
 from conftest import run_cli
 from tpu_trainer import gke
 from tpu_trainer import tpus
@@ -140,30 +141,15 @@ def test_what_gke_cannot_run_is_one_line(accelerator, slices, backend, expected)
     assert expected is None
 
 
-FAKE = """#!/usr/bin/env bash
-echo "$(basename "$0") $*" >> "$FAKE_LOG"
-case "$*" in
-  "get pods"*) echo run-slice-0-0-abcde ;;
-  "logs"*) echo "step 1/10 (10%): loss 2.3" ;;
-  "apply -f "*) cp "$3" "$FAKE_LOG.applied" ;;
-esac
-"""
-
-
 def test_launch_builds_uploads_applies_follows_and_deletes(tmp_path, gcs_bucket):
   """Fake kubectl and gcloud record what the launcher runs; the wheel, the user's
   config with the builder beside it, and jobset.yaml land in the workdir."""
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  for tool in ("kubectl", "gcloud"):
-    (bin_dir / tool).write_text(FAKE)
-    (bin_dir / tool).chmod(0o755)
+  env = {**os.environ, **fake_cloud(tmp_path)}
   project = tmp_path / "project"
   project.mkdir()
   (project / "my_config.py").write_text("from configs.cnn import get_config\n")
   (project / "my_models.py").write_text("# the user's builder\n")
   log = tmp_path / "calls.log"
-  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log)}
   workdir = f"gs://{gcs_bucket}/runs/r"
   common = ["--platform=gke", "--cluster=c1", "--location=us-east5", "--name=run"]
   result = run_cli("launch", *common, "--accelerator=v6e-16", f"--workdir={workdir}",
