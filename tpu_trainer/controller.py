@@ -335,11 +335,11 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
     with profiler.step_marker(step), steps_watchdog.running("training step", source):
       agreed = runner.execute(n, [sigterm.received, report.progress.line_due(), clock.due()])
     step = runner.step()
-    speed.executed(n, time.perf_counter() - start)
-    phases.add("compile" if first else "training", time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    speed.executed(n, elapsed)
+    phases.add("compile" if first else "training", elapsed)
     if first:
-      report.progress.log("First execution, compilation included: %.1f s.",
-                          time.perf_counter() - start)
+      report.progress.log("First execution, compilation included: %.1f s.", elapsed)
     report.progress.update(n)
     profiler.after(step)
     done = step >= plan.total_steps
@@ -369,8 +369,9 @@ def train(runner, plan: Plan, report: Report, checkpoints, evaluate, profiler: P
       with watchdog.waiting(f"writing step {step}'s validation summaries"):
         report.validation(step, values)
       stop_early = early_stopping.stop(values["accuracy"])
-      speed.exclude(time.perf_counter() - eval_start)
-      phases.add("evaluation", time.perf_counter() - eval_start)
+      eval_seconds = time.perf_counter() - eval_start
+      speed.exclude(eval_seconds)
+      phases.add("evaluation", eval_seconds)
     if ((step % plan.checkpoint_every == 0 and agreed.checkpoint_due) or done
         or agreed.stop or stop_early):
       with watchdog.waiting(f"saving checkpoint {step}"), phases.timing("checkpoints"):
