@@ -168,10 +168,10 @@ def check(accelerator: str, slices: int, backend: str = "jax",
   this launcher does not set up)."""
   tpu_slice = tpus.parse_accelerator(accelerator)
   node = tpus.gke_slice(tpu_slice)
-  if placement_policy and not node.placement_policy:
-    raise UserError(f"--placement_policy={placement_policy}: {accelerator}'s node pools are "
-                    "not placed by a workload policy (TPU7x's are): leave it out.")
   if placement_policy:
+    if not node.placement_policy:
+      raise UserError(f"--placement_policy={placement_policy}: {accelerator}'s node pools "
+                      "are not placed by a workload policy (TPU7x's are): leave it out.")
     node = dataclasses.replace(node, placement_policy=placement_policy)
   if slices < 1:
     raise UserError(f"--slices={slices}: at least 1.")
@@ -213,9 +213,8 @@ def node_pool_commands(accelerator: str, slices: int, cluster: str, location: st
     placement = [f"--placement-policy={policy}"]
   elif node.vms > 1:
     placement = [f"--tpu-topology={node.topology}", "--placement-type=COMPACT"]
-  name = accelerator.replace(".", "-")
   for i in range(slices):
-    commands.append(["gcloud", "container", "node-pools", "create", f"{name}-{i}",
+    commands.append(["gcloud", "container", "node-pools", "create", f"{accelerator}-{i}",
                      f"--cluster={cluster}", f"--location={location}",
                      f"--machine-type={node.machine_type}", f"--num-nodes={node.vms}",
                      *placement, *(["--spot"] if spot else [])])
