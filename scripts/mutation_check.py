@@ -114,7 +114,7 @@ MUTANTS = (
            "  if input_config.threads > THREADS_PER_CORE * cores:", "  if False:",
            ("tests/test_pipeline.py", "-k", "machine_holds")),
     Mutant("#43: a shuffle buffer past the memory accepted", "tpu_trainer/data/pipeline.py",
-           "  if buffered > limit:", "  if False:",
+           "  if buffered > MEMORY_SHARE * host:", "  if False:",
            ("tests/test_pipeline.py", "-k", "past_the_memory")),
     Mutant("#43: SIGTERM to a blocked step never acted on", "tpu_trainer/watchdog.py",
            "        if now - at >= grace:", "        if False:",
