@@ -314,9 +314,11 @@ MUTANTS = (
            ("tests/test_exact_resume.py::test_preempted_three_times_ends_bit_identical_to_the_"
             "uninterrupted_run[jax-overrides1]",)),
     Mutant("JAX: an Orbax save never awaited", "tpu_trainer/backends/jax.py",
-           "    self._manager.wait_until_finished()\n\n  def close(self) -> None:\n"
+           "    self._manager.wait_until_finished()\n    self.written, self._saving = self._saving "
+           "or self.written, None\n\n  def close(self) -> None:\n"
            "    self._manager.close()  # waits for the last save too",
-           "    pass\n\n  def close(self) -> None:\n    pass",
+           "    self.written, self._saving = self._saving or self.written, None\n\n"
+           "  def close(self) -> None:\n    pass",
            ("tests/test_jax_backend.py::"
             "test_jax_run_stopped_by_sigterm_resumes_with_exactly_the_remaining_steps",)),
     Mutant("TF: an async save racing the next step (a thread writing the live variables)",
